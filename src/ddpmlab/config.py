@@ -1,0 +1,293 @@
+"""Typed run configuration: dataclasses whose defaults follow Ho et al. (2020), YAML presets, validation.
+
+A preset (src/ddpmlab/presets/NAME.yaml) overrides only what differs from these defaults;
+`key=value` overrides from the command line go on top. `validate` is the one place that checks values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ddpmlab.errors import UserError
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "sprites", "folder", "synthetic")
+SCHEDULES = ("linear", "cosine", "custom")
+PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("none", "min-snr")
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: str | None = None  # where dataset files live or are downloaded to; None: ~/.cache/ddpmlab/data
+    path: str | None = None  # sprites: the images .npy; folder: the image folder
+    labels_path: str | None = None  # sprites: an optional labels .npy (integer or one-hot)
+    image_size: int | None = None  # resize to this square size; None keeps the native size
+    random_flip: bool = False
+    val_fraction: float = 0.02  # held out of the training split for the validation loss
+    limit: int | None = None  # use only the first N training images
+    download: bool = True  # allow torchvision to download when no local copy is found
+    synthetic_count: int = 2048
+    synthetic_size: int = 16
+    synthetic_channels: int = 3
+
+
+@dataclass
+class ModelConfig:
+    channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [16])
+    dropout: float = 0.1
+    groups: int = 32  # GroupNorm groups
+    conditional: bool = False  # class-conditional (num_classes taken from the dataset)
+    class_dropout: float = 0.1  # probability of the null label in training, for classifier-free guidance
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    betas: list[float] | None = None  # schedule=custom
+    prediction: str = "eps"
+    loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    seed: int = 0
+    device: str = "auto"  # auto|cpu|cuda|cuda:N
+    bf16: bool = True  # autocast to bfloat16 on CUDA
+    log_every: int = 50
+    val_every: int = 1000
+    val_batches: int = 4
+    sample_every: int = 5000
+    sample_n: int = 64
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"
+    steps: int = 100
+    eta: float = 0.0
+    n: int = 64
+    batch_size: int = 64
+    guidance: float | None = None
+    clip_denoised: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped in the package, sorted."""
+    folder = resources.files("ddpmlab") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str) -> dict:
+    """The mapping in a preset name or a YAML path."""
+    path = Path(source)
+    if source in preset_names():
+        text = (resources.files("ddpmlab") / "presets" / f"{source}.yaml").read_text()
+    elif path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"config file not found: {source}")
+        text = path.read_text()
+    else:
+        raise UserError(f"unknown preset {source!r}; presets: {', '.join(preset_names())} (or give a YAML path)")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a config must be a mapping of sections")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a dataclass field's type, converting where YAML is looser (int -> float)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise UserError(f"{key} must not be null")
+    if args and type(None) in args:  # X | None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[]") for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _merge(config: Config, data: dict, source: str) -> None:
+    """Apply a {section: {key: value}} mapping onto `config`, naming any unknown key."""
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for section_name, values in data.items():
+        if section_name not in sections:
+            raise UserError(f"{source}: unknown config section {section_name!r}; sections: {', '.join(sorted(sections))}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {section_name!r} must be a mapping")
+        section = getattr(config, section_name)
+        hints = get_type_hints(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                raise UserError(
+                    f"{source}: unknown key {section_name}.{key}; keys: {', '.join(sorted(hints))}"
+                )
+            setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['train.steps=10', 'model.channel_mult=[1,2]'] -> {'train': {'steps': 10}, 'model': {...}}; values are YAML."""
+    data: dict = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key.count(".") != 1:
+            raise UserError(f"override {item!r} must look like section.key=value, e.g. train.steps=1000")
+        section, name = key.split(".")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        data.setdefault(section, {})[name] = value
+    return data
+
+
+def config_from_dict(data: dict, source: str = "config") -> Config:
+    """A validated Config from a {section: {key: value}} mapping over the defaults."""
+    config = Config()
+    _merge(config, data, source)
+    validate(config)
+    return config
+
+
+def load_config(source: str, overrides: list[str] | None = None) -> Config:
+    """Read a preset name or YAML path, apply `key=value` overrides, validate; raises UserError."""
+    config = Config()
+    _merge(config, _read_yaml(source), source)
+    _merge(config, parse_overrides(overrides or []), "override")
+    validate(config)
+    return config
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """A copy of `config` with `key=value` overrides applied and validated."""
+    copy = config_from_dict(config_to_dict(config))
+    _merge(copy, parse_overrides(overrides), "override")
+    validate(copy)
+    return copy
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain nested dict (YAML-ready)."""
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"invalid config value {key}: {message}")
+
+
+def validate(config: Config) -> None:
+    """Raise UserError naming the first invalid key; the one place where values are checked."""
+    d, m, f, t, s = config.data, config.model, config.diffusion, config.train, config.sample
+    _check(d.name in DATASETS, "data.name", f"{d.name!r} is not one of {', '.join(DATASETS)}")
+    _check(d.image_size is None or 4 <= d.image_size <= 1024, "data.image_size", "must be in 4..1024")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _check(d.limit is None or d.limit > 0, "data.limit", "must be positive")
+    _check(d.synthetic_count > 0, "data.synthetic_count", "must be positive")
+    _check(4 <= d.synthetic_size <= 256, "data.synthetic_size", "must be in 4..256")
+    _check(d.synthetic_channels in (1, 3), "data.synthetic_channels", "must be 1 or 3")
+    if d.name in ("sprites", "folder"):
+        _check(d.path is not None, "data.path", f"data.name={d.name} needs data.path")
+
+    _check(m.channels > 0, "model.channels", "must be positive")
+    _check(len(m.channel_mult) > 0 and all(c > 0 for c in m.channel_mult), "model.channel_mult", "must be positive integers")
+    _check(m.num_res_blocks > 0, "model.num_res_blocks", "must be positive")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    _check(m.groups > 0 and m.channels % m.groups == 0, "model.groups", f"must divide model.channels={m.channels}")
+    _check(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+
+    _check(1 <= f.timesteps <= 4000, "diffusion.timesteps", f"{f.timesteps} is not in 1..4000")
+    _check(f.schedule in SCHEDULES, "diffusion.schedule", f"{f.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    _check(0 < f.beta_start <= f.beta_end < 1, "diffusion.beta_start", "need 0 < beta_start <= beta_end < 1")
+    _check(f.cosine_s >= 0, "diffusion.cosine_s", "must be >= 0")
+    if f.schedule == "custom":
+        _check(f.betas is not None and len(f.betas) == f.timesteps, "diffusion.betas",
+               "schedule=custom needs a list of diffusion.timesteps betas")
+    _check(f.prediction in PREDICTIONS, "diffusion.prediction", f"{f.prediction!r} is not one of {', '.join(PREDICTIONS)}")
+    _check(f.loss_weighting in LOSS_WEIGHTINGS, "diffusion.loss_weighting",
+           f"{f.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+    _check(f.min_snr_gamma > 0, "diffusion.min_snr_gamma", "must be positive")
+
+    _check(t.steps > 0, "train.steps", "must be positive")
+    _check(t.batch_size > 0, "train.batch_size", "must be positive")
+    _check(t.lr > 0, "train.lr", "must be positive")
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+           "must be auto, cpu, cuda or cuda:N")
+    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints"):
+        _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
+
+    _check(s.sampler in SAMPLERS, "sample.sampler", f"{s.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    _check(s.steps > 0, "sample.steps", "must be positive")
+    _check(0.0 <= s.eta <= 1.0, "sample.eta", "must be in [0, 1]")
+    _check(s.n > 0, "sample.n", "must be positive")
+    _check(s.batch_size > 0, "sample.batch_size", "must be positive")

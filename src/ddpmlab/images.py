@@ -1,0 +1,50 @@
+"""Image conversions and grids: the one place where pixels meet [-1, 1] tensors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def uint8_to_model(images: torch.Tensor) -> torch.Tensor:
+    """uint8 N×C×H×W in [0, 255] -> float32 in [-1, 1] (Ho et al.: x = 2·(k/255) − 1)."""
+    return images.to(torch.float32).div_(127.5).sub_(1.0)
+
+
+def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] (clamped) -> uint8 in [0, 255], rounding to the nearest level; same device."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round_().to(torch.uint8)
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tile uint8 N×C×H×W images into one H'×W'×3 uint8 array (grayscale repeated), on the CPU."""
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8:
+        images = model_to_uint8(images)
+    n, c, h, w = images.shape
+    if c == 1:
+        images = images.expand(n, 3, h, w)
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    ncol = math.ceil(n / nrow)
+    grid = np.full((ncol * (h + padding) + padding, nrow * (w + padding) + padding, 3), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = padding + r * (h + padding), padding + col * (w + padding)
+        grid[y : y + h, x : x + w] = images[i].permute(1, 2, 0).numpy()
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """Write images (uint8 or [-1, 1] floats, N×C×H×W) as one PNG grid; `scale` enlarges pixels."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = Image.fromarray(make_grid(images, nrow))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    picture.save(path)
+    return path
