@@ -1,0 +1,57 @@
+"""What every sampler shares: calling the model (with guidance), the x_0 / ε it implies, noise draws."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ddpmlab.diffusion import NoiseSchedule, x0_and_eps
+
+
+class Denoiser:
+    """Wraps any `model(x_t, t, labels=None)` callable into (x_0, ε) predictions for a sampler.
+
+    Classifier-free guidance (Ho & Salimans 2022): out = (1 + w)·out(x, c) − w·out(x, ∅), applied to the
+    raw output (every parameterisation is affine in it, so this equals guiding ε).
+    """
+
+    def __init__(self, model: Callable, schedule: NoiseSchedule, prediction: str | None = None,
+                 labels: torch.Tensor | None = None, guidance_scale: float | None = None, clip_denoised: bool = True):
+        self.model = model
+        self.schedule = schedule
+        self.prediction = prediction or getattr(model, "prediction", "eps")
+        self.labels = labels
+        self.guidance_scale = guidance_scale
+        self.clip_denoised = clip_denoised
+        if guidance_scale is not None and labels is not None:
+            null = getattr(model, "null_label", None)
+            if null is None:
+                raise ValueError("classifier-free guidance needs a model with a `null_label` attribute")
+            self.null_labels = torch.full_like(labels, null)
+
+    def output(self, xt: torch.Tensor, t_index: int) -> torch.Tensor:
+        """The model's raw output at integer timestep t_index for the whole batch."""
+        t = torch.full((xt.shape[0],), t_index, device=xt.device, dtype=torch.long)
+        if self.guidance_scale is None or self.labels is None:
+            return self.model(xt, t, labels=self.labels)
+        both = self.model(torch.cat([xt, xt]), torch.cat([t, t]), labels=torch.cat([self.labels, self.null_labels]))
+        conditional, unconditional = both.chunk(2)
+        w = self.guidance_scale
+        return (1 + w) * conditional - w * unconditional
+
+    def x0_eps(self, xt: torch.Tensor, t_index: int):
+        """(x̂_0, ε̂) at timestep t_index; x̂_0 clipped to [−1, 1] (and ε̂ made consistent) if clip_denoised."""
+        t = torch.full((xt.shape[0],), t_index, device=xt.device, dtype=torch.long)
+        x0, eps = x0_and_eps(self.schedule, self.prediction, xt, t, self.output(xt, t_index).to(xt.dtype))
+        if self.clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+            a = self.schedule.alphas_cumprod[t_index]
+            eps = (xt - a.sqrt().item() * x0) / (1 - a).sqrt().item()
+        return x0, eps
+
+
+def randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard normal noise drawn on the generator's device (the CPU by default), then moved to `device`."""
+    source = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=source).to(device)
