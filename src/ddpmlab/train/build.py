@@ -1,0 +1,85 @@
+"""Turn config sections into objects: the noise schedule, the U-Net, the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ddpmlab.config import DiffusionConfig, ModelConfig
+from ddpmlab.diffusion import NoiseSchedule
+from ddpmlab.errors import UserError
+from ddpmlab.nets import UNet
+
+
+def build_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
+    """The NoiseSchedule a diffusion config names."""
+    if cfg.schedule == "linear":
+        return NoiseSchedule.linear(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+    if cfg.schedule == "cosine":
+        return NoiseSchedule.cosine(cfg.timesteps, cfg.cosine_s)
+    return NoiseSchedule.from_betas(cfg.betas)
+
+
+def build_unet(cfg: ModelConfig, in_channels: int, image_size: int, num_classes: int | None, prediction: str) -> UNet:
+    """The U-Net a model config describes, for images of in_channels × image_size²."""
+    return UNet(in_channels=in_channels, channels=cfg.channels, channel_mult=cfg.channel_mult,
+                num_res_blocks=cfg.num_res_blocks, attention_resolutions=cfg.attention_resolutions,
+                dropout=cfg.dropout, groups=cfg.groups, image_size=image_size,
+                num_classes=num_classes if cfg.conditional else None, prediction=prediction)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """'auto' -> cuda when available, else cpu; a CUDA request without a GPU is a UserError."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder from a run directory (its newest), a checkpoint folder, or a weights file inside one."""
+    from ddpmlab.train import checkpoint as ckpt
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such run directory or checkpoint: {path}")
+    if path.is_file():
+        return path.parent
+    if (path / ckpt.PROGRESS_FILE).is_file():
+        return path
+    checkpoints = ckpt.list_checkpoints(path)
+    if not checkpoints:
+        raise UserError(f"{path}: no checkpoint found (expected a run directory or a checkpoints/step_XXXXXXX folder)")
+    return checkpoints[-1]
+
+
+def load_trained(path: str | Path, use_ema: bool = True, device=None):
+    """(model in eval mode on `device`, NoiseSchedule, Config, step) from a run directory or checkpoint.
+
+    Raises UserError for a missing, corrupt or foreign checkpoint.
+    """
+    import json
+
+    from ddpmlab.config import config_from_dict
+    from ddpmlab.nets import UNet
+    from ddpmlab.train import checkpoint as ckpt
+
+    folder = find_checkpoint(path)
+    progress = ckpt.read_progress(folder)
+    state, metadata = ckpt.read_weights(folder / (ckpt.EMA_FILE if use_ema else ckpt.MODEL_FILE))
+    try:
+        config = config_from_dict(json.loads(metadata["config"]), str(folder))
+        spec = json.loads(metadata["model_spec"])
+    except (KeyError, json.JSONDecodeError):
+        raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
+    model = UNet.from_spec(spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"{folder}: weights do not match the stored model spec ({str(exc).splitlines()[0][:150]})") from None
+    return model.to(resolve_device(device)).eval(), build_schedule(config.diffusion), config, int(progress["step"])

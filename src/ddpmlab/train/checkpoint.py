@@ -1,0 +1,118 @@
+"""Checkpoints: weights as safetensors, optimizer and RNG state as tensors-only torch files, progress as JSON.
+
+A checkpoint is a folder RUN_DIR/checkpoints/step_XXXXXXX/ built under a temporary name and renamed into
+place, so a crash never leaves a half-written checkpoint where a loader would look.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from ddpmlab.errors import UserError
+
+MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, RNG_FILE, PROGRESS_FILE = (
+    "model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "progress.json")
+FORMAT = "ddpmlab-checkpoint-1"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / PROGRESS_FILE).is_file())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict, optimizer_state: dict,
+                    rng_state: dict, progress: dict, metadata: dict[str, str], keep: int) -> Path:
+    """Write one checkpoint atomically and delete all but the newest `keep`; returns its folder."""
+    final = checkpoint_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        meta = {"format": FORMAT, "step": str(step), **metadata}
+        save_file(_contiguous(model_state), tmp / MODEL_FILE, metadata=meta)
+        save_file(_contiguous(ema_state), tmp / EMA_FILE, metadata=meta)
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        torch.save(rng_state, tmp / RNG_FILE)
+        (tmp / PROGRESS_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **progress}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def read_weights(path: Path) -> tuple[dict, dict[str, str]]:
+    """(state dict, metadata) of a ddpmlab weights file; UserError if missing, corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    if metadata.get("format") != FORMAT:
+        raise UserError(f"{path}: not a ddpmlab checkpoint (no '{FORMAT}' metadata)")
+    return state, metadata
+
+
+def read_progress(folder: Path) -> dict:
+    """The progress JSON of a checkpoint folder; UserError if missing or corrupt."""
+    path = Path(folder) / PROGRESS_FILE
+    try:
+        progress = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{folder}: not a ddpmlab checkpoint (no {PROGRESS_FILE})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: corrupt progress file") from None
+    if not isinstance(progress, dict) or progress.get("format") != FORMAT:
+        raise UserError(f"{path}: not a ddpmlab checkpoint")
+    return progress
+
+
+def read_tensors(path: Path) -> dict:
+    """A tensors-only torch file (optimizer or RNG state), loaded with weights_only=True."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint file not found: {path}") from None
+    except Exception as exc:  # corrupt zip, pickled code objects: refuse, never execute
+        raise UserError(f"{path}: corrupt or unsafe checkpoint file ({exc.__class__.__name__})") from None

@@ -1,0 +1,300 @@
+"""The training loop: batch -> loss -> backward -> clip -> step -> EMA -> log; the rest are named calls."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ddpmlab.config import Config, apply_overrides, config_from_dict, save_config
+from ddpmlab.data import ImageData, load_dataset, to_model_batch
+from ddpmlab.diffusion import diffusion_loss
+from ddpmlab.errors import UserError
+from ddpmlab.images import save_grid
+from ddpmlab.samplers import sample
+from ddpmlab.train import checkpoint as ckpt
+from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.train.ema import EMA
+from ddpmlab.train.log import MetricsLog, plot_loss_curve
+
+VALIDATION_SEED = 1234
+
+
+def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to `lr` over warmup_steps, then constant (Ho et al.)."""
+    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+
+class Trainer:
+    """Trains a diffusion model described by `config` into `run_dir`.
+
+    `model` may be any nn.Module with the `(x_t, t, labels=None)` signature; by default the config's UNet.
+    Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
+    """
+
+    def __init__(self, config: Config, run_dir: str | Path, model: nn.Module | None = None,
+                 force: bool = False, progress: bool = True, _resuming: bool = False):
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        if not _resuming and _has_content(self.run_dir) and not force:
+            raise UserError(f"run directory {self.run_dir} already exists; use --force to overwrite or --resume to continue")
+        self.device = resolve_device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        self.generator = torch.Generator().manual_seed(config.train.seed)  # data order, t, noise, flips
+        self.train_data = load_dataset(config.data, "train")
+        self.val_data = load_dataset(config.data, "val") if config.data.val_fraction > 0 else None
+        if len(self.train_data) == 0:
+            raise UserError(f"dataset {config.data.name!r} has no training images")
+        self.num_classes = self.train_data.num_classes if config.model.conditional else None
+        if config.model.conditional and not self.num_classes:
+            raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
+        self.schedule = build_schedule(config.diffusion)
+        self.model = (model or build_unet(config.model, self.train_data.channels, self.train_data.image_size,
+                                          self.num_classes, config.diffusion.prediction)).to(self.device)
+        self.ema = EMA(self.model, config.train.ema_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
+                                           weight_decay=config.train.weight_decay)
+        self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
+        self.order, self.position = torch.empty(0, dtype=torch.long), 0
+        if not _resuming:
+            _prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
+            save_config(config, self.run_dir / "config.yaml")
+            self.log = MetricsLog(self.run_dir / "metrics.csv")
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
+               progress: bool = True) -> "Trainer":
+        """A Trainer restored from the newest checkpoint of `run_dir`, with `key=value` overrides applied."""
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            raise UserError(f"{run_dir}: not a ddpmlab run directory (no config.yaml)")
+        import yaml
+
+        try:
+            saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
+        except yaml.YAMLError:
+            raise UserError(f"{config_path}: corrupt config file") from None
+        config = apply_overrides(saved, overrides or [])
+        checkpoints = ckpt.list_checkpoints(run_dir)
+        if not checkpoints:
+            raise UserError(f"{run_dir}: no checkpoint to resume from")
+        trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
+        trainer.load_checkpoint(checkpoints[-1])
+        save_config(config, run_dir / "config.yaml")
+        trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step)
+        return trainer
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict:
+        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary."""
+        t = self.config.train
+        self.window = _Window()
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
+        self.session_start = time.perf_counter()
+        with _stop_requested_on_signals() as stop:
+            while self.step < t.steps and not stop.requested:
+                step_start = time.perf_counter()
+                x0, labels = self.next_batch()
+                lr = self.set_lr()
+                with self.autocast():
+                    loss = diffusion_loss(self.model, self.schedule, x0, labels, self.config.diffusion.prediction,
+                                          self.config.diffusion.loss_weighting, self.config.diffusion.min_snr_gamma,
+                                          self.generator)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
+                self.optimizer.step()
+                self.ema.update(self.model, self.step)
+                self.step += 1
+                self.window.add(loss.item(), x0.shape[0], time.perf_counter() - step_start)
+                bar.update(1)
+                self.after_step(lr, float(grad_norm), bar)
+        bar.close()
+        self.wall_s, self.session_start = self.wall_clock(), None
+        interrupted = self.step < t.steps
+        newest = ckpt.list_checkpoints(self.run_dir)
+        if not newest or ckpt.read_progress(newest[-1])["step"] != self.step:
+            self.save_checkpoint()
+        if not interrupted and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
+            self.save_sample_grid()
+        plot_loss_curve(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+        return {"step": self.step, "interrupted": interrupted, "wall_s": self.wall_s, "run_dir": str(self.run_dir)}
+
+    def after_step(self, lr: float, grad_norm: float, bar) -> None:
+        """Logging, validation, sample grids and checkpoints, each when its interval comes round."""
+        t = self.config.train
+        if self.step % t.log_every == 0 or self.step == t.steps:
+            val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
+            loss, images_per_s = self.window.flush()
+            self.log.append(step=self.step, loss=loss, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
+                            images_per_s=images_per_s, wall_s=self.wall_clock())
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+        if self.step % t.sample_every == 0:
+            self.save_sample_grid()
+        if self.step % t.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def wall_clock(self) -> float:
+        """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
+        return self.wall_s + (time.perf_counter() - self.session_start if self.session_start is not None else 0.0)
+
+    def set_lr(self) -> float:
+        lr = warmup_lr(self.step, self.config.train.lr, self.config.train.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    # -- pieces of a step --------------------------------------------------------------------------
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next batch of a seeded epoch permutation, as [-1, 1] floats on the device, with labels."""
+        size = self.config.train.batch_size
+        indices = []
+        while len(indices) < size:
+            if self.position >= len(self.order):
+                self.order, self.position = torch.randperm(len(self.train_data), generator=self.generator), 0
+            take = self.order[self.position:self.position + size - len(indices)]
+            indices.extend(take.tolist())
+            self.position += len(take)
+        index = torch.tensor(indices)
+        x0 = to_model_batch(self.train_data.images[index], self.config.data.random_flip, self.generator)
+        labels = self.training_labels(index)
+        return x0.to(self.device), labels
+
+    def training_labels(self, index: torch.Tensor) -> torch.Tensor | None:
+        """Class labels for a conditional model, replaced by the null label with probability class_dropout."""
+        if not self.num_classes:
+            return None
+        labels = self.train_data.labels[index].clone()
+        drop = torch.rand(len(labels), generator=self.generator) < self.config.model.class_dropout
+        labels[drop] = self.num_classes
+        return labels.to(self.device)
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.config.train.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """L_simple of the current weights on fixed validation batches with fixed t and noise."""
+        if self.val_data is None or len(self.val_data) == 0:
+            return None
+        generator = torch.Generator().manual_seed(VALIDATION_SEED)
+        size, losses = self.config.train.batch_size, []
+        self.model.eval()
+        for start in range(0, min(len(self.val_data), size * self.config.train.val_batches), size):
+            images = self.val_data.images[start:start + size]
+            labels = self.val_data.labels[start:start + size].to(self.device) if self.num_classes else None
+            with self.autocast():
+                loss = diffusion_loss(self.model, self.schedule, to_model_batch(images, False, None).to(self.device),
+                                      labels, self.config.diffusion.prediction, self.config.diffusion.loss_weighting,
+                                      self.config.diffusion.min_snr_gamma, generator)
+            losses.append(loss.item())
+        self.model.train()
+        return sum(losses) / len(losses)
+
+    def save_sample_grid(self) -> Path:
+        """A grid sampled with the EMA weights from fixed noise: RUN_DIR/samples/step_XXXXXXX.png."""
+        s, n = self.config.sample, self.config.train.sample_n
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        labels = torch.arange(n) % self.num_classes if self.num_classes else None
+        shape = (n, self.train_data.channels, self.train_data.image_size, self.train_data.image_size)
+        images = sample(self.ema.shadow, self.schedule, shape, method=s.sampler, steps=min(s.steps, self.schedule.T),
+                        eta=s.eta, generator=generator, labels=labels, guidance_scale=s.guidance if labels is not None else None,
+                        clip_denoised=s.clip_denoised, device=self.device)
+        return save_grid(images, self.run_dir / "samples" / f"step_{self.step:07d}.png", scale=2)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
+               "order": self.order.clone(), "position": torch.tensor(self.position)}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        metadata = {"config": json.dumps(asdict(self.config)),
+                    "model_spec": json.dumps(asdict(self.model.spec)) if hasattr(self.model, "spec") else "",
+                    "num_classes": str(self.num_classes or 0)}
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), self.ema.shadow.state_dict(),
+                                    self.optimizer.state_dict(), rng, {"wall_s": self.wall_clock()}, metadata,
+                                    self.config.train.keep_checkpoints)
+
+    def load_checkpoint(self, folder: Path) -> None:
+        progress = ckpt.read_progress(folder)
+        model_state, _ = ckpt.read_weights(folder / ckpt.MODEL_FILE)
+        ema_state, _ = ckpt.read_weights(folder / ckpt.EMA_FILE)
+        try:
+            self.model.load_state_dict(model_state)
+            self.ema.shadow.load_state_dict(ema_state)
+            self.optimizer.load_state_dict(ckpt.read_tensors(folder / ckpt.OPTIMIZER_FILE))
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"{folder}: checkpoint does not fit this model ({str(exc).splitlines()[0][:150]})") from None
+        rng = ckpt.read_tensors(folder / ckpt.RNG_FILE)
+        self.generator.set_state(rng["generator"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.order, self.position = rng["order"], int(rng["position"])
+        self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
+
+
+def _has_content(run_dir: Path) -> bool:
+    return run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+
+
+def _prepare_run_dir(run_dir: Path, force: bool) -> None:
+    if _has_content(run_dir):
+        if not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists():
+            raise UserError(f"{run_dir} is not empty and not a ddpmlab run; refusing to delete it, choose another --run-dir")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+class _Window:
+    """Loss and pure training throughput (no validation, grids or checkpoints) since the last log line."""
+
+    def __init__(self):
+        self.loss, self.steps, self.images, self.seconds = 0.0, 0, 0, 0.0
+
+    def add(self, loss: float, images: int, seconds: float) -> None:
+        self.loss, self.steps, self.images, self.seconds = self.loss + loss, self.steps + 1, self.images + images, self.seconds + seconds
+
+    def flush(self) -> tuple[float, float]:
+        """(mean loss, images per second) of the window, then start a new one."""
+        result = (self.loss / max(self.steps, 1), self.images / max(self.seconds, 1e-9))
+        self.__init__()
+        return result
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_requested_on_signals():
+    """While inside, the first SIGINT/SIGTERM sets `.requested` (the loop then saves and stops); a second one aborts."""
+    flag = _StopFlag()
+    previous = {}
+
+    def handler(signum, frame):
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from ddpmlab.config import load_config
+from ddpmlab.train import Trainer, warmup_lr
+from ddpmlab.train.ema import EMA, ema_decay_at
+from ddpmlab.train.log import read_metrics
+
+
+def tiny(**overrides):
+    return load_config("tiny", [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_warmup_lr_is_linear_then_constant():
+    assert warmup_lr(0, 2e-4, 5000) == pytest.approx(2e-4 / 5000)
+    assert warmup_lr(2499, 2e-4, 5000) == pytest.approx(1e-4)
+    assert warmup_lr(4999, 2e-4, 5000) == pytest.approx(2e-4)
+    assert warmup_lr(10**6, 2e-4, 5000) == 2e-4
+    assert warmup_lr(0, 1e-3, 0) == 1e-3
+
+
+def test_ema_follows_its_formula():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(net.weight, 0.0)
+    ema = EMA(net, decay=0.9)
+    for step in range(3):
+        torch.nn.init.constant_(net.weight, 1.0)
+        ema.update(net, step)
+    # d_0 = 1/10, d_1 = 2/11, d_2 = 3/12: shadow = 1 − Π d_k
+    assert ema_decay_at(0, 0.9) == pytest.approx(0.1) and ema_decay_at(100, 0.9) == 0.9
+    assert ema.shadow.weight.item() == pytest.approx(1 - 0.1 * (2 / 11) * (3 / 12))
+
+
+def test_resumed_run_reaches_the_same_weights(tmp_path):
+    straight = Trainer(tiny(**{"train.steps": 30}), tmp_path / "a", progress=False)
+    straight.train()
+    first = Trainer(tiny(**{"train.steps": 12}), tmp_path / "b", progress=False)
+    first.train()
+    resumed = Trainer.resume(tmp_path / "b", ["train.steps=30"], progress=False)
+    assert resumed.step == 12
+    resumed.train()
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight.ema.shadow.state_dict().values(), resumed.ema.shadow.state_dict().values()):
+        assert torch.equal(a, b)
+    rows = read_metrics(tmp_path / "b" / "metrics.csv")
+    assert [r["step"] for r in rows] == [5, 10, 12, 15, 20, 25, 30]
+    assert rows[-1]["loss"] == pytest.approx(read_metrics(tmp_path / "a" / "metrics.csv")[-1]["loss"], rel=1e-6)
+
+
+def test_training_lowers_the_loss_and_writes_the_run(tmp_path):
+    trainer = Trainer(tiny(**{"train.steps": 40}), tmp_path / "run", progress=False)
+    summary = trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert summary["step"] == 40 and not summary["interrupted"]
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"]  # tiny's loss falls from ~1.0 to below 0.6 in 40 steps
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [10, 20, 30, 40]
+    for name in ("config.yaml", "loss.png", "samples/step_0000020.png", "samples/step_0000040.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 3  # keep_checkpoints
+
+
+def test_any_backbone_trains(tmp_path):
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x, t, labels=None):
+            return self.net(x)
+
+    trainer = Trainer(tiny(**{"train.steps": 5, "train.log_every": 1}), tmp_path / "run", model=Backbone(), progress=False)
+    trainer.train()
+    assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 5
+
+
+def test_conditional_training_uses_null_labels(tmp_path):
+    trainer = Trainer(tiny(**{"model.conditional": "true", "model.class_dropout": 0.5, "train.steps": 2}),
+                      tmp_path / "run", progress=False)
+    labels = trainer.training_labels(torch.arange(400))
+    null = trainer.num_classes
+    assert null > 1 and (labels == null).float().mean().item() == pytest.approx(0.5, abs=0.08)
+    assert torch.equal(labels[labels != null], trainer.train_data.labels[:400][labels != null])
