@@ -1,10 +1,6 @@
-"""The metrics in one place: sample-quality distances between feature sets, and (later) likelihood."""
+"""The metrics in one place: sample-quality distances between feature sets, and the likelihood bound."""
 
-from ddpmlab.eval.metrics import FeatureStats
-from ddpmlab.eval.metrics import frechet_distance
-from ddpmlab.eval.metrics import kernel_inception_distance
-from ddpmlab.eval.metrics import precision_recall
+from ddpmlab.diffusion.nll import nll_bits_per_dim
+from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
 
-# Likelihood: nll_bits_per_dim (from ddpmlab.diffusion.nll) goes here.
-
-__all__ = ["FeatureStats", "frechet_distance", "kernel_inception_distance", "precision_recall"]
+__all__ = ["FeatureStats", "frechet_distance", "kernel_inception_distance", "precision_recall", "nll_bits_per_dim"]

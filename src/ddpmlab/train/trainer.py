@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -77,8 +78,6 @@ class Trainer:
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
             raise UserError(f"{run_dir}: not a ddpmlab run directory (no config.yaml)")
-        import yaml
-
         try:
             saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
         except yaml.YAMLError:
