@@ -180,12 +180,10 @@ def _train(args) -> int:
 
 
 def _sample(args) -> int:
-    import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
-    from ddpmlab.images import model_to_uint8, save_grid
-    from ddpmlab.samplers import sample
+    from ddpmlab.eval.run import generate_samples, save_samples
+    from ddpmlab.images import save_grid
     from ddpmlab.train.build import load_trained
 
     out = Path(args.out)
@@ -209,24 +207,16 @@ def _sample(args) -> int:
     elif args.class_label is not None or args.guidance is not None:
         raise UserError("--class and --guidance need a class-conditional model (model.conditional=true)")
     guidance = args.guidance if args.guidance is not None else config.sample.guidance
-    batch_size = args.batch_size or config.sample.batch_size
-    generator = torch.Generator().manual_seed(args.seed)
-    shape = (model.spec.in_channels, model.spec.image_size, model.spec.image_size)
-    batches = []
-    for start in tqdm(range(0, args.n, batch_size), desc=f"sampling {method}", disable=args.quiet):
-        count = min(batch_size, args.n - start)
-        batch_labels = labels[start:start + count] if labels is not None else None
-        batches.append(sample(model, schedule, (count, *shape), method=method, steps=steps,
-                              eta=args.eta if args.eta is not None else config.sample.eta, generator=generator,
-                              labels=batch_labels, guidance_scale=guidance if labels is not None else None,
-                              clip_denoised=config.sample.clip_denoised).cpu())
-    images = model_to_uint8(torch.cat(batches))
+    eta = args.eta if args.eta is not None else config.sample.eta
+    images, labels = generate_samples(model, schedule, args.n, method, steps, eta,
+                                      args.batch_size or config.sample.batch_size, args.seed, guidance,
+                                      config.sample.clip_denoised, progress=not args.quiet, labels=labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         save_grid(images, out, scale=2)
     else:
-        np.savez_compressed(out, images=images.permute(0, 2, 3, 1).numpy(),
-                            labels=(labels.numpy() if labels is not None else np.full(args.n, -1)))
+        save_samples(out, images, labels, {"source": str(args.source), "step": step, "sampler": method, "steps": steps,
+                                           "eta": eta, "seed": args.seed, "guidance": guidance, "ema": not args.no_ema})
     print(f"wrote {args.n} samples ({method}, {steps if method == 'ddim' else schedule.T} steps, step {step}) to {out}")
     return 0
 

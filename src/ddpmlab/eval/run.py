@@ -115,10 +115,13 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
 
 
 def generate_samples(model, schedule, n: int, method: str, steps: int, eta: float, batch_size: int, seed: int,
-                     guidance: float | None, clip_denoised: bool, progress: bool = True
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator."""
-    labels = class_labels(n, model.num_classes)
+                     guidance: float | None, clip_denoised: bool, progress: bool = True,
+                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator.
+
+    A conditional model gets `labels` (default: the classes in turn)."""
+    if labels is None:
+        labels = class_labels(n, model.num_classes)
     generator = torch.Generator().manual_seed(seed)
     shape = (model.spec.in_channels, model.spec.image_size, model.spec.image_size)
     batches = []
