@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ddpmlab.config import DataConfig
@@ -27,6 +26,7 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity, weights_digest
 from ddpmlab.eval.features import ClassifierFeatures
 from ddpmlab.nets import Classifier
+from ddpmlab.train.checkpoint import read_weights
 
 FORMAT = "ddpmlab-classifier-1"
 ARCHITECTURE = "v1"  # bump when Classifier changes shape, so old and new features never share an id
@@ -182,14 +182,7 @@ def load_classifier(source: str | Path | DataConfig, device: str | torch.device 
             raise UserError(f"classifier file not found: {path}; train one with ddpmlab eval train-classifier DATASET --out {path}")
     else:
         path = find_classifier(DataConfig(name=str(source)))
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"{path}: not a ddpmlab classifier (no '{FORMAT}' metadata)")
+    state, metadata = read_weights(path, FORMAT, "ddpmlab classifier")
     try:
         facts = {k: v if k in ("format", "dataset", "dataset_key", "extractor_id", "test_split") else json.loads(v)
                  for k, v in metadata.items()}

@@ -78,19 +78,20 @@ def _contiguous(state: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def read_weights(path: Path) -> tuple[dict, dict[str, str]]:
-    """(state dict, metadata) of a ddpmlab weights file; UserError if missing, corrupt or foreign."""
+def read_weights(path: Path, expected_format: str = FORMAT, kind: str = "ddpmlab checkpoint") -> tuple[dict, dict[str, str]]:
+    """(state dict, metadata) of a safetensors file whose metadata format is `expected_format`;
+    UserError if missing, corrupt or foreign."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint file not found: {path}")
+        raise UserError(f"{kind} file not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
-    if metadata.get("format") != FORMAT:
-        raise UserError(f"{path}: not a ddpmlab checkpoint (no '{FORMAT}' metadata)")
+    if metadata.get("format") != expected_format:
+        raise UserError(f"{path}: not a {kind} (no '{expected_format}' metadata)")
     return state, metadata
 
 
