@@ -72,7 +72,7 @@ _SOURCES: dict[str, Callable[[DataConfig, str], Loaded]] = {
     "synthetic": lambda cfg, split: synthetic_shapes(cfg.synthetic_count, cfg.synthetic_size,
                                                      cfg.synthetic_channels, SYNTHETIC_SEED),
 }
-_WITH_TEST_SPLIT = ("fashion-mnist", "mnist", "cifar10")
+WITH_TEST_SPLIT = ("fashion-mnist", "mnist", "cifar10")
 
 
 def dataset_names() -> list[str]:
@@ -108,8 +108,8 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageData:
         raise UserError(f"unknown dataset {cfg.name!r}; datasets: {', '.join(_SOURCES)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
-    if split == "test" and cfg.name not in _WITH_TEST_SPLIT:
-        raise UserError(f"{cfg.name} has no test split (only {', '.join(_WITH_TEST_SPLIT)} do); "
+    if split == "test" and cfg.name not in WITH_TEST_SPLIT:
+        raise UserError(f"{cfg.name} has no test split (only {', '.join(WITH_TEST_SPLIT)} do); "
                         f"use the val split, held out by data.val_fraction")
     images, labels, class_names = _SOURCES[cfg.name](cfg, "test" if split == "test" else "train")
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ddpmlab.devices import model_device, randn
 from ddpmlab.diffusion.process import q_posterior, q_sample, x0_and_eps
 from ddpmlab.diffusion.schedule import NoiseSchedule, gather
 from ddpmlab.errors import UserError
@@ -116,7 +117,7 @@ def bound_terms_bits_per_dim(
         raise UserError(f"t_indices must be K indices or an N×K table with N={n}, got shape {tuple(t_table.shape)}")
     if t_table.numel() and not (0 <= int(t_table.min()) and int(t_table.max()) < schedule.T):
         raise UserError(f"timestep indices must lie in 0..{schedule.T - 1}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     prediction = prediction or getattr(model, "prediction", "eps")
     log_variance = model_log_variance(schedule, variance)
     terms = torch.empty(n, t_table.shape[1], dtype=torch.float64)
@@ -131,7 +132,7 @@ def bound_terms_bits_per_dim(
             batch_labels = labels[start:start + batch_size].to(device) if labels is not None else None
             for j in range(t_table.shape[1]):
                 t = t_table[start:start + x0.shape[0], j].to(device)
-                xt = q_sample(schedule, x0, t, _randn(x0.shape, generator, device)).float()
+                xt = q_sample(schedule, x0, t, randn(x0.shape, generator, device, torch.float64)).float()
                 output = model(xt, t, labels=batch_labels)
                 xt = xt.double()  # the maths uses exactly the x_t the model saw
                 x0_predicted, _ = x0_and_eps(schedule, prediction, xt, t, output.double())
@@ -231,16 +232,3 @@ def _as_model_range(images: torch.Tensor) -> torch.Tensor:
         raise UserError("float images must lie in [−1, 1] on the 8-bit grid (2k/255 − 1); "
                         "pass uint8 images or convert them with ddpmlab.images.uint8_to_model")
     return images
-
-
-def _randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Float64 standard normal noise drawn on the generator's device (the CPU by default), then moved."""
-    source = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=source, dtype=torch.float64).to(device)
-
-
-def _model_device(model) -> torch.device:
-    if isinstance(model, nn.Module):
-        for parameter in model.parameters():
-            return parameter.device
-    return torch.device("cpu")

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ddpmlab.config import DataConfig
-from ddpmlab.data import ImageData, load_dataset, to_model_batch
+from ddpmlab.data import WITH_TEST_SPLIT, ImageData, load_dataset, to_model_batch
 from ddpmlab.errors import UserError
 from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity, weights_digest
 from ddpmlab.eval.features import ClassifierFeatures
@@ -35,9 +35,7 @@ WARMUP_STEPS = 100
 
 def held_out_split(cfg: DataConfig) -> str:
     """"test" for datasets with an official test split, else "val" (held out of train by data.val_fraction)."""
-    from ddpmlab.data import _WITH_TEST_SPLIT  # the data registry's own list
-
-    return "test" if cfg.name in _WITH_TEST_SPLIT else "val"
+    return "test" if cfg.name in WITH_TEST_SPLIT else "val"
 
 
 def classifier_lr(step: int, steps: int, lr: float, warmup_steps: int = WARMUP_STEPS) -> float:

@@ -7,8 +7,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ddpmlab.devices import model_device, randn
 from ddpmlab.diffusion import NoiseSchedule
-from ddpmlab.samplers.common import Denoiser, randn
+from ddpmlab.samplers.common import Denoiser
 from ddpmlab.samplers.ddim import ddim_sample, ddim_timesteps
 from ddpmlab.samplers.ddpm import ddpm_sample
 
@@ -42,7 +43,7 @@ def sample(
     """
     if method not in SAMPLERS:
         raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn(tuple(shape), generator, device)
     if labels is not None:
         labels = labels.to(device)
@@ -57,13 +58,6 @@ def sample(
     finally:
         if was_training:
             model.train()
-
-
-def _model_device(model) -> torch.device:
-    if isinstance(model, nn.Module):
-        for parameter in model.parameters():
-            return parameter.device
-    return torch.device("cpu")
 
 
 __all__ = ["sample", "SAMPLERS", "Denoiser", "ddpm_sample", "ddim_sample", "ddim_timesteps", "randn"]

@@ -49,9 +49,3 @@ class Denoiser:
             a = self.schedule.alphas_cumprod[t_index]
             eps = (xt - a.sqrt().item() * x0) / (1 - a).sqrt().item()
         return x0, eps
-
-
-def randn(shape, generator: torch.Generator | None, device) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device (the CPU by default), then moved to `device`."""
-    source = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=source).to(device)

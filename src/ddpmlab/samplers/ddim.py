@@ -7,7 +7,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ddpmlab.samplers.common import Denoiser, randn
+from ddpmlab.devices import randn
+from ddpmlab.samplers.common import Denoiser
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:

@@ -6,7 +6,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmlab.diffusion import q_posterior
-from ddpmlab.samplers.common import Denoiser, randn
+from ddpmlab.devices import randn
+from ddpmlab.samplers.common import Denoiser
 
 
 def ddpm_sample(denoiser: Denoiser, x: torch.Tensor, variance: str = "posterior",
