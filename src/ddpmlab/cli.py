@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 from pathlib import Path
 
@@ -10,7 +12,10 @@ from ddpmlab.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
+    import ddpmlab
+
     parser = argparse.ArgumentParser(prog="ddpmlab", description="Train, sample and evaluate DDPMs.")
+    parser.add_argument("--version", action="version", version=f"ddpmlab {ddpmlab.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a preset or YAML config",
@@ -19,17 +24,20 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("config", nargs="?", help="preset name (see `ddpmlab presets`) or YAML path")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=2000")
     train.add_argument("--run-dir", help="output folder (default runs/<config name>)")
-    train.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    train.add_argument("--force", action="store_true",
+                       help="replace the run in an existing run directory (only the files ddpmlab wrote are removed)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sample = commands.add_parser("sample", help="sample images from a trained run or checkpoint")
-    sample.add_argument("source", help="run directory, checkpoint folder or weights file")
-    sample.add_argument("--out", required=True, help="FILE.png for a grid, FILE.npz for arrays (images, labels)")
-    sample.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the run's sample.sampler")
-    sample.add_argument("--steps", type=int, help="DDIM steps (default: the run's sample.steps)")
-    sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
-    sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    sample.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), or one weights file")
+    sample.add_argument("--out", required=True,
+                        help="FILE.png for a grid, FILE.npz for arrays (images, labels), DIR/ for one PNG per image")
+    sample.add_argument("--sampler", choices=list(SAMPLER_CHOICES), default=None,
+                        help="default: the run's sample.sampler")
+    sample.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps; T for ddpm)")
+    sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
+    sample.add_argument("--n", type=int, default=None, help="number of images (default: the run's sample.n)")
     sample.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--class", dest="class_label", type=int, help="class index for a conditional model")
@@ -38,12 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default="auto", help="cpu, cuda or auto")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    commands.add_parser("presets", help="list the shipped presets")
+    commands.add_parser("presets", help="list the shipped presets with a line on each")
+    show = commands.add_parser("config", help="print the resolved config of a preset or YAML file, with overrides")
+    show.add_argument("config", help="preset name or YAML path")
+    show.add_argument("overrides", nargs="*", help="section.key=value")
     _add_eval_parser(commands)
     return parser
 
 
 EVAL_TOOLS = ("train-classifier", "real")
+SAMPLER_CHOICES = ("ddpm", "ddim")
 
 
 def _add_eval_parser(commands) -> argparse.ArgumentParser:
@@ -61,7 +73,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                "Default on a CPU: fd,speed, because TF-Inception runs at about 12 images/s on a 2-core CPU (the "
                "classifier: over 4000), so FID on 10000 samples plus 10000 reference images takes about half an "
                "hour; on a GPU: all of them.")
-    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its newest checkpoint is evaluated)")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR",
+                          help="a run directory (its newest checkpoint is evaluated) or one of its checkpoint folders")
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
     evaluate.add_argument("--n", type=int, default=10000, help="images to sample (default 10000)")
     evaluate.add_argument("--ref-n", type=int, default=10000, help="held-out real images to compare with (default 10000)")
@@ -72,7 +85,9 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    evaluate.add_argument("--name", help="name of the samples and results files (default e.g. ddim50-n10000-seed0)")
+    evaluate.add_argument("--name", help="name of the samples and results files (default e.g. ddim50-n10000-seed0); "
+                                         "letters, digits, . _ - only, others are replaced")
+    evaluate.add_argument("--out", help="folder for the results and samples (default RUN_DIR/eval), e.g. for a read-only run")
     evaluate.add_argument("--classifier", help="FD classifier file (default: the shipped or cached one for the dataset)")
     evaluate.add_argument("--nll-n", type=int, default=1000, help="held-out images for NLL (default 1000)")
     evaluate.add_argument("--nll-timesteps", type=int, help="NLL terms per image (default: all T; fewer is faster, noisier)")
@@ -137,8 +152,11 @@ def _eval_real(args) -> int:
     from ddpmlab.eval.cache import dataset_key
     from ddpmlab.eval.run import evaluate_real, results_table
 
+    from ddpmlab.paths import check_writable_file
+
     data_cfg = _data_config(args.dataset, args.overrides)
     out = args.out or Path("runs") / "real" / f"{dataset_key(data_cfg)}.json"
+    check_writable_file(Path(out), "--out")
     results = evaluate_real(data_cfg, args.metrics, args.n, args.device, args.classifier, out, progress=not args.quiet)
     print(results_table(results))
     print(f"wrote {results['json']}")
@@ -152,7 +170,7 @@ def _eval(args) -> int:
         raise UserError("--eta must be in [0, 1]")
     results = evaluate_run(args.run_dir, args.metrics, args.n, args.sampler, args.steps, args.eta, args.batch_size,
                            args.seed, not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
-                           args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet)
+                           args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out)
     print(results_table(results))
     print(f"wrote {results['json']}")
     return 0
@@ -163,6 +181,10 @@ def _train(args) -> int:
     from ddpmlab.train import Trainer
 
     if args.resume:
+        if args.config and "=" not in args.config:
+            raise UserError("CONFIG and --resume are exclusive: --resume continues the run with its own config.yaml")
+        if args.run_dir or args.force:
+            raise UserError("--resume takes the run directory itself; --run-dir and --force do not apply to it")
         overrides = ([args.config] if args.config else []) + args.overrides
         trainer = Trainer.resume(args.resume, overrides, progress=not args.quiet)
     else:
@@ -171,60 +193,110 @@ def _train(args) -> int:
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         trainer = Trainer(config, run_dir, force=args.force, progress=not args.quiet)
+    print(f"{trainer.run_dir}: {trainer.description}", flush=True)
     summary = trainer.train()
     state = "interrupted" if summary["interrupted"] else "finished"
     print(f"{state} at step {summary['step']} ({summary['wall_s']:.1f} s of training); run directory: {summary['run_dir']}")
     if summary["interrupted"]:
         print(f"resume with: ddpmlab train --resume {summary['run_dir']}")
+        return 128 + (summary["signal"] or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C
     return 0
+
+
+def sampling_steps(method: str, steps: int | None, config_steps: int, T: int) -> int:
+    """The steps a sampler runs: `steps` if given (1..T), else DDPM's T or the run's sample.steps (capped at T)."""
+    if steps is None:
+        return T if method == "ddpm" else min(config_steps, T)
+    if not 1 <= steps <= T:
+        raise UserError(f"--steps must be in 1..{T} for this model (T={T}), got {steps}")
+    if method == "ddpm" and steps != T:
+        raise UserError(f"--sampler ddpm runs all T={T} steps; use --sampler ddim for --steps {steps}")
+    return steps
+
+
+def check_guidance(guidance: float | None) -> None:
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be a finite number >= 0 (0: no guidance), got {guidance}")
+
+
+def check_sample_output(out: str) -> Path:
+    """The --out path, checked before any compute: FILE.png, FILE.npz, or DIR/ (a folder of PNGs)."""
+    from ddpmlab.paths import check_writable_file, check_writable_folder
+
+    path = Path(out)
+    if out.endswith(("/", "\\")):
+        check_writable_folder(path, "--out")
+        return path
+    if path.is_dir():
+        raise UserError(f"--out {out} is an existing folder; end it with / to write one PNG per image there")
+    if path.suffix not in (".png", ".npz"):
+        raise UserError(f"--out must end in .png (grid), .npz (arrays) or / (one PNG per image), got {out}")
+    check_writable_file(path, "--out")
+    return path
 
 
 def _sample(args) -> int:
     import torch
 
     from ddpmlab.eval.run import generate_samples, save_samples
-    from ddpmlab.images import save_grid
-    from ddpmlab.train.build import load_trained
+    from ddpmlab.images import save_grid, save_images
+    from ddpmlab.train.build import load_trained, weights_file
 
-    out = Path(args.out)
-    if out.suffix not in (".png", ".npz"):
-        raise UserError(f"--out must end in .png (grid) or .npz (arrays), got {out}")
-    if args.n <= 0 or (args.batch_size is not None and args.batch_size <= 0):
+    out = check_sample_output(args.out)
+    if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
         raise UserError("--n and --batch-size must be positive")
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError("--eta must be in [0, 1]")
+    check_guidance(args.guidance)
     model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=args.device)
     method = args.sampler or config.sample.sampler
-    steps = args.steps or min(config.sample.steps, schedule.T)
-    if method == "ddim" and not 1 <= steps <= schedule.T:
-        raise UserError(f"--steps must be in 1..{schedule.T} for this model")
+    if method == "ddpm" and args.eta is not None:
+        raise UserError("--eta applies to --sampler ddim only (DDPM's noise is fixed by the schedule)")
+    steps = sampling_steps(method, args.steps, config.sample.steps, schedule.T)
+    n = args.n or config.sample.n
     labels = None
     if model.num_classes:
         if args.class_label is not None and not 0 <= args.class_label < model.num_classes:
             raise UserError(f"--class must be in 0..{model.num_classes - 1}")
-        labels = (torch.full((args.n,), args.class_label) if args.class_label is not None
-                  else torch.arange(args.n) % model.num_classes)
+        labels = (torch.full((n,), args.class_label) if args.class_label is not None
+                  else torch.arange(n) % model.num_classes)
     elif args.class_label is not None or args.guidance is not None:
         raise UserError("--class and --guidance need a class-conditional model (model.conditional=true)")
     guidance = args.guidance if args.guidance is not None else config.sample.guidance
-    eta = args.eta if args.eta is not None else config.sample.eta
-    images, labels = generate_samples(model, schedule, args.n, method, steps, eta,
+    eta = (args.eta if args.eta is not None else config.sample.eta) if method == "ddim" else None
+    images, labels = generate_samples(model, schedule, n, method, steps, eta or 0.0,
                                       args.batch_size or config.sample.batch_size, args.seed, guidance,
-                                      config.sample.clip_denoised, progress=not args.quiet, labels=labels)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".png":
+                                      config.sample.clip_denoised, progress=not args.quiet, labels=labels,
+                                      prediction=config.diffusion.prediction)
+    weights = weights_file(args.source, not args.no_ema)
+    if args.out.endswith(("/", "\\")):
+        save_images(images, out)
+    elif out.suffix == ".png":
         save_grid(images, out, scale=2)
     else:
-        save_samples(out, images, labels, {"source": str(args.source), "step": step, "sampler": method, "steps": steps,
-                                           "eta": eta, "seed": args.seed, "guidance": guidance, "ema": not args.no_ema})
-    print(f"wrote {args.n} samples ({method}, {steps if method == 'ddim' else schedule.T} steps, step {step}) to {out}")
+        save_samples(out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
+                                           "sampler": method, "steps": steps, "eta": eta, "seed": args.seed,
+                                           "guidance": guidance})
+    print(f"wrote {n} samples ({method}, {steps} steps, eta {eta}) from {weights.name} at step {step} to {out}"
+          if method == "ddim" else f"wrote {n} samples ({method}, {steps} steps) from {weights.name} at step {step} to {out}")
     return 0
 
 
 def _presets(args) -> int:
-    from ddpmlab.config import preset_names
+    from ddpmlab.config import preset_description, preset_names
 
-    print("\n".join(preset_names()))
+    names = preset_names()
+    width = max(map(len, names))
+    print("\n".join(f"{name:<{width}}  {preset_description(name)}" for name in names))
+    return 0
+
+
+def _config(args) -> int:
+    import yaml
+
+    from ddpmlab.config import config_to_dict, load_config
+
+    print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
     return 0
 
 
@@ -235,11 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run_eval_tool(argv)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+    if args.command in ("train", "config") and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra  # key=value items given after options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "presets": _presets, "eval": _eval}
+    handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval}
     return _handle(handlers[args.command], args)
 
 

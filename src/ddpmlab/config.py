@@ -7,6 +7,8 @@ A preset (src/ddpmlab/presets/NAME.yaml) overrides only what differs from these 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,8 +57,10 @@ class ModelConfig:
 class DiffusionConfig:
     timesteps: int = 1000
     schedule: str = "linear"
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    # None: Ho et al.'s 1e-4 .. 0.02 at T=1000, scaled by 1000/T at other T (Nichol & Dhariwal 2021), so
+    # every T ends near pure noise; explicit values are used as given
+    beta_start: float | None = None
+    beta_end: float | None = None
     cosine_s: float = 0.008
     betas: list[float] | None = None  # schedule=custom
     prediction: str = "eps"
@@ -105,10 +109,24 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+# What `--resume` may change: how long and how fast to train, where and how often to write. Everything else
+# defines the model, the data or the diffusion process that the saved weights were trained for.
+RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.device", "train.bf16", "train.log_every", "train.val_every",
+                    "train.val_batches", "train.sample_every", "train.sample_n", "train.checkpoint_every",
+                    "train.keep_checkpoints", "data.root", "data.download", "sample.*")
+
+
 def preset_names() -> list[str]:
     """Names of the presets shipped in the package, sorted."""
     folder = resources.files("ddpmlab") / "presets"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_description(name: str) -> str:
+    """The first comment line of a shipped preset, e.g. "Seconds on a CPU: synthetic shapes, ..."."""
+    text = (resources.files("ddpmlab") / "presets" / f"{name}.yaml").read_text()
+    first = next((line for line in text.splitlines() if line.startswith("#")), "")
+    return first.lstrip("# ").strip()
 
 
 def _read_yaml(source: str) -> dict:
@@ -131,8 +149,20 @@ def _read_yaml(source: str) -> dict:
     return data
 
 
+# YAML 1.1 reads "1e-3" and "2E-4" (no dot) as strings; every number a user writes is accepted as a number
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _as_number(value: Any) -> Any:
+    """`value` as an int or float when it is a numeric string ("1e-3", "2E-4", "1e2", "10"), else unchanged."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if re.fullmatch(r"[-+]?\d+", value.strip()) else number
+    return value
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check `value` against a dataclass field's type, converting where YAML is looser (int -> float)."""
+    """Check `value` against a dataclass field's type, converting where YAML is looser (int -> float, "1e-3")."""
     origin, args = get_origin(annotation), get_args(annotation)
     if value is None:
         if type(None) in args:
@@ -149,6 +179,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise UserError(f"{key} must be true or false, got {value!r}")
+    if annotation in (int, float):
+        value = _as_number(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {value!r}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -237,6 +271,25 @@ def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
 
+def flatten(config: Config) -> dict[str, Any]:
+    """{"section.key": value} for every setting."""
+    return {f"{section}.{key}": value for section, values in config_to_dict(config).items() for key, value in values.items()}
+
+
+def resume_changes(saved: Config, requested: Config, step: int) -> None:
+    """UserError naming the first change `--resume` must refuse: a key outside RESUME_SAFE_KEYS, or train.steps
+    below the run's current `step`."""
+    old, new = flatten(saved), flatten(requested)
+    for key in old:
+        if old[key] != new[key] and key not in RESUME_SAFE_KEYS and f"{key.split('.')[0]}.*" not in RESUME_SAFE_KEYS:
+            raise UserError(f"cannot change {key} on --resume ({old[key]!r} -> {new[key]!r}): it defines the model, data "
+                            f"or process the checkpoint was trained for; start a new run instead. On resume only "
+                            f"{', '.join(RESUME_SAFE_KEYS)} may change")
+    if requested.train.steps < step:
+        raise UserError(f"train.steps={requested.train.steps} is below the run's step {step}; "
+                        f"give train.steps >= {step} to continue it")
+
+
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"invalid config value {key}: {message}")
@@ -264,7 +317,14 @@ def validate(config: Config) -> None:
 
     _check(1 <= f.timesteps <= 4000, "diffusion.timesteps", f"{f.timesteps} is not in 1..4000")
     _check(f.schedule in SCHEDULES, "diffusion.schedule", f"{f.schedule!r} is not one of {', '.join(SCHEDULES)}")
-    _check(0 < f.beta_start <= f.beta_end < 1, "diffusion.beta_start", "need 0 < beta_start <= beta_end < 1")
+    from ddpmlab.diffusion.schedule import linear_beta_range
+
+    if f.schedule == "linear" and 1 <= f.timesteps <= 4000:
+        default_start, default_end = linear_beta_range(f.timesteps)
+        start = default_start if f.beta_start is None else f.beta_start
+        end = default_end if f.beta_end is None else f.beta_end
+        _check(0 < start <= end < 1, "diffusion.beta_start",
+               f"need 0 < beta_start <= beta_end < 1 (got {start:g} and {end:g} at T={f.timesteps})")
     _check(f.cosine_s >= 0, "diffusion.cosine_s", "must be >= 0")
     if f.schedule == "custom":
         _check(f.betas is not None and len(f.betas) == f.timesteps, "diffusion.betas",

@@ -48,3 +48,23 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     picture.save(path)
     return path
+
+
+def save_images(images: torch.Tensor, folder: str | Path) -> list[Path]:
+    """Write each image (uint8 or [-1, 1] floats, N×C×H×W) as its own PNG, folder/000000.png, ...: the layout
+    clean-fid and pytorch-fid read."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = images.detach().cpu()
+    if images.dtype != torch.uint8:
+        images = model_to_uint8(images)
+    digits = max(6, len(str(len(images) - 1)))
+    paths = []
+    for i, image in enumerate(images):
+        array = image.permute(1, 2, 0).numpy()
+        path = folder / f"{i:0{digits}d}.png"
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+        paths.append(path)
+    return paths

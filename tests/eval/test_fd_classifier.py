@@ -20,7 +20,9 @@ def test_short_training_on_synthetic_beats_chance(synthetic_classifier):
     # 4 shapes: chance is 0.25; 150 steps reach well above it on the 51 held-out images
     assert facts["test_accuracy"] > 0.6 and facts["test_split"] == "val"
     assert facts["steps"] == 150 and facts["command"].startswith("ddpmlab eval train-classifier synthetic")
-    assert facts["extractor_id"].startswith(f"classifier-{dataset_key(TINY)}-v1-")
+    # filed under the training subset (val_fraction included): the reference is the val split carved out of train
+    assert facts["extractor_id"].startswith(f"classifier-{dataset_key(TINY, 'train')}-v1-")
+    assert facts["data"]["val_fraction"] == 0.1
 
 
 def test_saved_classifier_loads_with_the_same_weights_and_accuracy(synthetic_classifier, tmp_path):

@@ -9,6 +9,16 @@ import torch
 from ddpmlab.errors import UserError
 
 MAX_TIMESTEPS = 4000
+MAX_BETA = 0.999
+HO_BETA_START, HO_BETA_END = 1e-4, 0.02  # Ho et al. (2020) at T = 1000
+NEAR_PURE_NOISE = 1e-3  # ᾱ_T above this: x_T still carries the image, yet sampling starts from N(0, I)
+
+
+def linear_beta_range(T: int) -> tuple[float, float]:
+    """Nichol & Dhariwal (2021, improved-diffusion): Ho et al.'s β range scaled by 1000/T (capped below 1),
+    so that ᾱ_T is near 0 at every T, as it is at T = 1000."""
+    scale = 1000 / T
+    return min(HO_BETA_START * scale, MAX_BETA), min(HO_BETA_END * scale, MAX_BETA)
 
 
 class NoiseSchedule:
@@ -37,13 +47,17 @@ class NoiseSchedule:
         self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1.0 - self.alphas_cumprod)
 
     @classmethod
-    def linear(cls, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
-        """Ho et al. (2020): β_t linear from beta_start to beta_end over T steps."""
+    def linear(cls, T: int, beta_start: float | None = None, beta_end: float | None = None) -> "NoiseSchedule":
+        """Ho et al. (2020): β_t linear from beta_start to beta_end over T steps; a bound left None is
+        `linear_beta_range(T)`'s (1e-4 and 0.02 at T = 1000)."""
         _validate_T(T)
+        default_start, default_end = linear_beta_range(T)
+        beta_start = default_start if beta_start is None else beta_start
+        beta_end = default_end if beta_end is None else beta_end
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
 
     @classmethod
-    def cosine(cls, T: int, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+    def cosine(cls, T: int, s: float = 0.008, max_beta: float = MAX_BETA) -> "NoiseSchedule":
         """Nichol & Dhariwal (2021) Eq. 17: ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2)."""
         _validate_T(T)
         steps = torch.arange(T + 1, dtype=torch.float64)
@@ -60,6 +74,11 @@ class NoiseSchedule:
         except (TypeError, ValueError, RuntimeError):
             raise UserError("betas must be a list of numbers in (0, 1)") from None
         return cls(tensor)
+
+    @property
+    def final_alpha_cumprod(self) -> float:
+        """ᾱ_T: how much of the image is left at the last step (samplers start from N(0, I) there)."""
+        return float(self.alphas_cumprod[-1])
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at integer timesteps t (float64, CPU)."""

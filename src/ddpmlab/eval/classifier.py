@@ -25,6 +25,7 @@ from ddpmlab.data import WITH_TEST_SPLIT, ImageData, load_dataset, to_model_batc
 from ddpmlab.errors import UserError
 from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity, weights_digest
 from ddpmlab.eval.features import ClassifierFeatures
+from ddpmlab.paths import check_writable_file
 from ddpmlab.nets import Classifier
 from ddpmlab.train.checkpoint import read_weights
 
@@ -36,6 +37,18 @@ WARMUP_STEPS = 100
 def held_out_split(cfg: DataConfig) -> str:
     """"test" for datasets with an official test split, else "val" (held out of train by data.val_fraction)."""
     return "test" if cfg.name in WITH_TEST_SPLIT else "val"
+
+
+def training_split_identity(cfg: DataConfig) -> str | None:
+    """Which images identity names a classifier: the images alone where an official test split is the reference;
+    the training subset (val_fraction, limit) where the reference is the val split carved out of train, so that
+    a classifier trained with another val_fraction, whose training images may be this reference, is another one."""
+    return "train" if held_out_split(cfg) == "val" else None
+
+
+def classifier_key(cfg: DataConfig) -> str:
+    """The dataset key a classifier is filed under, e.g. "fashion-mnist" or "synthetic-1a2b3c4d"."""
+    return dataset_key(cfg, training_split_identity(cfg))
 
 
 def classifier_lr(step: int, steps: int, lr: float, warmup_steps: int = WARMUP_STEPS) -> float:
@@ -109,7 +122,7 @@ def train_classifier(data_cfg: DataConfig, steps: int = 3000, batch_size: int = 
 
 def classifier_extractor_id(data_cfg: DataConfig, state: dict[str, torch.Tensor]) -> str:
     """"classifier-<dataset key>-v1-<weights digest>", e.g. classifier-fashion-mnist-v1-1a2b3c4d."""
-    return f"classifier-{dataset_key(data_cfg)}-{ARCHITECTURE}-{weights_digest(state)}"
+    return f"classifier-{classifier_key(data_cfg)}-{ARCHITECTURE}-{weights_digest(state)}"
 
 
 def save_classifier(model: Classifier, path: str | Path, data_cfg: DataConfig, test_accuracy: float,
@@ -118,9 +131,9 @@ def save_classifier(model: Classifier, path: str | Path, data_cfg: DataConfig, t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    facts = {"format": FORMAT, "dataset": data_cfg.name, "dataset_key": dataset_key(data_cfg),
+    facts = {"format": FORMAT, "dataset": data_cfg.name, "dataset_key": classifier_key(data_cfg),
              "extractor_id": classifier_extractor_id(data_cfg, state), "test_accuracy": test_accuracy,
-             "test_split": held_out_split(data_cfg), "data": images_identity(data_cfg),
+             "test_split": held_out_split(data_cfg), "data": images_identity(data_cfg, training_split_identity(data_cfg)),
              "spec": asdict(model.spec)}
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in facts.items()}
     save_file(state, str(path), metadata=metadata)
@@ -135,6 +148,7 @@ def train_classifier_to_file(data_cfg: DataConfig, out: str | Path | None = None
     out = Path(out) if out is not None else default_classifier_path(data_cfg)
     if out.suffix != ".safetensors":
         raise UserError(f"--out must end in .safetensors, got {out}")
+    check_writable_file(out, "--out")
     start = time.perf_counter()
     model, test_accuracy = train_classifier(data_cfg, steps, batch_size, lr, seed, progress, device)
     details = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "random_flip": data_cfg.random_flip,
@@ -152,16 +166,16 @@ def shipped_classifier(key: str) -> Path | None:
 
 def default_classifier_path(data_cfg: DataConfig) -> Path:
     """Where `ddpmlab eval train-classifier` writes by default: <cache>/classifiers/<dataset key>.safetensors."""
-    return cache_dir("classifiers", f"{dataset_key(data_cfg)}.safetensors")
+    return cache_dir("classifiers", f"{classifier_key(data_cfg)}.safetensors")
 
 
 def find_classifier(data_cfg: DataConfig) -> Path:
     """The shipped classifier for these images, else the cached one; a UserError naming the fix otherwise."""
-    key = dataset_key(data_cfg)
+    key = classifier_key(data_cfg)
     for candidate in (shipped_classifier(key), default_classifier_path(data_cfg)):
         if candidate is not None and candidate.is_file():
             return candidate
-    overrides = " ".join(f"data.{k}={v}" for k, v in images_identity(data_cfg).items()
+    overrides = " ".join(f"data.{k}={v}" for k, v in images_identity(data_cfg, training_split_identity(data_cfg)).items()
                          if k != "name" and v != getattr(DataConfig(name=data_cfg.name), k))
     raise UserError(f"no FD classifier for dataset {key!r} (looked in the package and {default_classifier_path(data_cfg)}); "
                     f"train one: ddpmlab eval train-classifier {data_cfg.name}{' ' + overrides if overrides else ''}")
@@ -209,3 +223,12 @@ def check_classifier_fits(facts: dict, data_cfg: DataConfig, channels: int, imag
         raise UserError(f"classifier {facts['path']} was trained on {facts['dataset']} "
                         f"({spec['in_channels']}×{spec['image_size']}²), not {data_cfg.name} ({channels}×{image_size}²); "
                         f"pass --classifier for this dataset or train one with ddpmlab eval train-classifier {data_cfg.name}")
+    if held_out_split(data_cfg) == "val":
+        # the reference is the fixed-seed draw of round(N·val_fraction) training images, nested in any larger
+        # fraction's draw: disjoint from the classifier's training images only if its val_fraction is at least ours
+        trained_fraction = facts.get("data", {}).get("val_fraction")
+        if trained_fraction is None or trained_fraction < data_cfg.val_fraction:
+            raise UserError(f"classifier {facts['path']} was trained with data.val_fraction={trained_fraction}, so its "
+                            f"training images overlap this run's reference (the val split, data.val_fraction="
+                            f"{data_cfg.val_fraction}); train one with: ddpmlab eval train-classifier {data_cfg.name} "
+                            f"data.val_fraction={data_cfg.val_fraction}")

@@ -9,6 +9,8 @@ separately named numbers, never one in place of the other.
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +30,7 @@ from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inceptio
 from ddpmlab.eval.reference import feature_stats, reference_features, subset_indices
 from ddpmlab.eval.speed import sampling_speed, training_cost
 from ddpmlab.images import model_to_uint8
+from ddpmlab.paths import check_writable_folder
 from ddpmlab.samplers import SAMPLERS, sample
 from ddpmlab.train.build import load_trained, resolve_device
 
@@ -38,6 +41,7 @@ INCEPTION_METRICS = ("fid", "kid", "pr")
 # per image) are defaults on a GPU only
 CPU_DEFAULTS, GPU_DEFAULTS = ("fd", "speed"), METRICS
 FEATURE_BATCH = {"classifier": 500, "inception": 50}
+MIN_FID_SAMPLES = 2048  # the Inception pool3 dimension: fewer samples give a singular covariance
 
 
 def parse_metrics(text: str | None, device: torch.device, allowed=METRICS) -> list[str]:
@@ -116,10 +120,12 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
 
 def generate_samples(model, schedule, n: int, method: str, steps: int, eta: float, batch_size: int, seed: int,
                      guidance: float | None, clip_denoised: bool, progress: bool = True,
-                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     labels: torch.Tensor | None = None, prediction: str | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator.
 
-    A conditional model gets `labels` (default: the classes in turn)."""
+    A conditional model gets `labels` (default: the classes in turn). `prediction` is the run's
+    diffusion.prediction (the config, not the network, says what the network was trained to output)."""
     if labels is None:
         labels = class_labels(n, model.num_classes)
     generator = torch.Generator().manual_seed(seed)
@@ -130,7 +136,7 @@ def generate_samples(model, schedule, n: int, method: str, steps: int, eta: floa
         batch_labels = labels[start:start + count] if labels is not None else None
         images = sample(model, schedule, (count, *shape), method=method, steps=steps, eta=eta, generator=generator,
                         labels=batch_labels, guidance_scale=guidance if labels is not None else None,
-                        clip_denoised=clip_denoised)
+                        clip_denoised=clip_denoised, prediction=prediction)
         batches.append(model_to_uint8(images).cpu())
     return torch.cat(batches), labels
 
@@ -155,6 +161,28 @@ def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
         return None
 
 
+def safe_name(name: str) -> str:
+    """`name` with every run of characters other than letters, digits, . _ - replaced by '-' (no folders, no
+    leading dots); UserError when nothing is left."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
+    if not cleaned:
+        raise UserError(f"--name {name!r} has no letters or digits")
+    return cleaned
+
+
+def run_of(path: Path) -> Path:
+    """The run directory of a run directory or of one of its checkpoint folders (RUN/checkpoints/step_X)."""
+    from ddpmlab.train import checkpoint as ckpt
+
+    if not path.is_dir():
+        raise UserError(f"no such run directory or checkpoint folder: {path}")
+    if (path / ckpt.PROGRESS_FILE).is_file():
+        if path.parent.name != "checkpoints" or not (path.parent.parent / "config.yaml").is_file():
+            raise UserError(f"{path}: a checkpoint outside a run directory; give its run directory, or --out for results")
+        return path.parent.parent
+    return path
+
+
 def default_name(method: str, steps: int, n: int, seed: int, use_ema: bool) -> str:
     """e.g. "ddim50-n10000-seed0" (+ "-raw" for the non-EMA weights)."""
     return f"{method}{steps}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
@@ -165,8 +193,10 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
                  steps: int = 50, eta: float = 0.0, batch_size: int | None = None, seed: int = 0,
                  use_ema: bool = True, device: str = "auto", name: str | None = None,
                  classifier: str | Path | None = None, ref_n: int = 10000, nll_n: int = 1000,
-                 nll_timesteps: int | None = None, speed_repeats: int = 3, progress: bool = True) -> dict:
-    """Evaluate a run's newest checkpoint; writes RUN_DIR/eval/<name>.json (and .npz samples) and returns its dict.
+                 nll_timesteps: int | None = None, speed_repeats: int = 3, progress: bool = True,
+                 out: str | Path | None = None) -> dict:
+    """Evaluate a run's newest checkpoint (or the checkpoint folder given); writes <name>.json and the .npz samples
+    into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
     metrics: comma-separated subset of METRICS (default: CPU_DEFAULTS on a CPU, all on a GPU). FD/FID/KID/PR
     compare `n` samples with min(ref_n, split size) held-out images; NLL is the bound in bits/dim on min(nll_n, …)
@@ -181,17 +211,22 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if (batch_size is not None and batch_size <= 0) or speed_repeats <= 0:
         raise UserError("--batch-size and --speed-repeats must be positive")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"no such run directory: {run_dir}")
-    model, schedule, config, step = load_trained(run_dir, use_ema=use_ema, device=str(device))
+    source, run_dir = Path(run_dir), run_of(Path(run_dir))
+    out_dir = Path(out) if out is not None else run_dir / "eval"
+    check_writable_folder(out_dir, "--out")
+    model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
+    if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics):
+        print(f"warning: FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
+              f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
+              file=sys.stderr)
     steps = min(steps, schedule.T) if sampler == "ddim" else schedule.T
     if steps < 1:
         raise UserError("--steps must be at least 1")
     channels, image_size = model.spec.in_channels, model.spec.image_size
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
-    name = name or default_name(sampler, steps, n, seed, use_ema)
+    name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema) + (
+        f"-step{step}" if source != run_dir else "")
     split = held_out_split(config.data)
     guidance = config.sample.guidance if model.num_classes else None
     settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
@@ -204,13 +239,13 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     if extractors:
-        samples_path = run_dir / "eval" / f"{name}.npz"
+        samples_path = out_dir / f"{name}.npz"
         images = load_samples(samples_path, settings)
         results["samples"] = {"path": str(samples_path), "reused": images is not None}
         if images is None:
             start = time.perf_counter()
             images, labels = generate_samples(model, schedule, n, sampler, steps, eta, batch_size, seed, guidance,
-                                              config.sample.clip_denoised, progress)
+                                              config.sample.clip_denoised, progress, prediction=config.diffusion.prediction)
             results["timings_s"]["sampling"] = time.perf_counter() - start
             save_samples(samples_path, images, labels, settings)
         real, fake, references = {}, {}, {}
@@ -238,7 +273,7 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         start = time.perf_counter()
         mean, standard_error = nll_bits_per_dim(model, schedule, held_out.images[index], labels, batch_size=batch_size,
                                                 timesteps=nll_timesteps, generator=torch.Generator().manual_seed(seed),
-                                                progress=progress)
+                                                progress=progress, prediction=config.diffusion.prediction)
         results["timings_s"]["nll"] = time.perf_counter() - start
         results["metrics"].update(nll_bits_per_dim=mean, nll_bits_per_dim_se=standard_error)
         results["nll"] = {"n": len(index), "split": split, "timesteps": nll_timesteps or schedule.T}
@@ -248,7 +283,7 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         speed = sampling_speed(model, schedule, (batch_size, channels, image_size, image_size), sampler, steps,
                                speed_repeats, device, eta=eta, labels=labels,
                                guidance_scale=guidance if labels is not None else None,
-                               clip_denoised=config.sample.clip_denoised)
+                               clip_denoised=config.sample.clip_denoised, prediction=config.diffusion.prediction)
         training = training_cost(run_dir, config.train.batch_size)
         results["speed"], results["training"] = speed, training
         results["metrics"].update(sampling_images_per_s=speed["images_per_s"],
@@ -256,11 +291,11 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
                                   train_wall_s=training.get("train_wall_s"),
                                   train_images_per_s=training.get("train_images_per_s"))
 
-    out = run_dir / "eval" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results = merge_results(out, results)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    results["json"] = str(out)
+    path = out_dir / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = merge_results(path, results)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    results["json"] = str(path)
     return results
 
 
@@ -345,12 +380,40 @@ def format_value(key: str, value) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
 
 
+def sample_counts(results: dict) -> dict[str, str]:
+    """{metric key: how many images it was measured on}, e.g. "2000 samples vs 10000 test"."""
+    counts = {}
+    for key, extractor_id in results.get("extractors", {}).items():
+        references = {name: info for name, info in results.get("reference", {}).items() if name.endswith(extractor_id)}
+        held_out = next((info for name, info in references.items() if not name.startswith("train:")), None)
+        compared = (f"{results['settings']['n']} samples" if "settings" in results else
+                    f"{references.get('train:' + extractor_id, {}).get('count', '?')} train")
+        if held_out is not None:
+            counts[key] = f"{compared} vs {held_out['count']} {held_out['split']}"
+    for key in ("kid_inception_std", "pr_n"):
+        counts.pop(key, None)
+    if "pr_n" in results.get("metrics", {}):
+        for key in ("precision_inception", "recall_inception"):
+            counts[key] = f"{results['metrics']['pr_n']} vs {results['metrics']['pr_n']}"
+    if "nll" in results:
+        counts["nll_bits_per_dim"] = f"{results['nll']['n']} {results['nll']['split']} images"
+    if "speed" in results:
+        speed = results["speed"]
+        if "repeats" in speed:
+            counts["sampling_images_per_s"] = f"{speed['repeats']} batches of {speed['batch_size']}"
+    return counts
+
+
 def results_table(results: dict) -> str:
-    """The metrics of an `evaluate_run`/`evaluate_real` result as an aligned two-column text table."""
-    rows = [(LABELS.get(key, key), format_value(key, value)) for key, value in results["metrics"].items()]
-    width = max([len(label) for label, _ in rows] + [6])
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
-    lines += [f"{label:<{width}}  {value}" for label, value in rows]
+    """The metrics of an `evaluate_run`/`evaluate_real` result as an aligned table: metric, value, images used."""
+    counts = sample_counts(results)
+    rows = [(LABELS.get(key, key), format_value(key, value), counts.get(key, ""))
+            for key, value in results["metrics"].items()]
+    width = max([len(label) for label, _, _ in rows] + [6])
+    value_width = max([len(value) for _, value, _ in rows] + [5])
+    lines = [f"{'metric':<{width}}  {'value':<{value_width}}  measured on",
+             f"{'-' * width}  {'-' * value_width}  -----------"]
+    lines += [f"{label:<{width}}  {value:<{value_width}}  {count}".rstrip() for label, value, count in rows]
     for key, extractor_id in results.get("extractors", {}).items():
         lines.append(f"{key} measured with {extractor_id}")
     if "peak_memory_bytes" in results["metrics"]:

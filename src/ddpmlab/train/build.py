@@ -29,12 +29,14 @@ def build_unet(cfg: ModelConfig, in_channels: int, image_size: int, num_classes:
                 num_classes=num_classes if cfg.conditional else None, prediction=prediction)
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """'auto' -> cuda when available, else cpu; a CUDA request without a GPU is a UserError."""
+def resolve_device(name: str | None, setting: str = "--device") -> torch.device:
+    """'auto' -> cuda when available, else cpu; a CUDA request without a GPU is a UserError that names how to
+    choose the CPU (`setting`: "--device" on the command line, "train.device" in a config)."""
+    fix = f"{setting}=cpu" if "." in setting else f"{setting} cpu"
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu")
+        raise UserError(f"device {name!r} requested but no CUDA GPU is available; set {fix}")
     try:
         return torch.device(name)
     except RuntimeError:
@@ -58,8 +60,20 @@ def find_checkpoint(path: str | Path) -> Path:
     return checkpoints[-1]
 
 
+def weights_file(path: str | Path, use_ema: bool = True) -> Path:
+    """The weights a path names: a .safetensors file itself; in a run directory (its newest checkpoint) or a
+    checkpoint folder, the EMA weights (or the raw ones when not use_ema)."""
+    from ddpmlab.train import checkpoint as ckpt
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    return find_checkpoint(path) / (ckpt.EMA_FILE if use_ema else ckpt.MODEL_FILE)
+
+
 def load_trained(path: str | Path, use_ema: bool = True, device=None):
-    """(model in eval mode on `device`, NoiseSchedule, Config, step) from a run directory or checkpoint.
+    """(model in eval mode on `device`, NoiseSchedule, Config, step) from a run directory, a checkpoint folder or
+    one weights file inside a checkpoint (that file is used, whatever `use_ema` says).
 
     Raises UserError for a missing, corrupt or foreign checkpoint.
     """
@@ -71,15 +85,15 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
 
     folder = find_checkpoint(path)
     progress = ckpt.read_progress(folder)
-    state, metadata = ckpt.read_weights(folder / (ckpt.EMA_FILE if use_ema else ckpt.MODEL_FILE))
+    state, metadata = ckpt.read_weights(weights_file(path, use_ema))
     try:
         config = config_from_dict(json.loads(metadata["config"]), str(folder))
         spec = json.loads(metadata["model_spec"])
     except (KeyError, json.JSONDecodeError):
         raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
     model = UNet.from_spec(spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{folder}: weights do not match the stored model spec ({str(exc).splitlines()[0][:150]})") from None
+    mismatch = ckpt.state_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
+    model.load_state_dict(state)
     return model.to(resolve_device(device)).eval(), build_schedule(config.diffusion), config, int(progress["step"])

@@ -95,6 +95,23 @@ def read_weights(path: Path, expected_format: str = FORMAT, kind: str = "ddpmlab
     return state, metadata
 
 
+def state_mismatch(expected: dict, found: dict, limit: int = 3) -> str:
+    """'' when `found` has exactly `expected`'s names and shapes; else which names are missing or extra and
+    which shapes differ (the first `limit` of each), e.g. "conv_in.weight: checkpoint 16×3×3×3, model 32×3×3×3"."""
+    def shape(tensor) -> str:
+        return "×".join(map(str, tensor.shape)) or "scalar"
+
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    differ = [f"{k}: checkpoint {shape(found[k])}, model {shape(expected[k])}" for k in expected
+              if k in found and found[k].shape != expected[k].shape]
+    parts = []
+    for label, items in (("shapes differ", differ), ("missing from the checkpoint", missing), ("not in the model", extra)):
+        if items:
+            parts.append(f"{label} ({len(items)}): " + "; ".join(items[:limit]) + (" ..." if len(items) > limit else ""))
+    return " | ".join(parts)
+
+
 def read_progress(folder: Path) -> dict:
     """The progress JSON of a checkpoint folder; UserError if missing or corrupt."""
     path = Path(folder) / PROGRESS_FILE

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s")
+
+
+class RunLog:
+    """RUN_DIR/run.log: timestamped notes of every session (device, sizes, warnings); warnings also go to stderr."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def note(self, message: str, warning: bool = False) -> None:
+        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        with self.path.open("a") as handle:
+            handle.write(f"{stamp} {'warning: ' if warning else ''}{message}\n")
+        if warning:
+            print(f"warning: {message}", file=sys.stderr)
 
 
 class MetricsLog:

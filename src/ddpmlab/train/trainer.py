@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import shutil
 import signal
 import time
 from dataclasses import asdict
@@ -16,16 +14,19 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpmlab.config import Config, apply_overrides, config_from_dict, save_config
+from ddpmlab.config import Config, apply_overrides, config_from_dict, resume_changes, save_config
 from ddpmlab.data import ImageData, load_dataset, to_model_batch
 from ddpmlab.diffusion import diffusion_loss
+from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.images import save_grid
 from ddpmlab.samplers import sample
 from ddpmlab.train import checkpoint as ckpt
 from ddpmlab.train.build import build_schedule, build_unet, resolve_device
 from ddpmlab.train.ema import EMA
-from ddpmlab.train.log import MetricsLog, plot_loss_curve
+from ddpmlab.paths import check_writable_folder
+from ddpmlab.train.log import MetricsLog, RunLog, plot_loss_curve
+from ddpmlab.train.run_dir import has_content, prepare_run_dir
 
 VALIDATION_SEED = 1234
 
@@ -45,15 +46,20 @@ class Trainer:
     def __init__(self, config: Config, run_dir: str | Path, model: nn.Module | None = None,
                  force: bool = False, progress: bool = True, _resuming: bool = False):
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress
-        if not _resuming and _has_content(self.run_dir) and not force:
-            raise UserError(f"run directory {self.run_dir} already exists; use --force to overwrite or --resume to continue")
-        self.device = resolve_device(config.train.device)
+        if not _resuming:
+            check_writable_folder(self.run_dir, "--run-dir")
+            if has_content(self.run_dir) and not force:
+                raise UserError(f"run directory {self.run_dir} already exists; use --force to overwrite or --resume to continue")
+        self.device = resolve_device(config.train.device, setting="train.device")
         torch.manual_seed(config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)  # data order, t, noise, flips
         self.train_data = load_dataset(config.data, "train")
         self.val_data = load_dataset(config.data, "val") if config.data.val_fraction > 0 else None
         if len(self.train_data) == 0:
             raise UserError(f"dataset {config.data.name!r} has no training images")
+        if config.train.batch_size > len(self.train_data):
+            raise UserError(f"train.batch_size={config.train.batch_size} is larger than the {len(self.train_data)} "
+                            f"training images of {config.data.name}; lower train.batch_size")
         self.num_classes = self.train_data.num_classes if config.model.conditional else None
         if config.model.conditional and not self.num_classes:
             raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
@@ -65,10 +71,16 @@ class Trainer:
                                            weight_decay=config.train.weight_decay)
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
+        self.stop_signal: int | None = None
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.description = (f"device {self.device}, {parameters:,} parameters, {len(self.train_data):,} training images "
+                            f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
+                            f"of {config.data.name}")
         if not _resuming:
-            _prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
+            prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
             save_config(config, self.run_dir / "config.yaml")
             self.log = MetricsLog(self.run_dir / "metrics.csv")
+            self.start_session_log()
 
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
@@ -86,11 +98,24 @@ class Trainer:
         checkpoints = ckpt.list_checkpoints(run_dir)
         if not checkpoints:
             raise UserError(f"{run_dir}: no checkpoint to resume from")
+        resume_changes(saved, config, int(ckpt.read_progress(checkpoints[-1])["step"]))
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
         trainer.load_checkpoint(checkpoints[-1])
         save_config(config, run_dir / "config.yaml")
         trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step)
+        trainer.start_session_log(resumed_from=trainer.step)
         return trainer
+
+    def start_session_log(self, resumed_from: int | None = None) -> None:
+        """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise."""
+        self.run_log = RunLog(self.run_dir / "run.log")
+        self.run_log.note(("resumed at step %d: " % resumed_from if resumed_from is not None else "new run: ")
+                          + self.description)
+        final = self.schedule.final_alpha_cumprod
+        if final > NEAR_PURE_NOISE:
+            self.run_log.note(f"the noise schedule ends at alpha_bar_T = {final:.3g} > {NEAR_PURE_NOISE:g}: x_T still "
+                              f"carries the image, yet sampling starts from pure noise, so samples and the NLL's prior "
+                              f"term suffer; use more diffusion.timesteps, larger betas or schedule=cosine", warning=True)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -118,15 +143,23 @@ class Trainer:
                 bar.update(1)
                 self.after_step(lr, float(grad_norm), bar)
         bar.close()
+        self.stop_signal = stop.signum
         self.wall_s, self.session_start = self.wall_clock(), None
         interrupted = self.step < t.steps
+        if self.window.steps:  # the steps since the last log line (an interruption), not lost
+            loss, images_per_s = self.window.flush()
+            self.log.append(step=self.step, loss=loss, lr=lr, grad_norm=float(grad_norm), images_per_s=images_per_s,
+                            wall_s=self.wall_s)
         newest = ckpt.list_checkpoints(self.run_dir)
         if not newest or ckpt.read_progress(newest[-1])["step"] != self.step:
             self.save_checkpoint()
         if not interrupted and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
             self.save_sample_grid()
         plot_loss_curve(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
-        return {"step": self.step, "interrupted": interrupted, "wall_s": self.wall_s, "run_dir": str(self.run_dir)}
+        if interrupted:
+            self.run_log.note(f"interrupted at step {self.step} (signal {stop.signum}); checkpoint saved")
+        return {"step": self.step, "interrupted": interrupted, "signal": stop.signum, "wall_s": self.wall_s,
+                "run_dir": str(self.run_dir)}
 
     def after_step(self, lr: float, grad_norm: float, bar) -> None:
         """Logging, validation, sample grids and checkpoints, each when its interval comes round."""
@@ -209,7 +242,7 @@ class Trainer:
         shape = (n, self.train_data.channels, self.train_data.image_size, self.train_data.image_size)
         images = sample(self.ema.shadow, self.schedule, shape, method=s.sampler, steps=min(s.steps, self.schedule.T),
                         eta=s.eta, generator=generator, labels=labels, guidance_scale=s.guidance if labels is not None else None,
-                        clip_denoised=s.clip_denoised, device=self.device)
+                        clip_denoised=s.clip_denoised, device=self.device, prediction=self.config.diffusion.prediction)
         return save_grid(images, self.run_dir / "samples" / f"step_{self.step:07d}.png", scale=2)
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -229,6 +262,9 @@ class Trainer:
         progress = ckpt.read_progress(folder)
         model_state, _ = ckpt.read_weights(folder / ckpt.MODEL_FILE)
         ema_state, _ = ckpt.read_weights(folder / ckpt.EMA_FILE)
+        mismatch = ckpt.state_mismatch(self.model.state_dict(), model_state)
+        if mismatch:
+            raise UserError(f"{folder}: checkpoint does not fit this model: {mismatch}")
         try:
             self.model.load_state_dict(model_state)
             self.ema.shadow.load_state_dict(ema_state)
@@ -242,18 +278,6 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.order, self.position = rng["order"], int(rng["position"])
         self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
-
-
-def _has_content(run_dir: Path) -> bool:
-    return run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
-
-
-def _prepare_run_dir(run_dir: Path, force: bool) -> None:
-    if _has_content(run_dir):
-        if not (run_dir / "config.yaml").exists() and not (run_dir / "checkpoints").exists():
-            raise UserError(f"{run_dir} is not empty and not a ddpmlab run; refusing to delete it, choose another --run-dir")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 class _Window:
@@ -274,6 +298,7 @@ class _Window:
 
 class _StopFlag:
     requested = False
+    signum: int | None = None
 
 
 @contextlib.contextmanager
@@ -285,7 +310,7 @@ def _stop_requested_on_signals():
     def handler(signum, frame):
         if flag.requested:
             raise KeyboardInterrupt
-        flag.requested = True
+        flag.requested, flag.signum = True, signum
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:

@@ -1,0 +1,61 @@
+"""A run directory's own files: which entries ddpmlab wrote, so that `--force` removes those and nothing else."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from ddpmlab.errors import UserError
+
+# what a run writes: top-level files, and per folder the names it gives its entries
+RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "run.log")
+RUN_FOLDERS = {
+    "samples": re.compile(r"step_\d{7}\.png"),
+    "checkpoints": re.compile(r"\.?step_\d{7}(\..*\.tmp)?"),
+    "eval": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.(json|npz|png)"),
+}
+
+
+def has_content(run_dir: Path) -> bool:
+    """True when `run_dir` exists and is a file or a non-empty folder."""
+    run_dir = Path(run_dir)
+    return run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+
+
+def owned_entries(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(entries ddpmlab wrote, entries it did not) directly in `run_dir` and in its own sub-folders."""
+    owned, foreign = [], []
+    for entry in sorted(Path(run_dir).iterdir()):
+        if entry.name in RUN_FILES and entry.is_file():
+            owned.append(entry)
+        elif entry.name in RUN_FOLDERS and entry.is_dir():
+            pattern = RUN_FOLDERS[entry.name]
+            for child in sorted(entry.iterdir()):
+                (owned if pattern.fullmatch(child.name) else foreign).append(child)
+        else:
+            foreign.append(entry)
+    return owned, foreign
+
+
+def prepare_run_dir(run_dir: Path, force: bool) -> None:
+    """Make `run_dir` ready for a new run. With `force`, remove what an earlier run wrote there and keep
+    every other file (listed on stderr); a non-empty folder holding no run at all is refused."""
+    run_dir = Path(run_dir)
+    if has_content(run_dir):
+        if not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir} is a file, not a folder")
+        owned, foreign = owned_entries(run_dir)
+        if not any(p.name == "config.yaml" or p.parent.name == "checkpoints" for p in owned):
+            raise UserError(f"{run_dir} is not empty and not a ddpmlab run; refusing to touch it, choose another --run-dir")
+        for entry in owned:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        for folder in RUN_FOLDERS:
+            if (run_dir / folder).is_dir() and not any((run_dir / folder).iterdir()):
+                (run_dir / folder).rmdir()
+        if foreign:
+            names = ", ".join(str(p.relative_to(run_dir)) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+            print(f"note: --force removed the earlier run in {run_dir} and kept {len(foreign)} file(s) ddpmlab did not "
+                  f"write: {names}", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
