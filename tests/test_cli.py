@@ -128,3 +128,96 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
     result = run_cli("train", "tiny", "diffusion.timesteps=0", "--run-dir", tmp_path / "r")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: ")
+
+
+# -- what a new user hit first (issue 9) ------------------------------------------------------------------
+def test_a_named_weights_file_is_the_one_sampled(trained, tmp_path):
+    checkpoint = sorted((trained / "checkpoints").iterdir())[-1]
+    outs = {}
+    for name, source, extra in (("file", checkpoint / "model.safetensors", []), ("raw", trained, ["--no-ema"]),
+                                ("ema", trained, [])):
+        assert main(["sample", str(source), "--n", "4", "--out", str(tmp_path / f"{name}.npz"), "--quiet", *extra]) == 0
+        outs[name] = np.load(tmp_path / f"{name}.npz")["images"]
+    assert np.array_equal(outs["file"], outs["raw"]) and not np.array_equal(outs["file"], outs["ema"])
+
+
+def test_sample_defaults_come_from_the_run_and_folders_get_one_png_per_image(trained, tmp_path, capsys):
+    assert main(["sample", str(trained), "--out", str(tmp_path / "a.npz"), "--quiet"]) == 0
+    assert np.load(tmp_path / "a.npz")["images"].shape[0] == 16  # tiny's sample.n
+    assert "ddim, 10 steps" in capsys.readouterr().out  # tiny's sample.sampler and sample.steps
+    assert main(["sample", str(trained), "--n", "5", "--out", str(tmp_path / "pngs") + "/", "--quiet"]) == 0
+    from PIL import Image
+
+    files = sorted((tmp_path / "pngs").iterdir())
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    assert Image.open(files[0]).size == (16, 16)
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--steps", "0"], "--steps must be in 1..100"),
+    (["--steps", "101"], "--steps must be in 1..100"),
+    (["--sampler", "ddpm", "--steps", "7"], "runs all T=100 steps"),
+    (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
+    (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+    (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
+    (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
+])
+def test_sampler_flags_that_cannot_be_honoured_are_errors(capsys, trained, tmp_path, extra, fragment):
+    _expect_user_error(capsys, ["sample", trained, "--out", tmp_path / "x.png", *extra], fragment)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_unwritable_outputs_are_refused_before_any_compute(capsys, trained, tmp_path):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    _expect_user_error(capsys, ["sample", trained, "--out", tmp_path / "file" / "x.png"], "which is a file")
+    _expect_user_error(capsys, ["sample", trained, "--out", "/proc/ddpmlab-test.png"], "cannot write in /proc")
+    _expect_user_error(capsys, ["sample", trained, "--out", tmp_path / "folder"], "is an existing folder")
+    _expect_user_error(capsys, ["train", "tiny", "--run-dir", tmp_path / "file" / "run"], "which is a file")
+    _expect_user_error(capsys, ["eval", "train-classifier", "synthetic", "--out", "/proc/c.safetensors"],
+                       "cannot write in /proc")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_resume_flag_combinations(capsys, trained):
+    _expect_user_error(capsys, ["train", "tiny", "--resume", trained], "CONFIG and --resume are exclusive")
+    _expect_user_error(capsys, ["train", "--resume", trained, "--run-dir", "x"], "--run-dir and --force do not apply")
+    _expect_user_error(capsys, ["train", "--resume", trained, "--force"], "--run-dir and --force do not apply")
+    _expect_user_error(capsys, ["train", "--resume", trained, "train.steps=10"], "below the run's step 40")
+    _expect_user_error(capsys, ["train", "--resume", trained, "diffusion.prediction=v"], "cannot change diffusion.prediction")
+
+
+def test_cuda_without_a_gpu_names_the_config_key(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: train.device=cuda is valid here")
+    _expect_user_error(capsys, ["train", "tiny", "train.device=cuda", "--run-dir", tmp_path / "r"], "set train.device=cpu")
+    assert not (tmp_path / "r").exists()
+
+
+def test_train_says_what_it_trains_before_the_bar(tmp_path):
+    result = run_cli("train", "tiny", "train.steps=2", "--run-dir", tmp_path / "r", "--quiet")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert "device cpu" in first and "parameters" in first and "461 training images (3×16×16)" in first
+
+
+def test_sigint_saves_logs_the_partial_window_and_exits_130(tmp_path):
+    from ddpmlab.train.log import read_metrics
+
+    run = tmp_path / "run"
+    process = subprocess.Popen([*CLI, "train", "tiny", "train.log_every=1000", "train.val_every=1000",
+                                "train.checkpoint_every=1000", "train.sample_every=1000", "train.steps=1000",
+                                "--run-dir", str(run), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "run.log").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # some steps, and no log line yet (log_every=1000)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    stopped_at = int(out.split("interrupted at step ")[1].split()[0])
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["step"] for r in rows] == [stopped_at] and rows[0]["loss"] > 0  # the window before the signal
+    assert (run / "checkpoints" / f"step_{stopped_at:07d}").is_dir()

@@ -70,3 +70,24 @@ def test_T_out_of_range_is_a_user_error(T):
 def test_from_betas_keeps_values():
     s = NoiseSchedule.from_betas([0.1, 0.2, 0.3])
     assert s.alphas_cumprod.tolist() == pytest.approx([0.9, 0.72, 0.504])
+
+
+@pytest.mark.parametrize("T,start,end", [(1000, 1e-4, 0.02), (100, 1e-3, 0.2), (300, 1e-4 * 1000 / 300, 0.02 * 1000 / 300),
+                                         (4000, 2.5e-5, 0.005)])
+def test_linear_default_range_is_scaled_by_1000_over_T(T, start, end):
+    """Nichol & Dhariwal's convention: Ho et al.'s 1e-4..0.02 at T=1000, × 1000/T elsewhere."""
+    s = NoiseSchedule.linear(T)
+    assert s.betas[0].item() == pytest.approx(start, rel=1e-12) and s.betas[-1].item() == pytest.approx(end, rel=1e-12)
+    assert s.final_alpha_cumprod < 1e-3  # every T ends near pure noise
+
+
+def test_linear_unscaled_range_at_small_T_leaves_the_image_in_x_T():
+    # what the old fixed range did: ᾱ_T = 0.36 at T=100 and 0.048 at T=300
+    assert NoiseSchedule.linear(100, 1e-4, 0.02).final_alpha_cumprod == pytest.approx(0.364, abs=1e-3)
+    assert NoiseSchedule.linear(300, 1e-4, 0.02).final_alpha_cumprod == pytest.approx(0.0477, abs=1e-3)
+    assert NoiseSchedule.linear(1000, 1e-4, 0.02).final_alpha_cumprod == pytest.approx(4.04e-5, rel=1e-2)
+
+
+def test_linear_range_is_capped_below_one_at_tiny_T():
+    s = NoiseSchedule.linear(10)
+    assert s.betas[0].item() == pytest.approx(0.01) and s.betas[-1].item() == pytest.approx(0.999)

@@ -121,3 +121,44 @@ def test_table_names_both_distances_apart():
                            "speed": {"peak_memory_kind": "process peak RSS"}})
     assert "FD (classifier features)  1.5" in table and "FID (Inception)" in table and "20.25" in table
     assert "fd_classifier measured with classifier-x" in table and "peak memory (MiB)" in table
+
+
+# -- results stay inside the run, and every figure says what it was measured on (issue 9) -------------------
+def test_a_checkpoint_folder_is_evaluated_into_its_runs_eval_folder(tiny_run, synthetic_classifier, tmp_path):
+    classifier, _ = synthetic_classifier
+    checkpoint = sorted((tiny_run / "checkpoints").iterdir())[0]
+    assert run_eval(checkpoint, classifier, "--metrics", "fd") == 0
+    step = int(checkpoint.name.split("_")[1])
+    assert (tiny_run / "eval" / f"ddim5-n32-seed0-step{step}.json").is_file()
+    assert not (checkpoint / "eval").exists()
+    assert run_eval(tiny_run, classifier, "--metrics", "fd", "--name", "../../escape/x") == 0
+    assert (tiny_run / "eval" / "escape-x.json").is_file() and not (tiny_run.parent.parent / "escape").exists()
+    assert run_eval(tiny_run, classifier, "--metrics", "fd", "--out", tmp_path / "elsewhere") == 0
+    assert (tmp_path / "elsewhere" / "ddim5-n32-seed0.json").is_file()
+
+
+def test_fewer_than_2048_samples_for_fid_warns_and_counts_are_printed(tiny_run, synthetic_classifier, capsys, monkeypatch):
+    from ddpmlab.errors import UserError
+    from ddpmlab.eval import run as run_module
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped before Inception")
+
+    monkeypatch.setattr(run_module, "needed_extractors", stop)
+    assert main(["eval", str(tiny_run), "--metrics", "fid", "--n", "8", "--device", "cpu", "--quiet"]) == 2
+    assert "warning: FID/KID/PR on 8 samples: below 2048" in capsys.readouterr().err
+    monkeypatch.undo()
+    classifier, _ = synthetic_classifier
+    assert run_eval(tiny_run, classifier, "--metrics", "fd,nll", "--nll-n", 4, "--nll-timesteps", 2) == 0
+    table = capsys.readouterr().out
+    assert "32 samples vs 51 val" in table and "4 val images" in table
+
+
+def test_a_classifier_trained_on_this_runs_reference_images_is_refused(tiny_run, tmp_path, capsys):
+    path = tmp_path / "overlapping.safetensors"
+    assert main(["eval", "train-classifier", "synthetic", "data.synthetic_count=512", "data.val_fraction=0.05",
+                 "--steps", "2", "--out", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert run_eval(tiny_run, path, "--metrics", "fd") == 2
+    err = capsys.readouterr().err
+    assert "trained with data.val_fraction=0.05, so its training images overlap this run's reference" in err

@@ -1,0 +1,102 @@
+"""A run directory belongs to the user: --force removes only what ddpmlab wrote; nothing is written before a
+config is known to work; resume refuses what would silently change the run."""
+
+import pytest
+import torch
+
+from ddpmlab.cli import main
+from ddpmlab.config import load_config
+from ddpmlab.errors import UserError
+from ddpmlab.train import Trainer
+from ddpmlab.train.log import read_metrics
+
+
+def tiny(*overrides):
+    return load_config("tiny", list(overrides))
+
+
+def test_force_removes_the_old_run_and_keeps_the_users_files(tmp_path, capsys):
+    run = tmp_path / "proj"
+    Trainer(tiny("train.steps=10"), run, progress=False).train()
+    (run / "notes.txt").write_text("mine")
+    (run / "data").mkdir()
+    (run / "data" / "keep.npy").write_bytes(b"x")
+    (run / "samples" / "favourite.png").write_bytes(b"png")
+    old_checkpoint = run / "checkpoints" / "step_0000010"
+    assert old_checkpoint.is_dir()
+    assert main(["train", "tiny", "train.steps=5", "--run-dir", str(run), "--force", "--quiet"]) == 0
+    assert (run / "notes.txt").read_text() == "mine" and (run / "data" / "keep.npy").read_bytes() == b"x"
+    assert (run / "samples" / "favourite.png").read_bytes() == b"png"
+    assert not old_checkpoint.exists() and (run / "checkpoints" / "step_0000005").is_dir()
+    assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [5]
+    assert "kept 3 file(s) ddpmlab did not write" in capsys.readouterr().err
+
+
+def test_force_refuses_a_folder_that_holds_no_run(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"x")
+    with pytest.raises(UserError, match="not a ddpmlab run"):
+        Trainer(tiny(), folder, force=True, progress=False)
+    assert (folder / "a.jpg").read_bytes() == b"x"
+
+
+def test_batch_larger_than_the_dataset_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(UserError, match="train.batch_size=100000 is larger than the 461 training images"):
+        Trainer(tiny("train.batch_size=100000"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_dir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="lies under .*file, which is a file"):
+        Trainer(tiny(), tmp_path / "file" / "run", progress=False)
+
+
+def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypatch):
+    """A custom backbone has no `.prediction`: the grid sampler must take it from the config."""
+    from ddpmlab.train import trainer as trainer_module
+
+    seen = []
+    real_sample = trainer_module.sample
+    monkeypatch.setattr(trainer_module, "sample", lambda *a, **k: seen.append(k.get("prediction")) or real_sample(*a, **k))
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x, t, labels=None):
+            return self.net(x)
+
+    Trainer(tiny("diffusion.prediction=v", "train.steps=20"), tmp_path / "run", model=Backbone(), progress=False).train()
+    assert seen == ["v"]
+
+
+def test_resume_names_keys_and_shapes_that_differ(tmp_path):
+    Trainer(tiny("train.steps=10"), tmp_path / "run", progress=False).train()
+    with pytest.raises(UserError, match="cannot change model.channels on --resume"):
+        Trainer.resume(tmp_path / "run", ["model.channels=32", "model.groups=8"], progress=False)
+    wider = Trainer(tiny("model.channels=24", "train.steps=1"), tmp_path / "other", progress=False).model
+    with pytest.raises(UserError, match=r"does not fit this model: shapes differ \(127\): time_mlp.0.weight: checkpoint 64×16, model 96×24"):
+        Trainer.resume(tmp_path / "run", model=wider, progress=False)
+
+
+def test_resume_below_the_current_step_is_refused_and_config_kept(tmp_path):
+    Trainer(tiny("train.steps=10"), tmp_path / "run", progress=False).train()
+    before = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(UserError, match="train.steps=5 is below the run's step 10"):
+        Trainer.resume(tmp_path / "run", ["train.steps=5"], progress=False)
+    with pytest.raises(UserError, match="diffusion.prediction"):
+        Trainer.resume(tmp_path / "run", ["diffusion.prediction=v"], progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == before
+
+
+def test_a_schedule_far_from_noise_is_warned_about_once_in_stderr_and_run_log(tmp_path, capsys):
+    Trainer(tiny("train.steps=1", "diffusion.beta_start=1e-4", "diffusion.beta_end=0.02"), tmp_path / "a", progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning: the noise schedule ends at alpha_bar_T = 0.364") == 1
+    assert "warning: the noise schedule ends at alpha_bar_T = 0.364" in (tmp_path / "a" / "run.log").read_text()
+    Trainer(tiny("train.steps=1"), tmp_path / "b", progress=False)  # the scaled default: no warning
+    assert "warning" not in capsys.readouterr().err
+    assert "parameters" in (tmp_path / "b" / "run.log").read_text()
