@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--class", dest="class_label", type=int, help="class index for a conditional model")
     sample.add_argument("--guidance", type=float, help="classifier-free guidance scale w")
+    sample.add_argument("--per-class", action="store_true",
+                        help="conditional models: --n images of every class (default 8), a grid with one labelled row each")
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     sample.add_argument("--device", default="auto", help="cpu, cuda or auto")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -239,8 +241,8 @@ def _sample(args) -> int:
     import torch
 
     from ddpmlab.eval.run import generate_samples, save_samples
-    from ddpmlab.images import save_grid, save_images
-    from ddpmlab.train.build import load_trained, weights_file
+    from ddpmlab.images import save_grid, save_images, save_labelled_grid
+    from ddpmlab.train.build import load_trained, stored_class_names, weights_file
 
     out = check_sample_output(args.out)
     if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
@@ -253,15 +255,21 @@ def _sample(args) -> int:
     if method == "ddpm" and args.eta is not None:
         raise UserError("--eta applies to --sampler ddim only (DDPM's noise is fixed by the schedule)")
     steps = sampling_steps(method, args.steps, config.sample.steps, schedule.T)
-    n = args.n or config.sample.n
+    n = args.n or (8 if args.per_class else config.sample.n)
     labels = None
     if model.num_classes:
         if args.class_label is not None and not 0 <= args.class_label < model.num_classes:
             raise UserError(f"--class must be in 0..{model.num_classes - 1}")
-        labels = (torch.full((n,), args.class_label) if args.class_label is not None
-                  else torch.arange(n) % model.num_classes)
-    elif args.class_label is not None or args.guidance is not None:
-        raise UserError("--class and --guidance need a class-conditional model (model.conditional=true)")
+        if args.per_class and args.class_label is not None:
+            raise UserError("--per-class and --class are exclusive")
+        if args.per_class:
+            labels = torch.arange(model.num_classes).repeat_interleave(n)
+            n = len(labels)
+        else:
+            labels = (torch.full((n,), args.class_label) if args.class_label is not None
+                      else torch.arange(n) % model.num_classes)
+    elif args.class_label is not None or args.guidance is not None or args.per_class:
+        raise UserError("--class, --per-class and --guidance need a class-conditional model (model.conditional=true)")
     guidance = args.guidance if args.guidance is not None else config.sample.guidance
     eta = (args.eta if args.eta is not None else config.sample.eta) if method == "ddim" else None
     images, labels = generate_samples(model, schedule, n, method, steps, eta or 0.0,
@@ -271,6 +279,8 @@ def _sample(args) -> int:
     weights = weights_file(args.source, not args.no_ema)
     if args.out.endswith(("/", "\\")):
         save_images(images, out)
+    elif out.suffix == ".png" and args.per_class:
+        save_labelled_grid(images, stored_class_names(args.source, model.num_classes, not args.no_ema), out)
     elif out.suffix == ".png":
         save_grid(images, out, scale=2)
     else:

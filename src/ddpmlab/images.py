@@ -50,6 +50,27 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, s
     return path
 
 
+def save_labelled_grid(images: torch.Tensor, row_labels: list[str], path: str | Path, scale: int = 2) -> Path:
+    """A grid with one row per label (len(images) / len(row_labels) images each) and the label written left of
+    its row; images uint8 or [-1, 1] floats, N×C×H×W."""
+    from PIL import Image, ImageDraw
+
+    columns = len(images) // len(row_labels)
+    grid = Image.fromarray(make_grid(images, nrow=columns))
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    margin = 8 + 7 * max(len(label) for label in row_labels)
+    picture = Image.new("RGB", (grid.width + margin, grid.height), "white")
+    picture.paste(grid, (margin, 0))
+    draw = ImageDraw.Draw(picture)
+    row_height = grid.height / len(row_labels)
+    for i, label in enumerate(row_labels):
+        draw.text((4, int((i + 0.5) * row_height) - 6), label, fill="black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
 def save_images(images: torch.Tensor, folder: str | Path) -> list[Path]:
     """Write each image (uint8 or [-1, 1] floats, N×C×H×W) as its own PNG, folder/000000.png, ...: the layout
     clean-fid and pytorch-fid read."""

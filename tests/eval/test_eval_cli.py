@@ -162,3 +162,32 @@ def test_a_classifier_trained_on_this_runs_reference_images_is_refused(tiny_run,
     assert run_eval(tiny_run, path, "--metrics", "fd") == 2
     err = capsys.readouterr().err
     assert "trained with data.val_fraction=0.05, so its training images overlap this run's reference" in err
+
+
+# -- class-conditional models (issue 11) ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_conditional_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cond") / "run"
+    assert main(["train", "tiny", "model.conditional=true", "train.steps=20", "--run-dir", str(run), "--quiet"]) == 0
+    return run
+
+
+def test_per_class_grid_has_one_labelled_row_per_class(tiny_conditional_run, tmp_path):
+    from PIL import Image
+
+    assert main(["sample", str(tiny_conditional_run), "--per-class", "--n", "3", "--steps", "2", "--guidance", "2",
+                 "--out", str(tmp_path / "grid.png"), "--quiet"]) == 0
+    assert main(["sample", str(tiny_conditional_run), "--per-class", "--n", "3", "--steps", "2",
+                 "--out", str(tmp_path / "grid.npz"), "--quiet"]) == 0
+    labels = np.load(tmp_path / "grid.npz")["labels"]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]  # the 4 synthetic shapes, 3 each
+    width, height = Image.open(tmp_path / "grid.png").size
+    assert height == 2 * (4 * 18 + 2) and width > 2 * (3 * 18 + 2)  # 4 rows of 16-pixel images, a label margin
+
+
+def test_conditional_eval_reports_class_accuracy_and_per_class_fd(tiny_conditional_run, synthetic_classifier):
+    classifier, _ = synthetic_classifier
+    assert run_eval(tiny_conditional_run, classifier, "--metrics", "fd") == 0
+    numbers = json.loads((tiny_conditional_run / "eval" / "ddim5-n32-seed0.json").read_text())["metrics"]
+    assert 0.0 <= numbers["class_accuracy"] <= 1.0 and numbers["class_accuracy"] * 32 == round(numbers["class_accuracy"] * 32)
+    assert math.isfinite(numbers["fd_classifier_per_class"]) and numbers["fd_classifier_per_class"] > 0

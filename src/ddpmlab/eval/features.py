@@ -167,3 +167,9 @@ class ClassifierFeatures(FeatureExtractor):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.features(x)
+
+    def predict(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """int64 (N,) CPU tensor of the classifier's most likely class for each uint8 or [-1, 1] image."""
+        with torch.inference_mode():
+            return torch.cat([self.net(self.prepare(torch.as_tensor(batch).to(self.device))).argmax(1).cpu()
+                              for batch in torch.as_tensor(images).split(batch_size)])

@@ -105,6 +105,22 @@ def distance_scores(metrics: list[str], extractors: dict[str, FeatureExtractor],
     return scores
 
 
+def class_conditional_scores(extractor, images: torch.Tensor, labels: torch.Tensor, fake: np.ndarray,
+                             real: np.ndarray, real_labels: torch.Tensor) -> dict:
+    """For a conditional model: how often the dataset classifier recognises the requested class in the samples
+    (`class_accuracy`), and the mean over classes of the FD between samples and real images of that class
+    (`fd_classifier_per_class`; classes with fewer than 2 images on either side are skipped)."""
+    predicted = extractor.predict(images)
+    distances = []
+    for c in labels.unique().tolist():
+        fake_c, real_c = fake[(labels == c).numpy()], real[(real_labels == c).numpy()]
+        if len(fake_c) >= 2 and len(real_c) >= 2:
+            distances.append(fd_between(feature_stats(real_c, extractor.extractor_id),
+                                        feature_stats(fake_c, extractor.extractor_id)))
+    return {"class_accuracy": float((predicted == labels).float().mean()),
+            "fd_classifier_per_class": float(np.mean(distances)) if distances else None}
+
+
 def extractor_ids(extractors: dict[str, FeatureExtractor], scores: dict) -> dict:
     """{metric key: id of the extractor behind it}, e.g. {"fd_classifier": "classifier-...", "fid_inception": ...}."""
     kinds = {"classifier": "_classifier", "inception": "_inception"}
@@ -258,6 +274,13 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         start = time.perf_counter()
         scores = distance_scores(metrics, extractors, real, fake, device)
         results["timings_s"]["distances"] = time.perf_counter() - start
+        if model.num_classes and "classifier" in extractors:
+            from ddpmlab.data import load_dataset
+
+            held_out = load_dataset(config.data, split)
+            real_labels = held_out.labels[subset_indices(len(held_out), ref_n)]
+            scores.update(class_conditional_scores(extractors["classifier"], images, class_labels(n, model.num_classes),
+                                                   fake["classifier"], real["classifier"], real_labels))
         results["metrics"].update(scores)
         results["extractors"] = extractor_ids(extractors, scores)
         results["reference"] = references
@@ -367,6 +390,7 @@ LABELS = {
     "nll_bits_per_dim_se": "  NLL standard error", "sampling_images_per_s": "sampling (images/s)",
     "peak_memory_bytes": "peak memory (MiB)", "train_wall_s": "training wall-clock (s)",
     "train_images_per_s": "training (images/s, wall-clock)",
+    "class_accuracy": "requested class recognised (classifier)", "fd_classifier_per_class": "FD per class, mean",
 }
 
 
@@ -390,6 +414,9 @@ def sample_counts(results: dict) -> dict[str, str]:
                     f"{references.get('train:' + extractor_id, {}).get('count', '?')} train")
         if held_out is not None:
             counts[key] = f"{compared} vs {held_out['count']} {held_out['split']}"
+            if key == "fd_classifier":
+                counts["fd_classifier_per_class"] = counts[key] + ", split by class"
+                counts["class_accuracy"] = f"{results['settings']['n']} samples" if "settings" in results else ""
     for key in ("kid_inception_std", "pr_n"):
         counts.pop(key, None)
     if "pr_n" in results.get("metrics", {}):

@@ -97,3 +97,14 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
         raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
     model.load_state_dict(state)
     return model.to(resolve_device(device)).eval(), build_schedule(config.diffusion), config, int(progress["step"])
+
+
+def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True) -> list[str]:
+    """The class names saved with a checkpoint's weights ("class K" where none were saved)."""
+    import json
+
+    from safetensors.torch import safe_open
+
+    with safe_open(str(weights_file(path, use_ema)), framework="pt") as handle:
+        names = json.loads((handle.metadata() or {}).get("class_names") or "null")
+    return names if isinstance(names, list) and len(names) == num_classes else [f"class {k}" for k in range(num_classes)]

@@ -253,7 +253,8 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         metadata = {"config": json.dumps(asdict(self.config)),
                     "model_spec": json.dumps(asdict(self.model.spec)) if hasattr(self.model, "spec") else "",
-                    "num_classes": str(self.num_classes or 0)}
+                    "num_classes": str(self.num_classes or 0),
+                    "class_names": json.dumps(self.train_data.class_names if self.num_classes else None)}
         return ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), self.ema.shadow.state_dict(),
                                     self.optimizer.state_dict(), rng, {"wall_s": self.wall_clock()}, metadata,
                                     self.config.train.keep_checkpoints)
