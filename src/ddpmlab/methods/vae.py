@@ -1,0 +1,98 @@
+"""Variational autoencoder (Kingma & Welling 2014): a convolutional encoder and decoder trained on the negative ELBO."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ddpmlab.devices import model_device, randn
+from ddpmlab.errors import UserError
+from ddpmlab.methods.base import Phase
+from ddpmlab.nets.baselines import ConvDecoder, GaussianEncoder
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, I)) in nats, summed over the latent dims: (N, L) -> (N,)."""
+    # Kingma & Welling (2014) appendix B: −½ Σ (1 + log σ² − μ² − σ²)
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+    """−log N(x; mean, std² I) in nats, summed over all but the batch dim: N×... -> (N,)."""
+    # ½ Σ ((x − μ)/σ)² + ½ D log(2πσ²)
+    squared_error = (x - mean).pow(2).flatten(1).sum(dim=1)
+    dims = x[0].numel()
+    return 0.5 * squared_error / std**2 + 0.5 * dims * math.log(2 * math.pi * std**2)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = μ + σ ε, a differentiable sample of N(μ, σ²) given ε ~ N(0, I) (Kingma & Welling 2014, Eq. 10)."""
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+@dataclass
+class VAESpec:
+    """Everything needed to rebuild a VAE."""
+
+    channels: int = 3
+    image_size: int = 32
+    latent_dim: int = 128
+    base_channels: int = 64
+    kl_weight: float = 1.0
+    decoder_std: float = 0.1
+
+
+class VAE(nn.Module):
+    """A VAE whose loss is the negative ELBO per image, in nats: recon + kl_weight · kl (batch means).
+
+    Likelihood: p(x | z) = N(x; decoder(z), decoder_std² I) on images in [-1, 1], a Gaussian with a fixed
+    standard deviation (default 0.1, i.e. 0.05 on a [0, 1] scale, about 13 of 255 levels); `recon` is its
+    negative log density summed over pixels, normalising constant included, so it can be negative for good
+    reconstructions. A smaller decoder_std weights reconstruction more against the KL (sharper, less regular).
+    q(z | x) is a diagonal Gaussian from the convolutional encoder; p(z) = N(0, I).
+    """
+
+    DEFAULT_LR = 1e-3
+    DEFAULT_BETAS = (0.9, 0.999)
+
+    def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 128, base_channels: int = 64,
+                 kl_weight: float = 1.0, decoder_std: float = 0.1):
+        super().__init__()
+        if decoder_std <= 0:
+            raise UserError(f"VAE decoder_std must be positive, got {decoder_std}")
+        self.spec = VAESpec(channels, image_size, latent_dim, base_channels, kl_weight, decoder_std)
+        self.encoder = GaussianEncoder(channels, image_size, base_channels, latent_dim)
+        self.decoder = ConvDecoder(latent_dim, channels, image_size, base_channels)
+
+    @classmethod
+    def from_spec(cls, spec: VAESpec | dict) -> "VAE":
+        """An identical, untrained VAE from a VAESpec or its dict."""
+        return cls(**(asdict(spec) if isinstance(spec, VAESpec) else spec))
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"model": list(self.parameters())}
+
+    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None) -> Iterator[Phase]:
+        """One phase ("model") whose loss is the batch-mean negative ELBO; logs loss, recon and kl (nats per image)."""
+        mu, logvar = self.encoder(x0)
+        z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device))
+        recon = gaussian_nll(x0, self.decoder(z), self.spec.decoder_std).mean()
+        kl = gaussian_kl(mu, logvar).mean()
+        loss = recon + self.spec.kl_weight * kl
+        yield Phase("model", loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()})
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n decoder means at z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device."""
+        z = randn((n, self.spec.latent_dim), generator, model_device(self))
+        return self.decoder(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:
+        """decoder(μ(x0)), the mean reconstruction of images in [-1, 1]: same shape, in [-1, 1]."""
+        mu, _ = self.encoder(x0)
+        return self.decoder(mu)
