@@ -13,6 +13,7 @@ from ddpmlab.errors import UserError
 
 def _parser() -> argparse.ArgumentParser:
     import ddpmlab
+    from ddpmlab.samplers import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="ddpmlab", description="Train, sample and evaluate DDPMs.")
     parser.add_argument("--version", action="version", version=f"ddpmlab {ddpmlab.__version__}")
@@ -33,9 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), or one weights file")
     sample.add_argument("--out", required=True,
                         help="FILE.png for a grid, FILE.npz for arrays (images, labels), DIR/ for one PNG per image")
-    sample.add_argument("--sampler", choices=list(SAMPLER_CHOICES), default=None,
+    sample.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="default: the run's sample.sampler")
-    sample.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps; T for ddpm)")
+    sample.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps for its own sampler "
+                                                  "and ddim, T for ddpm, 20 for dpm-solver++, 18 for heun)")
+    sample.add_argument("--spacing", help="timestep spacing: ddim leading|trailing|linspace, dpm-solver++ "
+                                          "time-quadratic|logSNR|time-uniform (default: each sampler's)")
     sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
     sample.add_argument("--n", type=int, default=None, help="number of images (default: the run's sample.n)")
     sample.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
@@ -57,10 +61,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 EVAL_TOOLS = ("train-classifier", "real")
-SAMPLER_CHOICES = ("ddpm", "ddim")
 
 
 def _add_eval_parser(commands) -> argparse.ArgumentParser:
+    from ddpmlab.samplers import SAMPLERS
+
     evaluate = commands.add_parser(
         "eval", help="measure a trained run: FD, FID, KID, precision/recall, NLL, speed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -80,8 +85,14 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
     evaluate.add_argument("--n", type=int, default=10000, help="images to sample (default 10000)")
     evaluate.add_argument("--ref-n", type=int, default=10000, help="held-out real images to compare with (default 10000)")
-    evaluate.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="default ddim, the same for every run")
-    evaluate.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, capped at T)")
+    evaluate.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default ddim, the same for every run")
+    evaluate.add_argument("--steps", type=int, help="sampling steps (default: 50 for ddim, capped at T; T for ddpm; "
+                                                    "20 for dpm-solver++; 18 for heun)")
+    evaluate.add_argument("--spacing", help="the sampler's timestep spacing (default: its own)")
+    evaluate.add_argument("--sweep", metavar="SPEC",
+                          help="quality against cost: SPEC like ddpm:1000,ddim:10,20,50,dpm-solver++:10,20,heun:10 "
+                               "samples --n images per point from the same x_T and writes RUN_DIR/eval/sweep-*.json, "
+                               ".png and .npz (metrics fd, fid, kid, pr; --sampler/--steps are not used)")
     evaluate.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
     evaluate.add_argument("--batch-size", type=int, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -168,11 +179,21 @@ def _eval_real(args) -> int:
 def _eval(args) -> int:
     from ddpmlab.eval.run import evaluate_run, results_table
 
+    if args.sweep:
+        from ddpmlab.eval.sweep import evaluate_sweep, sweep_table
+
+        results = evaluate_sweep(args.run_dir, args.sweep, args.metrics, args.n, args.batch_size, args.seed,
+                                 not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
+                                 progress=not args.quiet, out=args.out)
+        print(sweep_table(results))
+        print(f"wrote {results['json']} and {results['plot']}")
+        return 0
     if not 0 <= args.eta <= 1:
         raise UserError("--eta must be in [0, 1]")
     results = evaluate_run(args.run_dir, args.metrics, args.n, args.sampler, args.steps, args.eta, args.batch_size,
                            args.seed, not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
-                           args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out)
+                           args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out,
+                           spacing=args.spacing)
     print(results_table(results))
     print(f"wrote {results['json']}")
     return 0
@@ -205,15 +226,14 @@ def _train(args) -> int:
     return 0
 
 
-def sampling_steps(method: str, steps: int | None, config_steps: int, T: int) -> int:
-    """The steps a sampler runs: `steps` if given (1..T), else DDPM's T or the run's sample.steps (capped at T)."""
-    if steps is None:
-        return T if method == "ddpm" else min(config_steps, T)
-    if not 1 <= steps <= T:
-        raise UserError(f"--steps must be in 1..{T} for this model (T={T}), got {steps}")
-    if method == "ddpm" and steps != T:
-        raise UserError(f"--sampler ddpm runs all T={T} steps; use --sampler ddim for --steps {steps}")
-    return steps
+def sampling_steps(method: str, steps: int | None, config, T: int) -> int:
+    """The steps a sampler runs: `steps` if given (1..T, else UserError), else the run's sample.steps for its own
+    sampler and for ddim (capped at T), and the sampler's own default otherwise (T for ddpm)."""
+    from ddpmlab.samplers import resolve_steps
+
+    if steps is None and method in (config.sample.sampler, "ddim") and method != "ddpm":
+        steps = min(config.sample.steps, T)
+    return resolve_steps(method, steps, T)
 
 
 def check_guidance(guidance: float | None) -> None:
@@ -242,6 +262,7 @@ def _sample(args) -> int:
 
     from ddpmlab.eval.run import generate_samples, save_samples
     from ddpmlab.images import save_grid, save_images, save_labelled_grid
+    from ddpmlab.samplers import network_evaluations, resolve_spacing
     from ddpmlab.train.build import load_trained, stored_class_names, weights_file
 
     out = check_sample_output(args.out)
@@ -252,9 +273,11 @@ def _sample(args) -> int:
     check_guidance(args.guidance)
     model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=args.device)
     method = args.sampler or config.sample.sampler
-    if method == "ddpm" and args.eta is not None:
-        raise UserError("--eta applies to --sampler ddim only (DDPM's noise is fixed by the schedule)")
-    steps = sampling_steps(method, args.steps, config.sample.steps, schedule.T)
+    if method != "ddim" and args.eta is not None:
+        raise UserError(f"--eta applies to --sampler ddim only, not {method}")
+    steps = sampling_steps(method, args.steps, config, schedule.T)
+    spacing = resolve_spacing(method, args.spacing)
+    nfe = network_evaluations(method, steps, schedule.T)
     n = args.n or (8 if args.per_class else config.sample.n)
     labels = None
     if model.num_classes:
@@ -275,7 +298,7 @@ def _sample(args) -> int:
     images, labels = generate_samples(model, schedule, n, method, steps, eta or 0.0,
                                       args.batch_size or config.sample.batch_size, args.seed, guidance,
                                       config.sample.clip_denoised, progress=not args.quiet, labels=labels,
-                                      prediction=config.diffusion.prediction)
+                                      prediction=config.diffusion.prediction, spacing=spacing)
     weights = weights_file(args.source, not args.no_ema)
     if args.out.endswith(("/", "\\")):
         save_images(images, out)
@@ -285,10 +308,11 @@ def _sample(args) -> int:
         save_grid(images, out, scale=2)
     else:
         save_samples(out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
-                                           "sampler": method, "steps": steps, "eta": eta, "seed": args.seed,
-                                           "guidance": guidance})
-    print(f"wrote {n} samples ({method}, {steps} steps, eta {eta}) from {weights.name} at step {step} to {out}"
-          if method == "ddim" else f"wrote {n} samples ({method}, {steps} steps) from {weights.name} at step {step} to {out}")
+                                           "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe, "eta": eta,
+                                           "seed": args.seed, "guidance": guidance})
+    details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
+        f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
+    print(f"wrote {n} samples ({details}) from {weights.name} at step {step} to {out}")
     return 0
 
 

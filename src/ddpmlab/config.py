@@ -22,7 +22,6 @@ DATASETS = ("fashion-mnist", "mnist", "cifar10", "sprites", "folder", "synthetic
 SCHEDULES = ("linear", "cosine", "custom")
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
-SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclass
@@ -345,6 +344,8 @@ def validate(config: Config) -> None:
            "must be auto, cpu, cuda or cuda:N")
     for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
+
+    from ddpmlab.samplers import SAMPLERS
 
     _check(s.sampler in SAMPLERS, "sample.sampler", f"{s.sampler!r} is not one of {', '.join(SAMPLERS)}")
     _check(s.steps > 0, "sample.steps", "must be positive")

@@ -31,7 +31,7 @@ from ddpmlab.eval.reference import feature_stats, reference_features, subset_ind
 from ddpmlab.eval.speed import sampling_speed, training_cost
 from ddpmlab.images import model_to_uint8
 from ddpmlab.paths import check_writable_folder
-from ddpmlab.samplers import SAMPLERS, sample
+from ddpmlab.samplers import SAMPLERS, network_evaluations, resolve_spacing, resolve_steps, sample
 from ddpmlab.train.build import load_trained, resolve_device
 
 METRICS = ("fid", "kid", "pr", "fd", "nll", "speed")
@@ -41,6 +41,7 @@ INCEPTION_METRICS = ("fid", "kid", "pr")
 # per image) are defaults on a GPU only
 CPU_DEFAULTS, GPU_DEFAULTS = ("fd", "speed"), METRICS
 FEATURE_BATCH = {"classifier": 500, "inception": 50}
+DEFAULT_DDIM_STEPS = 50
 MIN_FID_SAMPLES = 2048  # the Inception pool3 dimension: fewer samples give a singular covariance
 
 
@@ -136,12 +137,15 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
 
 def generate_samples(model, schedule, n: int, method: str, steps: int, eta: float, batch_size: int, seed: int,
                      guidance: float | None, clip_denoised: bool, progress: bool = True,
-                     labels: torch.Tensor | None = None, prediction: str | None = None
+                     labels: torch.Tensor | None = None, prediction: str | None = None,
+                     noise: torch.Tensor | None = None, spacing: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator.
 
     A conditional model gets `labels` (default: the classes in turn). `prediction` is the run's
-    diffusion.prediction (the config, not the network, says what the network was trained to output)."""
+    diffusion.prediction (the config, not the network, says what the network was trained to output). `noise`
+    (n×C×H×W) fixes every x_T, the generator then drawing only the samplers' later noise; `spacing` picks the
+    sampler's timesteps (None: its default)."""
     if labels is None:
         labels = class_labels(n, model.num_classes)
     generator = torch.Generator().manual_seed(seed)
@@ -152,7 +156,8 @@ def generate_samples(model, schedule, n: int, method: str, steps: int, eta: floa
         batch_labels = labels[start:start + count] if labels is not None else None
         images = sample(model, schedule, (count, *shape), method=method, steps=steps, eta=eta, generator=generator,
                         labels=batch_labels, guidance_scale=guidance if labels is not None else None,
-                        clip_denoised=clip_denoised, prediction=prediction)
+                        clip_denoised=clip_denoised, prediction=prediction, spacing=spacing,
+                        noise=noise[start:start + count] if noise is not None else None)
         batches.append(model_to_uint8(images).cpu())
     return torch.cat(batches), labels
 
@@ -199,18 +204,22 @@ def run_of(path: Path) -> Path:
     return path
 
 
-def default_name(method: str, steps: int, n: int, seed: int, use_ema: bool) -> str:
-    """e.g. "ddim50-n10000-seed0" (+ "-raw" for the non-EMA weights)."""
-    return f"{method}{steps}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
+def default_name(method: str, steps: int, n: int, seed: int, use_ema: bool, spacing: str | None = None) -> str:
+    """e.g. "ddim50-n10000-seed0" (+ "-trailing" for a spacing other than the sampler's default, "-raw" for the
+    non-EMA weights)."""
+    from ddpmlab.samplers import DEFAULT_SPACINGS
+
+    extra = f"-{spacing}" if spacing not in (None, DEFAULT_SPACINGS[method]) else ""
+    return f"{method}{steps}{extra}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
 
 
 # -- the two evaluations ------------------------------------------------------------------------------
 def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000, sampler: str = "ddim",
-                 steps: int = 50, eta: float = 0.0, batch_size: int | None = None, seed: int = 0,
+                 steps: int | None = None, eta: float = 0.0, batch_size: int | None = None, seed: int = 0,
                  use_ema: bool = True, device: str = "auto", name: str | None = None,
                  classifier: str | Path | None = None, ref_n: int = 10000, nll_n: int = 1000,
                  nll_timesteps: int | None = None, speed_repeats: int = 3, progress: bool = True,
-                 out: str | Path | None = None) -> dict:
+                 out: str | Path | None = None, spacing: str | None = None) -> dict:
     """Evaluate a run's newest checkpoint (or the checkpoint folder given); writes <name>.json and the .npz samples
     into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
@@ -235,18 +244,20 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         print(f"warning: FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
               f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
               file=sys.stderr)
-    steps = min(steps, schedule.T) if sampler == "ddim" else schedule.T
-    if steps < 1:
-        raise UserError("--steps must be at least 1")
+    if steps is None:  # ddim at 50 steps, the same for every run; the others at their own defaults (T for ddpm)
+        steps = min(DEFAULT_DDIM_STEPS, schedule.T) if sampler == "ddim" else None
+    steps = resolve_steps(sampler, steps, schedule.T)
+    spacing = resolve_spacing(sampler, spacing)
     channels, image_size = model.spec.in_channels, model.spec.image_size
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
-    name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema) + (
+    name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing) + (
         f"-step{step}" if source != run_dir else "")
     split = held_out_split(config.data)
     guidance = config.sample.guidance if model.num_classes else None
     settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
-                "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps,
+                "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps, "spacing": spacing,
+                "nfe": network_evaluations(sampler, steps, schedule.T),
                 "eta": eta if sampler == "ddim" else None, "n": n, "batch_size": batch_size, "seed": seed,
                 "guidance": guidance, "clip_denoised": config.sample.clip_denoised, "device_type": device.type}
     results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(config.data), "reference_split": split,
@@ -261,7 +272,8 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         if images is None:
             start = time.perf_counter()
             images, labels = generate_samples(model, schedule, n, sampler, steps, eta, batch_size, seed, guidance,
-                                              config.sample.clip_denoised, progress, prediction=config.diffusion.prediction)
+                                              config.sample.clip_denoised, progress, prediction=config.diffusion.prediction,
+                                              spacing=spacing)
             results["timings_s"]["sampling"] = time.perf_counter() - start
             save_samples(samples_path, images, labels, settings)
         real, fake, references = {}, {}, {}
@@ -306,7 +318,8 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         speed = sampling_speed(model, schedule, (batch_size, channels, image_size, image_size), sampler, steps,
                                speed_repeats, device, eta=eta, labels=labels,
                                guidance_scale=guidance if labels is not None else None,
-                               clip_denoised=config.sample.clip_denoised, prediction=config.diffusion.prediction)
+                               clip_denoised=config.sample.clip_denoised, prediction=config.diffusion.prediction,
+                               spacing=spacing)
         training = training_cost(run_dir, config.train.batch_size)
         results["speed"], results["training"] = speed, training
         results["metrics"].update(sampling_images_per_s=speed["images_per_s"],

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.samplers import sample
+from ddpmlab.samplers import network_evaluations, resolve_steps, sample
 from ddpmlab.train.log import read_metrics
 
 CUDA_PEAK = "cuda max_memory_allocated (tensors on the GPU, since the timed runs began)"
@@ -48,14 +48,14 @@ def sampling_speed(model, schedule, shape, method: str = "ddim", steps: int | No
                    device=None, **sample_kwargs) -> dict:
     """Images per second of `sample(model, schedule, shape, ...)`: the median of `repeats` timed batches.
 
-    One short untimed batch (2 DDIM steps, same shape) warms the model first; GPU work is synchronised
+    One short untimed batch (2 steps of the same sampler, same shape) warms the model first; GPU work is synchronised
     before each clock read. Returns images_per_s, seconds_per_batch (median), seconds (each repeat),
     batch_size, sampler, steps, repeats, device, peak memory (see `peak_memory`) and `machine_load()`.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    steps = (steps or schedule.T) if method == "ddim" else schedule.T
+    steps = resolve_steps(method, steps, schedule.T)
     generator = torch.Generator().manual_seed(0)
-    sample(model, schedule, shape, method="ddim", steps=min(2, schedule.T), generator=generator, device=device,
+    sample(model, schedule, shape, method=method, steps=min(2, schedule.T), generator=generator, device=device,
            **sample_kwargs)
     synchronize(device)
     if device.type == "cuda":
@@ -68,7 +68,8 @@ def sampling_speed(model, schedule, shape, method: str = "ddim", steps: int | No
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
     return {"images_per_s": shape[0] / median, "seconds_per_batch": median, "seconds": seconds,
-            "batch_size": shape[0], "sampler": method, "steps": steps, "repeats": repeats,
+            "batch_size": shape[0], "sampler": method, "steps": steps,
+            "nfe": network_evaluations(method, steps, schedule.T), "repeats": repeats,
             "device": str(device), **peak_memory(device), **machine_load()}
 
 
