@@ -85,6 +85,10 @@ class NoiseSchedule:
         a = self.alphas_cumprod[t.cpu()]
         return a / (1.0 - a)
 
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """Lu et al. (2022)'s λ_t = log(α_t/σ_t) = ½ log(ᾱ_t/(1 − ᾱ_t)) at integer timesteps t (float64, CPU)."""
+        return 0.5 * self.snr(t).log()
+
     def __repr__(self) -> str:
         return f"NoiseSchedule(T={self.T}, beta_1={self.betas[0]:.3g}, beta_T={self.betas[-1]:.3g})"
 

@@ -49,3 +49,31 @@ class Denoiser:
             a = self.schedule.alphas_cumprod[t_index]
             eps = (xt - a.sqrt().item() * x0) / (1 - a).sqrt().item()
         return x0, eps
+
+
+def nearest_timesteps(targets, table: torch.Tensor) -> list[int]:
+    """For each target value, the timestep t in 0..T−1 whose table[t] is nearest; table (λ_t, log σ_t) monotone in t."""
+    targets = torch.as_tensor(targets, dtype=torch.float64)
+    T = len(table)
+    if T == 1:
+        return [0] * len(targets)
+    descending = bool(table[-1] < table[0])
+    ascending_table = table.flip(0) if descending else table
+    above = torch.searchsorted(ascending_table, targets).clamp(1, T - 1)
+    below = above - 1
+    nearer_below = (targets - ascending_table[below]).abs() <= (ascending_table[above] - targets).abs()
+    nearest = torch.where(nearer_below, below, above)
+    return (T - 1 - nearest if descending else nearest).tolist()
+
+
+def distinct_timesteps(timesteps) -> list[int]:
+    """A non-increasing list of N ≤ T timesteps in 0..T−1 made strictly decreasing with the least movement.
+
+    Rounding a dense grid to trained timesteps can land two points on one timestep (a step of length 0
+    that still costs an evaluation); each repeat moves one timestep down, and near t = 0 up, so the
+    solver keeps exactly N distinct evaluations.
+    """
+    n, moved = len(timesteps), []
+    for i, t in enumerate(timesteps):
+        moved.append(min(int(t), moved[-1] - 1) if moved else int(t))
+    return [max(t, n - 1 - i) for i, t in enumerate(moved)]

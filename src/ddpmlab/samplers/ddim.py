@@ -1,9 +1,10 @@
-"""DDIM, Song et al. (2021) Eq. 12, over a uniform subsequence of the T timesteps."""
+"""DDIM, Song et al. (2021) Eq. 12, over a subsequence of the T timesteps."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -11,11 +12,27 @@ from ddpmlab.devices import randn
 from ddpmlab.samplers.common import Denoiser
 
 
-def ddim_timesteps(T: int, steps: int) -> list[int]:
-    """Song et al.'s uniform subsequence τ_i = ⌊i·T/S⌋, i = 0..S−1 (all T timesteps when S = T)."""
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> list[int]:
+    """`steps` distinct timesteps in 0..T−1, ascending; all T of them when steps = T, whatever the spacing.
+
+    As diffusers' DDIMScheduler names them (Lin et al. 2024, Table 2):
+    "leading": Song et al.'s τ_i = ⌊i·T/S⌋, i = 0..S−1 (diffusers uses i·⌊T/S⌋; the two agree when S divides T);
+    "trailing": round(T − i·T/S) − 1, i = 0..S−1, so it starts at T−1 (diffusers' arange(T, 0, −T/S), which
+    for some T, S such as 300, 7 also yields an extra −1; this takes its first S);
+    "linspace": round(linspace(0, T−1, S)), from 0 to T−1.
+    """
     if not 1 <= steps <= T:
         raise ValueError(f"DDIM steps must be in 1..T={T}, got {steps}")
-    return [math.floor(i * T / steps) for i in range(steps)]
+    if spacing == "leading":
+        return [math.floor(i * T / steps) for i in range(steps)]
+    if spacing == "trailing":
+        return (np.round(T - np.arange(steps) * (T / steps)) - 1).astype(np.int64)[::-1].tolist()
+    if spacing == "linspace":
+        return np.linspace(0, T - 1, steps).round().astype(np.int64).tolist()
+    raise ValueError(f"DDIM spacing must be one of {SPACINGS}, got {spacing!r}")
 
 
 def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
@@ -24,10 +41,15 @@ def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
 
 
 def ddim_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, eta: float = 0.0,
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Run x_T -> x_0 over `steps` timesteps; eta=0 is deterministic, eta=1 matches DDPM's variance."""
+                generator: torch.Generator | None = None, progress: bool = False,
+                spacing: str = "leading") -> torch.Tensor:
+    """Run x_T -> x_0 over `steps` timesteps chosen by `spacing`; eta=0 is deterministic, eta=1 matches DDPM's variance.
+
+    Each step goes to the next timestep of the list (diffusers' DDIMScheduler goes to t − ⌊T/S⌋ instead,
+    which for "trailing" and "linspace" is not always the next one it evaluates).
+    """
     alphas_cumprod = denoiser.schedule.alphas_cumprod
-    timesteps = ddim_timesteps(denoiser.schedule.T, steps)
+    timesteps = ddim_timesteps(denoiser.schedule.T, steps, spacing)
     for i in tqdm(range(len(timesteps) - 1, -1, -1), desc="ddim", disable=not progress, leave=False):
         t = timesteps[i]
         a, a_prev = alphas_cumprod[t].item(), (alphas_cumprod[timesteps[i - 1]].item() if i > 0 else 1.0)

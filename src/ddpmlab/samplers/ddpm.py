@@ -1,25 +1,46 @@
-"""Ancestral sampling, Ho et al. (2020) Algorithm 2."""
+"""Ancestral sampling, Ho et al. (2020) Algorithm 2, on all T timesteps or a respaced subsequence of them."""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
 
-from ddpmlab.diffusion import q_posterior
+from ddpmlab.diffusion import NoiseSchedule, q_posterior
 from ddpmlab.devices import randn
 from ddpmlab.samplers.common import Denoiser
+from ddpmlab.samplers.ddim import ddim_timesteps
+
+SPACINGS = ("linspace", "leading", "trailing")
+
+
+def respaced_schedule(schedule: NoiseSchedule, timesteps: list[int]) -> NoiseSchedule:
+    """Nichol & Dhariwal (2021) §4: β_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (ᾱ_{τ_{−1}} = 1) over the ascending subsequence τ.
+
+    Its ᾱ_i equal the original ᾱ_{τ_i}, so the same network serves it; all T timesteps give `schedule` itself.
+    """
+    if len(timesteps) == schedule.T:
+        return schedule
+    alphas_cumprod = schedule.alphas_cumprod[timesteps]
+    previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    return NoiseSchedule(1.0 - alphas_cumprod / previous)
 
 
 def ddpm_sample(denoiser: Denoiser, x: torch.Tensor, variance: str = "posterior",
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Run x_T -> x_0 over all T steps; σ_t² = β̃_t (variance="posterior") or β_t ("beta")."""
-    schedule = denoiser.schedule
+                generator: torch.Generator | None = None, progress: bool = False,
+                steps: int | None = None, spacing: str = "linspace") -> torch.Tensor:
+    """Run x_T -> x_0 over `steps` timesteps (all T by default); σ_i² = β̃_i (variance="posterior") or β_i ("beta").
+
+    With steps < T the chain runs on the respaced process of `ddim_timesteps(T, steps, spacing)`;
+    "linspace" is Nichol & Dhariwal's evenly strided subsequence, from 0 to T−1.
+    """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    timesteps = ddim_timesteps(denoiser.schedule.T, steps or denoiser.schedule.T, spacing)
+    schedule = respaced_schedule(denoiser.schedule, timesteps)
     sigmas = (schedule.posterior_variance if variance == "posterior" else schedule.betas).sqrt()
-    for t_index in tqdm(range(schedule.T - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
-        x0, _ = denoiser.x0_eps(x, t_index)
-        t = torch.full((x.shape[0],), t_index, device=x.device, dtype=torch.long)
-        mean, _, _ = q_posterior(schedule, x0, x, t)  # μ_θ(x_t, t) = μ̃_t(x̂_0(x_t), x_t)
-        x = mean + sigmas[t_index].item() * randn(x.shape, generator, x.device) if t_index > 0 else mean
+    for i in tqdm(range(schedule.T - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
+        x0, _ = denoiser.x0_eps(x, timesteps[i])
+        index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        mean, _, _ = q_posterior(schedule, x0, x, index)  # μ_θ(x_t, t) = μ̃_t(x̂_0(x_t), x_t) of the respaced process
+        x = mean + sigmas[i].item() * randn(x.shape, generator, x.device) if i > 0 else mean
     return x

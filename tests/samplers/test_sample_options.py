@@ -1,0 +1,97 @@
+"""`sample`'s options for every method: validation (UserError), network evaluations, classifier-free guidance."""
+
+import re
+
+import pytest
+import torch
+
+from ddpmlab import UserError
+from ddpmlab.diffusion import NoiseSchedule, gather
+from ddpmlab.samplers import SAMPLERS, network_evaluations, sample
+
+SMALL = NoiseSchedule.linear(100)
+
+
+@pytest.mark.parametrize("method", SAMPLERS)
+@pytest.mark.parametrize("steps", [0, -3, 101, 2.5])
+def test_steps_outside_1_to_T_are_user_errors(method, steps):
+    with pytest.raises(UserError, match=rf"steps={steps}.*1\.\.100"):
+        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), method=method, steps=steps)
+
+
+@pytest.mark.parametrize("method,spacing", [("ddpm", "logSNR"), ("ddim", "time-uniform"), ("dpm-solver++", "trailing"),
+                                            ("heun", "leading"), ("ddim", "Leading")])
+def test_an_unknown_spacing_is_a_user_error_naming_the_valid_ones(method, spacing):
+    with pytest.raises(UserError, match=re.escape(f"{method} spacing '{spacing}' is not one of")):
+        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), method=method, steps=5, spacing=spacing)
+
+
+@pytest.mark.parametrize("eta", [-0.1, 1.5])
+def test_ddim_eta_outside_0_1_is_a_user_error(eta):
+    with pytest.raises(UserError, match=rf"eta={eta}.*\[0, 1\]"):
+        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), method="ddim", steps=5, eta=eta)
+
+
+@pytest.mark.parametrize("method,steps,expected", [
+    ("ddpm", None, 100), ("ddpm", 10, 10), ("ddim", None, 100), ("ddim", 7, 7),
+    ("dpm-solver++", None, 20), ("dpm-solver++", 10, 10), ("heun", None, 35), ("heun", 10, 19), ("heun", 1, 1),
+])
+def test_network_evaluations_count_the_model_calls(method, steps, expected):
+    calls = []
+
+    def model(xt, t, labels=None):
+        calls.append(len(xt))
+        return torch.zeros_like(xt)
+
+    assert network_evaluations(method, steps, 100) == expected
+    sample(model, SMALL, (3, 1, 2, 2), method=method, steps=steps, generator=torch.Generator().manual_seed(0))
+    assert calls == [3] * expected
+
+
+def test_network_evaluations_rejects_what_sample_rejects():
+    assert network_evaluations("dpm-solver++", None, 10) == 10  # the default 20 steps, capped at T
+    with pytest.raises(UserError):
+        network_evaluations("heun", 0, 100)
+    with pytest.raises(ValueError):
+        network_evaluations("euler", 10, 100)
+
+
+class GaussianClasses:
+    """Class c's data is N(means[c], s²); `null_label` is the unconditional N(means[null], s²). Exact ε for each."""
+
+    null_label = 2
+
+    def __init__(self, schedule, means=(0.1, -0.2, 0.0), s=0.3):
+        self.schedule, self.means, self.s = schedule, torch.tensor(means), s
+
+    def __call__(self, xt, t, labels=None):
+        a = gather(self.schedule.alphas_cumprod, t, xt)
+        m = self.means[labels].reshape(-1, *([1] * (xt.dim() - 1))).to(xt.dtype)
+        return (1 - a).sqrt() / (a * self.s**2 + 1 - a) * (xt - a.sqrt() * m)
+
+
+@pytest.mark.parametrize("method,steps", [("dpm-solver++", 10), ("heun", 6), ("ddim", 10)])
+def test_guidance_samples_the_analytically_guided_gaussian(method, steps):
+    """ε is affine in the class mean, so (1 + w) ε_c − w ε_∅ is the exact ε of N((1 + w) m_c − w m_∅, s²): guided
+    sampling must equal unguided sampling of that mean, from the same x_T."""
+    schedule, w = NoiseSchedule.linear(1000), 1.5
+    model = GaussianClasses(schedule)
+    labels = torch.tensor([0, 1] * 32)
+    x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    guided = sample(model, schedule, x_T.shape, method=method, steps=steps, noise=x_T, labels=labels,
+                    guidance_scale=w, clip_denoised=False)
+    shifted = GaussianClasses(schedule, means=((1 + w) * 0.1 - w * 0.0, (1 + w) * -0.2 - w * 0.0, 0.0))
+    expected = sample(shifted, schedule, x_T.shape, method=method, steps=steps, noise=x_T, labels=labels,
+                      clip_denoised=False)
+    assert torch.allclose(guided, expected, atol=1e-5)
+    assert guided[0::2].mean().item() > 0.2 and guided[1::2].mean().item() < -0.4
+
+
+@pytest.mark.parametrize("method", ["dpm-solver++", "heun"])
+def test_guidance_weight_zero_is_the_conditional_sampler_bit_for_bit(method):
+    schedule = NoiseSchedule.linear(1000)
+    model, labels = GaussianClasses(schedule), torch.tensor([0, 1, 1, 0])
+    x_T = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    guided = sample(model, schedule, x_T.shape, method=method, steps=5, noise=x_T, labels=labels, guidance_scale=0.0)
+    conditional = sample(model, schedule, x_T.shape, method=method, steps=5, noise=x_T, labels=labels)
+    assert torch.equal(guided, conditional)
