@@ -154,10 +154,12 @@ def test_sample_defaults_come_from_the_run_and_folders_get_one_png_per_image(tra
 
 
 @pytest.mark.parametrize("extra,fragment", [
-    (["--steps", "0"], "--steps must be in 1..100"),
-    (["--steps", "101"], "--steps must be in 1..100"),
-    (["--sampler", "ddpm", "--steps", "7"], "runs all T=100 steps"),
+    (["--steps", "0"], "steps=0 must be an integer in 1..100"),
+    (["--steps", "101"], "steps=101 must be an integer in 1..100"),
+    (["--sampler", "ddpm", "--steps", "0"], "ddpm steps=0 must be an integer in 1..100"),
     (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
+    (["--sampler", "heun", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
+    (["--sampler", "ddim", "--spacing", "karras"], "ddim spacing 'karras' is not one of"),
     (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
     (["--guidance", "inf"], "--guidance must be a finite number >= 0"),
     (["--guidance", "-1"], "--guidance must be a finite number >= 0"),
@@ -221,3 +223,19 @@ def test_sigint_saves_logs_the_partial_window_and_exits_130(tmp_path):
     rows = read_metrics(run / "metrics.csv")
     assert [r["step"] for r in rows] == [stopped_at] and rows[0]["loss"] > 0  # the window before the signal
     assert (run / "checkpoints" / f"step_{stopped_at:07d}").is_dir()
+
+
+@pytest.mark.parametrize("sampler,steps,spacing,nfe", [("ddpm", 7, "linspace", 7), ("ddim", 4, "trailing", 4),
+                                                        ("dpm-solver++", 5, "time-quadratic", 5), ("heun", 3, "karras", 5)])
+def test_every_sampler_runs_from_the_cli_and_its_labels_tell_the_truth(trained, tmp_path, capsys, sampler, steps,
+                                                                       spacing, nfe):
+    out = tmp_path / "s.npz"
+    argv = ["sample", str(trained), "--sampler", sampler, "--steps", str(steps), "--n", "3", "--out", str(out), "--quiet"]
+    assert main(argv + (["--spacing", spacing] if sampler == "ddim" else [])) == 0
+    assert f"({sampler}, {steps} steps, {spacing} spacing, {nfe} network evaluations" in capsys.readouterr().out
+    import json
+
+    with np.load(out) as saved:
+        settings = json.loads(str(saved["settings"]))
+        assert saved["images"].shape == (3, 16, 16, 3)
+    assert (settings["sampler"], settings["steps"], settings["spacing"], settings["nfe"]) == (sampler, steps, spacing, nfe)
