@@ -1,5 +1,7 @@
 """Config values as users write them: numbers in every notation, explicit and scaled β ranges, resume guards."""
 
+import math
+import re
 import subprocess
 import sys
 
@@ -7,7 +9,7 @@ import pytest
 
 import ddpmlab
 from ddpmlab.cli import main
-from ddpmlab.config import Config, load_config, preset_names, resume_changes
+from ddpmlab.config import Config, load_config, preset_description, preset_names, resume_changes
 from ddpmlab.errors import UserError
 from ddpmlab.train.build import build_schedule
 
@@ -85,3 +87,53 @@ def test_python_dash_m_and_version():
     assert result.returncode == 0 and result.stdout.strip() == f"ddpmlab {ddpmlab.__version__}"
     result = subprocess.run([sys.executable, "-m", "ddpmlab", "presets"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "tiny" in result.stdout
+
+
+# -- methods (issue 10) ----------------------------------------------------------------------------------------
+def test_method_is_a_top_level_key_in_overrides_and_yaml(tmp_path):
+    assert load_config("tiny").method == "ddpm"
+    assert load_config("tiny", ["method=dcgan"]).method == "dcgan"
+    path = tmp_path / "c.yaml"
+    path.write_text("method: vae\ndata: {name: synthetic}\nvae:\n  latent_dim: 32\n  lr: 5e-4\n")
+    config = load_config(str(path))
+    assert (config.method, config.vae.latent_dim, config.vae.lr) == ("vae", 32, 5e-4)
+    # the DDPM keys of a preset stay where they are, unused by a baseline
+    assert load_config("fashion-mnist", ["method=vae"]).model.channels == 64
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["vae.latent_dim=8"], "vae.latent_dim applies to method=vae, but this config has method=ddpm"),
+    (["method=vae", "dcgan.beta1=0.9"], "dcgan.beta1 applies to method=dcgan, but this config has method=vae"),
+    (["method=gan"], "invalid config value method: 'gan' is not one of ddpm, vae, dcgan, vaegan"),
+    (["method=dcgan", "model.conditional=true"], "method=dcgan is unconditional"),
+    (["method=vaegan", "vaegan.reconstruction=perceptual"], "vaegan.reconstruction"),
+    (["method=vae", "vae.decoder_std=0"], "vae.decoder_std"),
+    (["method=dcgan", "dcgan.beta1=1"], "dcgan.beta1"),
+    (["methods=vae"], "must look like section.key=value"),
+])
+def test_method_mistakes_name_the_key(overrides, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        load_config("tiny", overrides)
+
+
+def test_resume_refuses_a_change_of_method_or_network_but_not_of_learning_rate():
+    saved = load_config("tiny", ["method=vae"])
+    for override, key in [("method=dcgan", "cannot change method"), ("vae.latent_dim=64", "vae.latent_dim"),
+                          ("vae.kl_weight=0.5", "vae.kl_weight"), ("vae.beta1=0.5", "vae.beta1")]:
+        with pytest.raises(UserError, match=key):
+            resume_changes(saved, load_config("tiny", ["method=vae", override] if "." in override else [override]), 10)
+    resume_changes(saved, load_config("tiny", ["method=vae", "vae.lr=1e-4"]), step=10)
+
+
+@pytest.mark.parametrize("name,method,images,epochs", [
+    ("cifar10-vae", "vae", 50_000, 100), ("cifar10-dcgan", "dcgan", 50_000, 100), ("cifar10-vaegan", "vaegan", 50_000, 200),
+    ("fashion-mnist-vae", "vae", 60_000, 100), ("fashion-mnist-dcgan", "dcgan", 60_000, 100),
+    ("fashion-mnist-vaegan", "vaegan", 60_000, 200)])
+def test_baseline_presets_train_the_published_epochs(name, method, images, epochs):
+    config = load_config(name)
+    assert config.method == method and config.train.batch_size == 128
+    assert config.train.steps == epochs * math.ceil(images / 128)  # 39,100 and 78,200 on CIFAR-10
+    lr, beta1 = {"vae": (1e-3, 0.9), "dcgan": (2e-4, 0.5), "vaegan": (2e-4, 0.5)}[method]
+    assert (getattr(config, method).lr, getattr(config, method).beta1) == (lr, beta1)
+    assert (config.train.warmup_steps, config.train.grad_clip, config.train.ema_decay) == (0, 0, 0)
+    assert f"{epochs} epochs" in preset_description(name)

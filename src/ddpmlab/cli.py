@@ -85,7 +85,7 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
     evaluate.add_argument("--n", type=int, default=10000, help="images to sample (default 10000)")
     evaluate.add_argument("--ref-n", type=int, default=10000, help="held-out real images to compare with (default 10000)")
-    evaluate.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="default ddim, the same for every run")
+    evaluate.add_argument("--sampler", choices=SAMPLERS, default=None, help="default ddim, the same for every run")
     evaluate.add_argument("--steps", type=int, help="sampling steps (default: 50 for ddim, capped at T; T for ddpm; "
                                                     "20 for dpm-solver++; 18 for heun)")
     evaluate.add_argument("--spacing", help="the sampler's timestep spacing (default: its own)")
@@ -93,7 +93,7 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                           help="quality against cost: SPEC like ddpm:1000,ddim:10,20,50,dpm-solver++:10,20,heun:10 "
                                "samples --n images per point from the same x_T and writes RUN_DIR/eval/sweep-*.json, "
                                ".png and .npz (metrics fd, fid, kid, pr; --sampler/--steps are not used)")
-    evaluate.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
+    evaluate.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
     evaluate.add_argument("--batch-size", type=int, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
@@ -179,6 +179,7 @@ def _eval_real(args) -> int:
 def _eval(args) -> int:
     from ddpmlab.eval.run import evaluate_run, results_table
 
+    check_diffusion_flags(args, args.run_dir)
     if args.sweep:
         from ddpmlab.eval.sweep import evaluate_sweep, sweep_table
 
@@ -188,9 +189,10 @@ def _eval(args) -> int:
         print(sweep_table(results))
         print(f"wrote {results['json']} and {results['plot']}")
         return 0
-    if not 0 <= args.eta <= 1:
+    if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError("--eta must be in [0, 1]")
-    results = evaluate_run(args.run_dir, args.metrics, args.n, args.sampler, args.steps, args.eta, args.batch_size,
+    sampler, eta = args.sampler or "ddim", args.eta or 0.0
+    results = evaluate_run(args.run_dir, args.metrics, args.n, sampler, args.steps, eta, args.batch_size,
                            args.seed, not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
                            args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out,
                            spacing=args.spacing)
@@ -236,6 +238,25 @@ def sampling_steps(method: str, steps: int | None, config, T: int) -> int:
     return resolve_steps(method, steps, T)
 
 
+DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
+                   ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
+                   ("sweep", "--sweep"))
+
+
+def check_diffusion_flags(args, source: str) -> None:
+    """UserError naming the first flag given that only a diffusion model reads (sampler, steps, eta, guidance,
+    classes) when the run at `source` samples in one pass (VAE, DCGAN, VAE-GAN)."""
+    from ddpmlab.methods import samples_in_one_pass
+    from ddpmlab.train.build import stored_method
+
+    given = [flag for name, flag in DIFFUSION_FLAGS if getattr(args, name, None) is not None
+             and getattr(args, name) is not False]  # `--class 0` is given, though 0 == False
+    if given:
+        method = stored_method(source, not args.no_ema)
+        if samples_in_one_pass(method):
+            raise UserError(f"{method} samples in one pass; {given[0]} applies to diffusion models")
+
+
 def check_guidance(guidance: float | None) -> None:
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise UserError(f"--guidance must be a finite number >= 0 (0: no guidance), got {guidance}")
@@ -271,7 +292,10 @@ def _sample(args) -> int:
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError("--eta must be in [0, 1]")
     check_guidance(args.guidance)
+    check_diffusion_flags(args, args.source)
     model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=args.device)
+    if model.SINGLE_PASS:
+        return _sample_one_pass(args, out, model, config, step)
     method = args.sampler or config.sample.sampler
     if method != "ddim" and args.eta is not None:
         raise UserError(f"--eta applies to --sampler ddim only, not {method}")
@@ -313,6 +337,27 @@ def _sample(args) -> int:
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
         f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
     print(f"wrote {n} samples ({details}) from {weights.name} at step {step} to {out}")
+    return 0
+
+
+def _sample_one_pass(args, out: Path, model, config, step: int) -> int:
+    """`ddpmlab sample` for a single-pass run (VAE, DCGAN, VAE-GAN): --n images, each one pass of the network."""
+    from ddpmlab.eval.run import generate_samples, save_samples
+    from ddpmlab.images import save_grid, save_images
+    from ddpmlab.train.build import weights_file
+
+    n = args.n or config.sample.n
+    images, _ = generate_samples(model, None, n, config.method, None, None, args.batch_size or config.sample.batch_size,
+                                 args.seed, None, False, progress=not args.quiet)
+    weights = weights_file(args.source, not args.no_ema)
+    if args.out.endswith(("/", "\\")):
+        save_images(images, out)
+    elif out.suffix == ".png":
+        save_grid(images, out, scale=2)
+    else:
+        save_samples(out, images, None, {"source": str(args.source), "weights": str(weights), "step": step,
+                                         "method": config.method, "seed": args.seed})
+    print(f"wrote {n} samples ({config.method}, one pass) from {weights.name} at step {step} to {out}")
     return 0
 
 

@@ -22,6 +22,8 @@ DATASETS = ("fashion-mnist", "mnist", "cifar10", "sprites", "folder", "synthetic
 SCHEDULES = ("linear", "cosine", "custom")
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
+METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
+RECONSTRUCTIONS = ("pixel", "features")
 
 
 @dataclass
@@ -99,20 +101,62 @@ class SampleConfig:
     clip_denoised: bool = True
 
 
+# The baselines (method=vae|dcgan|vaegan): their networks' arguments and their Adam settings (β2 = 0.999).
+# `model.*` and `diffusion.*` describe the DDPM and are not read by them; nor is train.lr (each has its own lr).
+@dataclass
+class VAEConfig:
+    """Kingma & Welling (2014); Adam 1e-3."""
+    latent_dim: int = 128
+    base_channels: int = 64  # channels of the outermost conv stage, doubled at each stage inwards
+    kl_weight: float = 1.0
+    decoder_std: float = 0.1  # σ of p(x | z) on images in [-1, 1]
+    lr: float = 1e-3
+    beta1: float = 0.9
+
+
+@dataclass
+class DCGANConfig:
+    """Radford et al. (2016): 100-d z, Adam 2e-4, β1 = 0.5."""
+    latent_dim: int = 100
+    base_channels: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+
+
+@dataclass
+class VAEGANConfig:
+    """Larsen et al. (2016); Adam 2e-4, β1 = 0.5."""
+    latent_dim: int = 256
+    base_channels: int = 64
+    adversarial_weight: float = 0.1
+    decoder_std: float = 0.1
+    reconstruction: str = "pixel"  # pixel | features (the discriminator's last hidden layer)
+    lr: float = 2e-4
+    beta1: float = 0.5
+
+
 @dataclass
 class Config:
+    method: str = "ddpm"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dcgan: DCGANConfig = field(default_factory=DCGANConfig)
+    vaegan: VAEGANConfig = field(default_factory=VAEGANConfig)
 
+
+BASELINE_SECTIONS = ("vae", "dcgan", "vaegan")  # each read only when `method` has its name
+TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 
 # What `--resume` may change: how long and how fast to train, where and how often to write. Everything else
-# defines the model, the data or the diffusion process that the saved weights were trained for.
-RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.device", "train.bf16", "train.log_every", "train.val_every",
-                    "train.val_batches", "train.sample_every", "train.sample_n", "train.checkpoint_every",
-                    "train.keep_checkpoints", "data.root", "data.download", "sample.*")
+# (`method` and the baseline sections included) defines the model, the data or the process that the saved
+# weights were trained for.
+RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
+                    "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
+                    "train.checkpoint_every", "train.keep_checkpoints", "data.root", "data.download", "sample.*")
 
 
 def preset_names() -> list[str]:
@@ -200,11 +244,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 
 
 def _merge(config: Config, data: dict, source: str) -> None:
-    """Apply a {section: {key: value}} mapping onto `config`, naming any unknown key."""
-    sections = {f.name for f in dataclasses.fields(Config)}
+    """Apply a {section: {key: value}, top-level key: value} mapping onto `config`, naming any unknown key."""
+    sections = sorted(f.name for f in dataclasses.fields(Config) if f.name not in TOP_LEVEL_KEYS)
+    top_level = get_type_hints(Config)
     for section_name, values in data.items():
+        if section_name in TOP_LEVEL_KEYS:
+            setattr(config, section_name, _coerce(values, top_level[section_name], section_name))
+            continue
         if section_name not in sections:
-            raise UserError(f"{source}: unknown config section {section_name!r}; sections: {', '.join(sorted(sections))}")
+            raise UserError(f"{source}: unknown config section {section_name!r}; sections: {', '.join(sections)}; "
+                            f"top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -220,18 +269,23 @@ def _merge(config: Config, data: dict, source: str) -> None:
 
 
 def parse_overrides(overrides: list[str]) -> dict:
-    """['train.steps=10', 'model.channel_mult=[1,2]'] -> {'train': {'steps': 10}, 'model': {...}}; values are YAML."""
+    """['train.steps=10', 'model.channel_mult=[1,2]', 'method=vae'] -> {'train': {'steps': 10}, 'model': {...},
+    'method': 'vae'}; values are YAML."""
     data: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or key.count(".") != 1:
-            raise UserError(f"override {item!r} must look like section.key=value, e.g. train.steps=1000")
-        section, name = key.split(".")
+        if not sep or (key.count(".") != 1 and key not in TOP_LEVEL_KEYS):
+            raise UserError(f"override {item!r} must look like section.key=value, e.g. train.steps=1000 "
+                            f"(or method=NAME)")
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError:
             value = raw
-        data.setdefault(section, {})[name] = value
+        if key in TOP_LEVEL_KEYS:
+            data[key] = value
+        else:
+            section, name = key.split(".")
+            data.setdefault(section, {})[name] = value
     return data
 
 
@@ -271,8 +325,14 @@ def save_config(config: Config, path: str | Path) -> None:
 
 
 def flatten(config: Config) -> dict[str, Any]:
-    """{"section.key": value} for every setting."""
-    return {f"{section}.{key}": value for section, values in config_to_dict(config).items() for key, value in values.items()}
+    """{"section.key": value} for every setting, and {"method": value} for the top-level keys."""
+    flat = {}
+    for section, values in config_to_dict(config).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
 
 
 def resume_changes(saved: Config, requested: Config, step: int) -> None:
@@ -297,6 +357,8 @@ def _check(condition: bool, key: str, message: str) -> None:
 def validate(config: Config) -> None:
     """Raise UserError naming the first invalid key; the one place where values are checked."""
     d, m, f, t, s = config.data, config.model, config.diffusion, config.train, config.sample
+    _check(config.method in METHODS, "method", f"{config.method!r} is not one of {', '.join(METHODS)}")
+    _check_baseline_sections(config)
     _check(d.name in DATASETS, "data.name", f"{d.name!r} is not one of {', '.join(DATASETS)}")
     _check(d.image_size is None or 4 <= d.image_size <= 1024, "data.image_size", "must be in 4..1024")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
@@ -352,3 +414,26 @@ def validate(config: Config) -> None:
     _check(0.0 <= s.eta <= 1.0, "sample.eta", "must be in [0, 1]")
     _check(s.n > 0, "sample.n", "must be positive")
     _check(s.batch_size > 0, "sample.batch_size", "must be positive")
+
+
+def _check_baseline_sections(config: Config) -> None:
+    """A baseline section's keys apply to its own method only; a baseline is unconditional; values in range."""
+    for name in BASELINE_SECTIONS:
+        section, defaults = getattr(config, name), type(getattr(config, name))()
+        if name != config.method:
+            for key in (f.name for f in dataclasses.fields(section)):
+                if getattr(section, key) != getattr(defaults, key):
+                    raise UserError(f"{name}.{key} applies to method={name}, but this config has method={config.method}; "
+                                    f"set method={name} or drop {name}.{key}")
+        for key in ("latent_dim", "base_channels"):
+            _check(getattr(section, key) > 0, f"{name}.{key}", "must be positive")
+        _check(section.lr > 0, f"{name}.lr", "must be positive")
+        _check(0.0 <= section.beta1 < 1.0, f"{name}.beta1", "must be in [0, 1)")
+    _check(config.vae.kl_weight >= 0, "vae.kl_weight", "must be >= 0")
+    _check(config.vae.decoder_std > 0, "vae.decoder_std", "must be positive")
+    _check(config.vaegan.adversarial_weight >= 0, "vaegan.adversarial_weight", "must be >= 0")
+    _check(config.vaegan.decoder_std > 0, "vaegan.decoder_std", "must be positive")
+    _check(config.vaegan.reconstruction in RECONSTRUCTIONS, "vaegan.reconstruction",
+           f"{config.vaegan.reconstruction!r} is not one of {', '.join(RECONSTRUCTIONS)}")
+    _check(not (config.model.conditional and config.method != "ddpm"), "model.conditional",
+           f"method={config.method} is unconditional; class conditioning (model.conditional=true) applies to method=ddpm")

@@ -49,7 +49,7 @@ def test_logs_are_detached_scalars_with_the_documented_names(name, log_names):
     for phase in net.training_phases(torch.zeros(2, 3, 16, 16), torch.Generator().manual_seed(0)):
         assert all(v.shape == () and not v.requires_grad for v in phase.logs.values())
         logs.update(phase.logs)
-    assert set(logs) == log_names
+    assert set(logs) == log_names and set(net.LOGS) == log_names  # LOGS: the columns metrics.csv gets
 
 
 @pytest.mark.parametrize("name", sorted(BASELINES))

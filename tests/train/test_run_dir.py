@@ -55,11 +55,11 @@ def test_run_dir_under_a_file_is_refused(tmp_path):
 
 def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypatch):
     """A custom backbone has no `.prediction`: the grid sampler must take it from the config."""
-    from ddpmlab.train import trainer as trainer_module
+    from ddpmlab.methods import ddpm as ddpm_module  # where the trainer's grids are sampled
 
     seen = []
-    real_sample = trainer_module.sample
-    monkeypatch.setattr(trainer_module, "sample", lambda *a, **k: seen.append(k.get("prediction")) or real_sample(*a, **k))
+    real_sample = ddpm_module.sample
+    monkeypatch.setattr(ddpm_module, "sample", lambda *a, **k: seen.append(k.get("prediction")) or real_sample(*a, **k))
 
     class Backbone(torch.nn.Module):
         def __init__(self):

@@ -31,7 +31,8 @@ from ddpmlab.eval.reference import feature_stats, reference_features, subset_ind
 from ddpmlab.eval.speed import sampling_speed, training_cost
 from ddpmlab.images import model_to_uint8
 from ddpmlab.paths import check_writable_folder
-from ddpmlab.samplers import SAMPLERS, network_evaluations, resolve_spacing, resolve_steps, sample
+from ddpmlab.methods import DiffusionSampling, sample_images
+from ddpmlab.samplers import SAMPLERS, network_evaluations, resolve_spacing, resolve_steps
 from ddpmlab.train.build import load_trained, resolve_device
 
 METRICS = ("fid", "kid", "pr", "fd", "nll", "speed")
@@ -140,24 +141,27 @@ def generate_samples(model, schedule, n: int, method: str, steps: int, eta: floa
                      labels: torch.Tensor | None = None, prediction: str | None = None,
                      noise: torch.Tensor | None = None, spacing: str | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator.
+    """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator, by
+    ddpmlab.methods.sample_images from a network of `load_trained`.
 
-    A conditional model gets `labels` (default: the classes in turn). `prediction` is the run's
-    diffusion.prediction (the config, not the network, says what the network was trained to output). `noise`
-    (n×C×H×W) fixes every x_T, the generator then drawing only the samplers' later noise; `spacing` picks the
-    sampler's timesteps (None: its default)."""
+    A diffusion model (`schedule` given) runs sampler `method` with `steps`, `eta`, `guidance`, `clip_denoised`
+    and `prediction` (default: the run's diffusion.prediction, which the network carries); a conditional one gets
+    `labels` (default: the classes in turn). A single-pass network (VAE, GAN; `schedule` None) decodes latents
+    and reads none of these. `noise` (n×C×H×W) fixes every x_T of a
+    diffusion model, the generator then drawing only the samplers' later noise; `spacing` picks the sampler's
+    timesteps (None: its default)."""
     if labels is None:
         labels = class_labels(n, model.num_classes)
     generator = torch.Generator().manual_seed(seed)
-    shape = (model.spec.in_channels, model.spec.image_size, model.spec.image_size)
+    sampling = None if model.SINGLE_PASS else DiffusionSampling(method, steps, eta, guidance, clip_denoised, prediction,
+                                                                spacing)
     batches = []
-    for start in tqdm(range(0, n, batch_size), desc=f"sampling {method}{steps}", disable=not progress, unit="batch"):
+    for start in tqdm(range(0, n, batch_size), desc=f"sampling {method}{steps or ''}", disable=not progress,
+                      unit="batch"):
         count = min(batch_size, n - start)
         batch_labels = labels[start:start + count] if labels is not None else None
-        images = sample(model, schedule, (count, *shape), method=method, steps=steps, eta=eta, generator=generator,
-                        labels=batch_labels, guidance_scale=guidance if labels is not None else None,
-                        clip_denoised=clip_denoised, prediction=prediction, spacing=spacing,
-                        noise=noise[start:start + count] if noise is not None else None)
+        images = sample_images(model, count, generator, sampling, batch_labels,
+                               noise[start:start + count] if noise is not None else None)
         batches.append(model_to_uint8(images).cpu())
     return torch.cat(batches), labels
 
@@ -204,13 +208,13 @@ def run_of(path: Path) -> Path:
     return path
 
 
-def default_name(method: str, steps: int, n: int, seed: int, use_ema: bool, spacing: str | None = None) -> str:
-    """e.g. "ddim50-n10000-seed0" (+ "-trailing" for a spacing other than the sampler's default, "-raw" for the
+def default_name(method: str, steps: int | None, n: int, seed: int, use_ema: bool, spacing: str | None = None) -> str:
+    """e.g. "ddim50-n10000-seed0", "vae-n10000-seed0" for a single-pass method (+ "-trailing" for a spacing other than the sampler's default, "-raw" for the
     non-EMA weights)."""
     from ddpmlab.samplers import DEFAULT_SPACINGS
 
-    extra = f"-{spacing}" if spacing not in (None, DEFAULT_SPACINGS[method]) else ""
-    return f"{method}{steps}{extra}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
+    extra = f"-{spacing}" if spacing not in (None, DEFAULT_SPACINGS.get(method)) else ""
+    return f"{method}{'' if steps is None else steps}{extra}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
 
 
 # -- the two evaluations ------------------------------------------------------------------------------
@@ -227,9 +231,11 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
     compare `n` samples with min(ref_n, split size) held-out images; NLL is the bound in bits/dim on min(nll_n, …)
     held-out images; speed times `speed_repeats` batches of `batch_size` on the warm model and reads training
     cost from metrics.csv. UserError for a missing run, unknown metric, absent extractor or n < 2.
+    A single-pass run (VAE, GAN) is sampled in one pass (sampler, steps and eta do not apply: the CLI refuses them)
+    and has no NLL: asking for nll is a UserError, and a GPU's default metrics leave it out.
     """
     device = resolve_device(device)
-    metrics = parse_metrics(metrics, device)
+    requested, metrics = metrics, parse_metrics(metrics, device)
     if n < 2 or ref_n < 2 or nll_n < 1:
         raise UserError("--n and --ref-n must be at least 2 (a covariance needs two images), --nll-n at least 1")
     if sampler not in SAMPLERS:
@@ -240,15 +246,22 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
     out_dir = Path(out) if out is not None else run_dir / "eval"
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
+    if model.SINGLE_PASS:
+        if "nll" in metrics and requested is not None:
+            raise UserError(f"the nll metric is the diffusion models' variational bound; a {config.method} run has "
+                            f"none: leave nll out of --metrics")
+        metrics = [m for m in metrics if m != "nll"]
+        sampler, steps, eta = config.method, None, None  # one pass: the name and settings say so
     if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics):
         print(f"warning: FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
               f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
               file=sys.stderr)
-    if steps is None:  # ddim at 50 steps, the same for every run; the others at their own defaults (T for ddpm)
-        steps = min(DEFAULT_DDIM_STEPS, schedule.T) if sampler == "ddim" else None
-    steps = resolve_steps(sampler, steps, schedule.T)
-    spacing = resolve_spacing(sampler, spacing)
-    channels, image_size = model.spec.in_channels, model.spec.image_size
+    if not model.SINGLE_PASS:
+        if steps is None:  # ddim at 50 steps, the same for every run; the others at their own defaults (T for ddpm)
+            steps = min(DEFAULT_DDIM_STEPS, schedule.T) if sampler == "ddim" else None
+        steps = resolve_steps(sampler, steps, schedule.T)
+        spacing = resolve_spacing(sampler, spacing)
+    channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
     name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing) + (
@@ -257,9 +270,10 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
     guidance = config.sample.guidance if model.num_classes else None
     settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                 "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps, "spacing": spacing,
-                "nfe": network_evaluations(sampler, steps, schedule.T),
+                "nfe": 1 if model.SINGLE_PASS else network_evaluations(sampler, steps, schedule.T),
                 "eta": eta if sampler == "ddim" else None, "n": n, "batch_size": batch_size, "seed": seed,
-                "guidance": guidance, "clip_denoised": config.sample.clip_denoised, "device_type": device.type}
+                "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
+                "device_type": device.type}
     results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(config.data), "reference_split": split,
                "metrics_requested": metrics, "settings": settings, "metrics": {}, "extractors": {}, "timings_s": {},
                "device": str(device), "ddpmlab": ddpmlab.__version__, "torch": torch.__version__,

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.samplers import network_evaluations, resolve_steps, sample
+from ddpmlab.devices import model_device
+from ddpmlab.methods import DDPM, DiffusionSampling, sample_images
+from ddpmlab.samplers import network_evaluations, resolve_steps
 from ddpmlab.train.log import read_metrics
 
 CUDA_PEAK = "cuda max_memory_allocated (tensors on the GPU, since the timed runs began)"
@@ -46,30 +48,43 @@ def machine_load() -> dict:
 
 def sampling_speed(model, schedule, shape, method: str = "ddim", steps: int | None = None, repeats: int = 3,
                    device=None, **sample_kwargs) -> dict:
-    """Images per second of `sample(model, schedule, shape, ...)`: the median of `repeats` timed batches.
+    """Images per second of drawing a batch of `shape` through ddpmlab.methods.sample_images: the median of
+    `repeats` timed batches.
 
-    One short untimed batch (2 steps of the same sampler, same shape) warms the model first; GPU work is synchronised
-    before each clock read. Returns images_per_s, seconds_per_batch (median), seconds (each repeat),
-    batch_size, sampler, steps, repeats, device, peak memory (see `peak_memory`) and `machine_load()`.
+    `model` is a network of `load_trained`, or any diffusion backbone with its `schedule`. A diffusion model is
+    sampled by `method` with `steps` and `sample_kwargs` (eta, labels, guidance_scale, clip_denoised, prediction, as
+    samplers.sample takes them); a single-pass network (schedule None) draws in one pass and reads none of these.
+    One short untimed batch (2 steps of the same sampler, same shape) warms the model first; GPU work is synchronised before each
+    clock read. Returns images_per_s, seconds_per_batch (median), seconds (each repeat), batch_size, sampler, steps,
+    repeats, device, peak memory (see `peak_memory`) and `machine_load()`.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    steps = resolve_steps(method, steps, schedule.T)
+    device = torch.device(device) if device is not None else model_device(model)
+    labels = sample_kwargs.pop("labels", None)
+    if schedule is None:
+        net, warm_up, timed = model, None, None
+    else:
+        net = model if isinstance(model, DDPM) else DDPM(model, schedule, image_shape=tuple(shape[1:]))
+        steps = resolve_steps(method, steps, schedule.T)
+        settings = dict(eta=sample_kwargs.get("eta") or 0.0, guidance=sample_kwargs.get("guidance_scale"),
+                        clip_denoised=sample_kwargs.get("clip_denoised", True), prediction=sample_kwargs.get("prediction"),
+                        spacing=sample_kwargs.get("spacing"))
+        warm_up = DiffusionSampling(method, min(2, schedule.T), **settings)
+        timed = DiffusionSampling(method, steps, **settings)
     generator = torch.Generator().manual_seed(0)
-    sample(model, schedule, shape, method=method, steps=min(2, schedule.T), generator=generator, device=device,
-           **sample_kwargs)
+    sample_images(net, shape[0], generator, warm_up, labels)
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sample(model, schedule, shape, method=method, steps=steps, generator=generator, device=device, **sample_kwargs)
+        sample_images(net, shape[0], generator, timed, labels)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
     return {"images_per_s": shape[0] / median, "seconds_per_batch": median, "seconds": seconds,
             "batch_size": shape[0], "sampler": method, "steps": steps,
-            "nfe": network_evaluations(method, steps, schedule.T), "repeats": repeats,
+            "nfe": 1 if schedule is None else network_evaluations(method, steps, schedule.T), "repeats": repeats,
             "device": str(device), **peak_memory(device), **machine_load()}
 
 

@@ -126,7 +126,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
     points = parse_sweep(sweep, schedule.T)
     if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics):
         print(f"warning: FID/KID/PR on {n} samples per point: below {MIN_FID_SAMPLES}, biased high", file=sys.stderr)
-    channels, image_size = model.spec.in_channels, model.spec.image_size
+    channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
     guidance = config.sample.guidance if model.num_classes else None

@@ -1,4 +1,5 @@
-"""The one interface through which the trainer drives a baseline (VAE, DCGAN, VAE-GAN): phases of a training step."""
+"""The one interface through which the trainer, sampling and eval drive every method (DDPM, VAE, DCGAN, VAE-GAN):
+phases of a training step, a validation loss where there is one, and sampling."""
 
 from __future__ import annotations
 
@@ -20,41 +21,66 @@ class Phase:
 
 
 @runtime_checkable
-class BaselineNet(Protocol):
-    """What every baseline nn.Module provides. The caller's loop for one training iteration is
+class MethodNet(Protocol):
+    """What every method's nn.Module provides. The caller's loop for one training iteration is
 
-        for phase in net.training_phases(x0, generator):
+        for phase in net.training_phases(x0, generator, labels):
             optimizers[phase.group].zero_grad(set_to_none=True)
             phase.loss.backward()
             clip_grad_norm_(groups[phase.group], ...)
             optimizers[phase.group].step()
 
-    so code after a `yield` sees the weights updated by the previous phase.
+    so code after a `yield` sees the weights updated by the previous phase. Its state_dict() is what a
+    checkpoint holds; its `spec` (a dataclass, or None for a custom backbone) is stored beside it.
     """
 
+    SINGLE_PASS: ClassVar[bool]                  # True: `generate(n, generator)` draws in one network pass
     DEFAULT_LR: ClassVar[float]                  # recommended Adam learning rate
     DEFAULT_BETAS: ClassVar[tuple[float, float]]  # recommended Adam betas
-    spec: Any                                    # a dataclass: dataclasses.asdict(spec) rebuilds via from_spec
+    LOGS: ClassVar[tuple[str, ...]]              # the names of the phases' logs, in the order metrics.csv shows them
+    spec: Any
+    image_shape: tuple[int, int, int]            # (C, H, W) of the images it trains on and generates
+    num_classes: int | None                      # classes of a conditional model; None when unconditional
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """One list of parameters per optimizer, keyed by the names that phases use; together they cover every parameter."""
+        ...
+
+    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+        """Yield the phases of one training iteration in order, for a batch x0 in [-1, 1] (N×C×H×W on the module's
+        device) and, for a conditional model, its labels.
+
+        All latents and noise are drawn from `generator` (a CPU torch.Generator) with ddpmlab.devices.randn.
+        """
+        ...
+
+    def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The method's held-out loss on a batch (a scalar), or None when it has none (the GANs); the caller sets
+        eval mode and no_grad."""
+        ...
+
+    def generate(self, n: int, generator: torch.Generator | None, *args, **kwargs) -> torch.Tensor:
+        """n samples in [-1, 1], N×C×H×W float32 on the module's device; the caller sets eval mode.
+        Call it through ddpmlab.methods.sample_images, which knows what each kind of method takes."""
+        ...
+
+
+@runtime_checkable
+class BaselineNet(MethodNet, Protocol):
+    """A baseline (VAE, DCGAN, VAE-GAN): a MethodNet that is rebuilt from its spec alone and samples in one pass."""
 
     @classmethod
     def from_spec(cls, spec: Any) -> "BaselineNet":
         """An identical, untrained module from a spec dataclass or its dict."""
         ...
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """One list of parameters per optimizer, keyed by the names that phases use; together they cover every parameter."""
-        ...
 
-    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None) -> Iterator[Phase]:
-        """Yield the phases of one training iteration in order, for a batch x0 in [-1, 1] (N×C×H×W on the module's device).
-
-        All latents and noise are drawn from `generator` (a CPU torch.Generator) with ddpmlab.devices.randn.
-        """
-        ...
-
-    def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """n samples in [-1, 1], N×C×H×W float32 on the module's device; the caller sets eval mode."""
-        ...
+def unconditional(labels: torch.Tensor | None, name: str) -> None:
+    """The baselines are unconditional: class labels reaching one are a bug (the config refuses model.conditional)."""
+    if labels is not None:
+        raise ValueError(f"{name} is unconditional and takes no labels")
 
 
 def bce_with_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ddpmlab.devices import model_device, randn
-from ddpmlab.methods.base import Phase, bce_with_logits
+from ddpmlab.methods.base import Phase, bce_with_logits, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, Discriminator, dcgan_init_
 
 
@@ -36,8 +36,11 @@ class DCGANSpec:
 class DCGAN(nn.Module):
     """Generator G: z ~ N(0, I) (100-d) -> image in [-1, 1]; discriminator D: image -> logit. Adam 2e-4, β1 = 0.5."""
 
+    SINGLE_PASS = True
     DEFAULT_LR = 2e-4
     DEFAULT_BETAS = (0.5, 0.999)
+    LOGS = ("loss_d", "loss_g", "d_real", "d_fake")
+    num_classes = None
 
     def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 100, base_channels: int = 64):
         super().__init__()
@@ -50,14 +53,20 @@ class DCGAN(nn.Module):
         """An identical, untrained DCGAN from a DCGANSpec or its dict."""
         return cls(**(asdict(spec) if isinstance(spec, DCGANSpec) else spec))
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.spec.channels, self.spec.image_size, self.spec.image_size
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.generator_net.parameters()), "discriminator": list(self.discriminator.parameters())}
 
-    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None) -> Iterator[Phase]:
+    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
         """The PyTorch DCGAN example's iteration: a D step on real and detached fake, then a G step against the updated D.
 
         Logs loss_d, d_real and d_fake (mean D probabilities before D's step), then loss_g.
         """
+        unconditional(labels, "DCGAN")
         z = randn((x0.shape[0], self.spec.latent_dim), generator, x0.device)
         fake = self.generator_net(z)
         real_logits, fake_logits = self.discriminator(x0), self.discriminator(fake.detach())
@@ -66,6 +75,11 @@ class DCGAN(nn.Module):
                                               "d_fake": fake_logits.detach().sigmoid().mean()})
         loss_g = generator_loss(self.discriminator(fake))  # D has been updated by the caller
         yield Phase("generator", loss_g, {"loss_g": loss_g.detach()})
+
+    def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> None:
+        """None: a GAN's losses measure the two players against each other, not a fit to held-out images."""
+        return None
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ddpmlab.devices import model_device, randn
 from ddpmlab.errors import UserError
-from ddpmlab.methods.base import Phase
+from ddpmlab.methods.base import Phase, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, GaussianEncoder
 
 
@@ -56,8 +56,11 @@ class VAE(nn.Module):
     q(z | x) is a diagonal Gaussian from the convolutional encoder; p(z) = N(0, I).
     """
 
+    SINGLE_PASS = True
     DEFAULT_LR = 1e-3
     DEFAULT_BETAS = (0.9, 0.999)
+    LOGS = ("loss", "recon", "kl")
+    num_classes = None
 
     def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 128, base_channels: int = 64,
                  kl_weight: float = 1.0, decoder_std: float = 0.1):
@@ -73,17 +76,35 @@ class VAE(nn.Module):
         """An identical, untrained VAE from a VAESpec or its dict."""
         return cls(**(asdict(spec) if isinstance(spec, VAESpec) else spec))
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.spec.channels, self.spec.image_size, self.spec.image_size
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}
 
-    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None) -> Iterator[Phase]:
-        """One phase ("model") whose loss is the batch-mean negative ELBO; logs loss, recon and kl (nats per image)."""
+    def negative_elbo(self, x0: torch.Tensor, generator: torch.Generator | None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, recon, kl): the batch-mean negative ELBO recon + kl_weight · kl and its two terms, nats per image,
+        with one z ~ q(z | x) per image drawn from `generator`."""
         mu, logvar = self.encoder(x0)
         z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device))
         recon = gaussian_nll(x0, self.decoder(z), self.spec.decoder_std).mean()
         kl = gaussian_kl(mu, logvar).mean()
-        loss = recon + self.spec.kl_weight * kl
+        return recon + self.spec.kl_weight * kl, recon, kl
+
+    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+        """One phase ("model") whose loss is the batch-mean negative ELBO; logs loss, recon and kl (nats per image)."""
+        unconditional(labels, "the VAE")
+        loss, recon, kl = self.negative_elbo(x0, generator)
         yield Phase("model", loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()})
+
+    def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The batch-mean negative ELBO (nats per image), as in training."""
+        unconditional(labels, "the VAE")
+        return self.negative_elbo(x0, generator)[0]
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ddpmlab.devices import model_device, randn
 from ddpmlab.errors import UserError
-from ddpmlab.methods.base import Phase, bce_with_logits
+from ddpmlab.methods.base import Phase, bce_with_logits, unconditional
 from ddpmlab.methods.vae import gaussian_kl, gaussian_nll, reparameterize
 from ddpmlab.nets.baselines import ConvDecoder, Discriminator, GaussianEncoder, dcgan_init_
 
@@ -63,8 +63,11 @@ class VAEGAN(nn.Module):
     adversarial gradient through reconstructions, and the decoder's reconstruction weight γ is 1.
     """
 
+    SINGLE_PASS = True
     DEFAULT_LR = 2e-4
     DEFAULT_BETAS = (0.5, 0.999)
+    LOGS = ("loss", "recon", "kl", "loss_d", "loss_g", "d_real", "d_recon", "d_fake")
+    num_classes = None
 
     def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 256, base_channels: int = 64,
                  adversarial_weight: float = 0.1, decoder_std: float = 0.1, reconstruction: str = "pixel"):
@@ -84,13 +87,19 @@ class VAEGAN(nn.Module):
         """An identical, untrained VAEGAN from a VAEGANSpec or its dict."""
         return cls(**(asdict(spec) if isinstance(spec, VAEGANSpec) else spec))
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.spec.channels, self.spec.image_size, self.spec.image_size
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.encoder.parameters()) + list(self.decoder.parameters()),
                 "discriminator": list(self.discriminator.parameters())}
 
-    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None) -> Iterator[Phase]:
+    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
         """A D step on real, detached reconstructions and detached prior samples; then the generator step against the
         updated D. Logs loss_d, d_real, d_recon, d_fake (prior samples), then loss, recon, kl and loss_g."""
+        unconditional(labels, "VAE-GAN")
         mu, logvar = self.encoder(x0)
         z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device))
         recon_x = self.decoder(z)
@@ -115,6 +124,11 @@ class VAEGAN(nn.Module):
         loss = (recon + kl) / dims + self.spec.adversarial_weight * loss_g
         yield Phase("generator", loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(),
                                         "loss_g": loss_g.detach()})
+
+    def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> None:
+        """None: the generator's loss includes the adversarial term, which measures the players, not a fit."""
+        return None
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:

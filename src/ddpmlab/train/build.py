@@ -1,4 +1,4 @@
-"""Turn config sections into objects: the noise schedule, the U-Net, the device."""
+"""Turn config sections and checkpoints into objects: the device, a trained method's network."""
 
 from __future__ import annotations
 
@@ -6,27 +6,8 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.config import DiffusionConfig, ModelConfig
-from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.errors import UserError
-from ddpmlab.nets import UNet
-
-
-def build_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
-    """The NoiseSchedule a diffusion config names."""
-    if cfg.schedule == "linear":
-        return NoiseSchedule.linear(cfg.timesteps, cfg.beta_start, cfg.beta_end)
-    if cfg.schedule == "cosine":
-        return NoiseSchedule.cosine(cfg.timesteps, cfg.cosine_s)
-    return NoiseSchedule.from_betas(cfg.betas)
-
-
-def build_unet(cfg: ModelConfig, in_channels: int, image_size: int, num_classes: int | None, prediction: str) -> UNet:
-    """The U-Net a model config describes, for images of in_channels × image_size²."""
-    return UNet(in_channels=in_channels, channels=cfg.channels, channel_mult=cfg.channel_mult,
-                num_res_blocks=cfg.num_res_blocks, attention_resolutions=cfg.attention_resolutions,
-                dropout=cfg.dropout, groups=cfg.groups, image_size=image_size,
-                num_classes=num_classes if cfg.conditional else None, prediction=prediction)
+from ddpmlab.methods.ddpm import build_schedule, build_unet  # noqa: F401  (their home before methods/ddpm.py)
 
 
 def resolve_device(name: str | None, setting: str = "--device") -> torch.device:
@@ -72,15 +53,18 @@ def weights_file(path: str | Path, use_ema: bool = True) -> Path:
 
 
 def load_trained(path: str | Path, use_ema: bool = True, device=None):
-    """(model in eval mode on `device`, NoiseSchedule, Config, step) from a run directory, a checkpoint folder or
-    one weights file inside a checkpoint (that file is used, whatever `use_ema` says).
+    """(network in eval mode on `device`, NoiseSchedule or None, Config, step) from a run directory, a checkpoint
+    folder or one weights file inside a checkpoint (that file is used, whatever `use_ema` says).
 
+    The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
+    others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
+    (VAE, DCGAN, VAE-GAN), which has no schedule (None). Draw images with ddpmlab.methods.sample_images.
     Raises UserError for a missing, corrupt or foreign checkpoint.
     """
     import json
 
     from ddpmlab.config import config_from_dict
-    from ddpmlab.nets import UNet
+    from ddpmlab.methods import rebuild_method
     from ddpmlab.train import checkpoint as ckpt
 
     folder = find_checkpoint(path)
@@ -91,12 +75,21 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
         spec = json.loads(metadata["model_spec"])
     except (KeyError, json.JSONDecodeError):
         raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
-    model = UNet.from_spec(spec)
-    mismatch = ckpt.state_mismatch(model.state_dict(), state)
+    net = rebuild_method(metadata.get("method") or "ddpm", spec, config)
+    mismatch = ckpt.state_mismatch(net.state_dict(), state)
     if mismatch:
         raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
-    model.load_state_dict(state)
-    return model.to(resolve_device(device)).eval(), build_schedule(config.diffusion), config, int(progress["step"])
+    net.load_state_dict(state)
+    schedule = None if net.SINGLE_PASS else net.schedule
+    return net.to(resolve_device(device)).eval(), schedule, config, int(progress["step"])
+
+
+def stored_method(path: str | Path, use_ema: bool = True) -> str:
+    """The method ("ddpm", "vae", ...) whose weights a run directory, checkpoint folder or weights file holds, read
+    from the metadata alone; "ddpm" for checkpoints written before there were other methods."""
+    from ddpmlab.train import checkpoint as ckpt
+
+    return ckpt.read_metadata(weights_file(path, use_ema)).get("method") or "ddpm"
 
 
 def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True) -> list[str]:

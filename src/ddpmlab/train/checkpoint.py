@@ -78,8 +78,8 @@ def _contiguous(state: dict) -> dict:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
 
-def read_weights(path: Path, expected_format: str = FORMAT, kind: str = "ddpmlab checkpoint") -> tuple[dict, dict[str, str]]:
-    """(state dict, metadata) of a safetensors file whose metadata format is `expected_format`;
+def read_metadata(path: Path, expected_format: str = FORMAT, kind: str = "ddpmlab checkpoint") -> dict[str, str]:
+    """The metadata of a safetensors file whose metadata format is `expected_format`, without reading its tensors;
     UserError if missing, corrupt or foreign."""
     path = Path(path)
     if not path.is_file():
@@ -87,11 +87,21 @@ def read_weights(path: Path, expected_format: str = FORMAT, kind: str = "ddpmlab
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
     if metadata.get("format") != expected_format:
         raise UserError(f"{path}: not a {kind} (no '{expected_format}' metadata)")
+    return metadata
+
+
+def read_weights(path: Path, expected_format: str = FORMAT, kind: str = "ddpmlab checkpoint") -> tuple[dict, dict[str, str]]:
+    """(state dict, metadata) of a safetensors file whose metadata format is `expected_format`;
+    UserError if missing, corrupt or foreign."""
+    metadata = read_metadata(path, expected_format, kind)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
     return state, metadata
 
 

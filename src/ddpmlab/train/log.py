@@ -8,7 +8,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s")
+COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s")  # every run's; a method adds its own
 
 
 class RunLog:
@@ -26,22 +26,29 @@ class RunLog:
 
 
 class MetricsLog:
-    """Appends rows to RUN_DIR/metrics.csv; on resume, rows past the resumed step are dropped."""
+    """Appends rows to RUN_DIR/metrics.csv, whose columns are fixed per run: `columns` when the file is new; on
+    resume the file's own header is kept and rows past the resumed step are dropped."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, columns: tuple[str, ...] = COLUMNS):
         self.path = Path(path)
         if resume_step is None or not self.path.exists():
-            self.path.write_text(",".join(COLUMNS) + "\n")
+            self.columns = tuple(columns)
+            self.path.write_text(",".join(self.columns) + "\n")
         else:
+            with self.path.open(newline="") as handle:
+                self.columns = tuple(next(csv.reader(handle), None) or columns)
             rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             with self.path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, COLUMNS)
+                writer = csv.DictWriter(handle, self.columns)
                 writer.writeheader()
-                writer.writerows({k: _fmt(r.get(k)) for k in COLUMNS} for r in rows)
+                writer.writerows({k: _fmt(r.get(k)) for k in self.columns} for r in rows)
 
     def append(self, **row) -> None:
+        unknown = set(row) - set(self.columns)
+        if unknown:
+            raise ValueError(f"{self.path}: no column for {', '.join(sorted(unknown))}")
         with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([_fmt(row.get(k)) for k in COLUMNS])
+            csv.writer(handle).writerow([_fmt(row.get(k)) for k in self.columns])
 
 
 def _fmt(value) -> str:
@@ -57,23 +64,36 @@ def read_metrics(path: Path) -> list[dict]:
                 for row in csv.DictReader(handle)]
 
 
+def loss_columns(columns) -> list[str]:
+    """The training losses among metrics.csv's columns: `loss` and a method's own (a GAN's loss_d and loss_g)."""
+    return [c for c in columns if c == "loss" or c.startswith("loss_")]
+
+
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
-    """Training (and validation) loss against step, log-scale, as a PNG; None when there is nothing to plot."""
+    """Every training loss (and the validation loss) against step, log-scale when all are positive, as a PNG;
+    None when there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in rows if r["loss"] is not None]
-    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
-    if not train:
+    columns = loss_columns(rows[0]) + ["val_loss"] if rows else []
+    curves = {}
+    for column in columns:
+        points = [(r["step"], r[column]) for r in rows if r.get(column) is not None]
+        if points:
+            curves[column] = points
+    if not any(column != "val_loss" for column in curves):
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot(*zip(*train), label="train loss", lw=1)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", ms=3)
-    ax.set(xlabel="step", ylabel="loss", yscale="log", title=Path(metrics_path).parent.name)
+    for column, points in curves.items():
+        if column == "val_loss":
+            ax.plot(*zip(*points), "o-", label="validation loss", ms=3)
+        else:
+            ax.plot(*zip(*points), label="train loss" if column == "loss" else column, lw=1)
+    positive = all(value > 0 for points in curves.values() for _, value in points)
+    ax.set(xlabel="step", ylabel="loss", yscale="log" if positive else "linear", title=Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

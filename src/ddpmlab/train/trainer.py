@@ -1,4 +1,5 @@
-"""The training loop: batch -> loss -> backward -> clip -> step -> EMA -> log; the rest are named calls."""
+"""The training loop, one for every method: batch -> for each phase: loss -> backward -> clip -> step; EMA -> log.
+The rest are named calls."""
 
 from __future__ import annotations
 
@@ -16,16 +17,15 @@ from tqdm.auto import tqdm
 
 from ddpmlab.config import Config, apply_overrides, config_from_dict, resume_changes, save_config
 from ddpmlab.data import ImageData, load_dataset, to_model_batch
-from ddpmlab.diffusion import diffusion_loss
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.images import save_grid
-from ddpmlab.samplers import sample
+from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
 from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.train.build import resolve_device
 from ddpmlab.train.ema import EMA
 from ddpmlab.paths import check_writable_folder
-from ddpmlab.train.log import MetricsLog, RunLog, plot_loss_curve
+from ddpmlab.train.log import COLUMNS, MetricsLog, RunLog, loss_columns, plot_loss_curve
 from ddpmlab.train.run_dir import has_content, prepare_run_dir
 
 VALIDATION_SEED = 1234
@@ -37,10 +37,11 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
 
 
 class Trainer:
-    """Trains a diffusion model described by `config` into `run_dir`.
+    """Trains the method `config.method` (a DDPM, or a VAE, DCGAN or VAE-GAN baseline) into `run_dir`.
 
-    `model` may be any nn.Module with the `(x_t, t, labels=None)` signature; by default the config's UNet.
-    Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
+    For a DDPM, `model` may be any backbone nn.Module with the `(x_t, t, labels=None)` signature; by default the
+    config's UNet. `self.model` is the method's network (ddpmlab.methods.MethodNet), one optimizer per parameter
+    group in `self.optimizers`. Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
     """
 
     def __init__(self, config: Config, run_dir: str | Path, model: nn.Module | None = None,
@@ -63,23 +64,29 @@ class Trainer:
         self.num_classes = self.train_data.num_classes if config.model.conditional else None
         if config.model.conditional and not self.num_classes:
             raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
-        self.schedule = build_schedule(config.diffusion)
-        self.model = (model or build_unet(config.model, self.train_data.channels, self.train_data.image_size,
-                                          self.num_classes, config.diffusion.prediction)).to(self.device)
+        self.model = build_method(config, self.train_data.channels, self.train_data.image_size, self.num_classes,
+                                  backbone=model).to(self.device)
         self.ema = EMA(self.model, config.train.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
-                                           weight_decay=config.train.weight_decay)
+        self.lr, betas = optimizer_settings(config)
+        self.groups = self.model.parameter_groups()
+        self.optimizers = {group: torch.optim.AdamW(params, lr=self.lr, betas=betas, weight_decay=config.train.weight_decay)
+                           for group, params in self.groups.items()}
+        # metrics.csv's column of each group's gradient norm: grad_norm for a single group, grad_norm_<group> for several
+        self.grad_norm_columns = {group: "grad_norm" if len(self.groups) == 1 else f"grad_norm_{group}"
+                                  for group in self.groups}
+        self.grad_norms: dict[str, float] = {}  # {column: the last step's norm}
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
         parameters = sum(p.numel() for p in self.model.parameters())
-        self.description = (f"device {self.device}, {parameters:,} parameters, {len(self.train_data):,} training images "
+        self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
+                            f"{len(self.train_data):,} training images "
                             f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
                             f"of {config.data.name}")
         if not _resuming:
             prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
             save_config(config, self.run_dir / "config.yaml")
-            self.log = MetricsLog(self.run_dir / "metrics.csv")
+            self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
             self.start_session_log()
 
     @classmethod
@@ -102,7 +109,7 @@ class Trainer:
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
         trainer.load_checkpoint(checkpoints[-1])
         save_config(config, run_dir / "config.yaml")
-        trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step)
+        trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step, columns=trainer.metric_columns())
         trainer.start_session_log(resumed_from=trainer.step)
         return trainer
 
@@ -111,11 +118,18 @@ class Trainer:
         self.run_log = RunLog(self.run_dir / "run.log")
         self.run_log.note(("resumed at step %d: " % resumed_from if resumed_from is not None else "new run: ")
                           + self.description)
-        final = self.schedule.final_alpha_cumprod
-        if final > NEAR_PURE_NOISE:
+        schedule = None if self.model.SINGLE_PASS else self.model.schedule
+        if schedule is not None and schedule.final_alpha_cumprod > NEAR_PURE_NOISE:
+            final = schedule.final_alpha_cumprod
             self.run_log.note(f"the noise schedule ends at alpha_bar_T = {final:.3g} > {NEAR_PURE_NOISE:g}: x_T still "
                               f"carries the image, yet sampling starts from pure noise, so samples and the NLL's prior "
                               f"term suffer; use more diffusion.timesteps, larger betas or schedule=cosine", warning=True)
+
+    def metric_columns(self) -> tuple[str, ...]:
+        """metrics.csv's columns for this method: every run's, then the method's own logs and, for a method with
+        several optimizers, one gradient norm per parameter group."""
+        extra = [name for name in self.model.LOGS if name not in COLUMNS]
+        return COLUMNS + tuple(extra) + tuple(name for name in self.grad_norm_columns.values() if name not in COLUMNS)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -129,26 +143,27 @@ class Trainer:
                 step_start = time.perf_counter()
                 x0, labels = self.next_batch()
                 lr = self.set_lr()
-                with self.autocast():
-                    loss = diffusion_loss(self.model, self.schedule, x0, labels, self.config.diffusion.prediction,
-                                          self.config.diffusion.loss_weighting, self.config.diffusion.min_snr_gamma,
-                                          self.generator)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
-                self.optimizer.step()
+                logs = {}
+                for phase in self.phases(x0, labels):
+                    optimizer = self.optimizers[phase.group]
+                    optimizer.zero_grad(set_to_none=True)
+                    phase.loss.backward()
+                    grad_norm = nn.utils.clip_grad_norm_(self.groups[phase.group], t.grad_clip or float("inf"))
+                    optimizer.step()
+                    self.grad_norms[self.grad_norm_columns[phase.group]] = float(grad_norm)
+                    logs.update({name: value.item() for name, value in phase.logs.items()})
                 self.ema.update(self.model, self.step)
                 self.step += 1
-                self.window.add(loss.item(), x0.shape[0], time.perf_counter() - step_start)
+                self.window.add(logs, x0.shape[0], time.perf_counter() - step_start)
                 bar.update(1)
-                self.after_step(lr, float(grad_norm), bar)
+                self.after_step(lr, bar)
         bar.close()
         self.stop_signal = stop.signum
         self.wall_s, self.session_start = self.wall_clock(), None
         interrupted = self.step < t.steps
         if self.window.steps:  # the steps since the last log line (an interruption), not lost
-            loss, images_per_s = self.window.flush()
-            self.log.append(step=self.step, loss=loss, lr=lr, grad_norm=float(grad_norm), images_per_s=images_per_s,
+            means, images_per_s = self.window.flush()
+            self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
                             wall_s=self.wall_s)
         newest = ckpt.list_checkpoints(self.run_dir)
         if not newest or ckpt.read_progress(newest[-1])["step"] != self.step:
@@ -161,15 +176,17 @@ class Trainer:
         return {"step": self.step, "interrupted": interrupted, "signal": stop.signum, "wall_s": self.wall_s,
                 "run_dir": str(self.run_dir)}
 
-    def after_step(self, lr: float, grad_norm: float, bar) -> None:
-        """Logging, validation, sample grids and checkpoints, each when its interval comes round."""
+    def after_step(self, lr: float, bar) -> None:
+        """Logging (the window's mean logs, the last step's gradient norms), validation, sample grids and checkpoints,
+        each when its interval comes round."""
         t = self.config.train
         if self.step % t.log_every == 0 or self.step == t.steps:
             val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
-            loss, images_per_s = self.window.flush()
-            self.log.append(step=self.step, loss=loss, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
+            means, images_per_s = self.window.flush()
+            self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
                             images_per_s=images_per_s, wall_s=self.wall_clock())
-            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.0f}")
+            bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
+                            img_s=f"{images_per_s:.0f}")
         if self.step % t.sample_every == 0:
             self.save_sample_grid()
         if self.step % t.checkpoint_every == 0:
@@ -180,12 +197,24 @@ class Trainer:
         return self.wall_s + (time.perf_counter() - self.session_start if self.session_start is not None else 0.0)
 
     def set_lr(self) -> float:
-        lr = warmup_lr(self.step, self.config.train.lr, self.config.train.warmup_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        """The warmed-up learning rate of this step, set on every optimizer."""
+        lr = warmup_lr(self.step, self.lr, self.config.train.warmup_steps)
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         return lr
 
     # -- pieces of a step --------------------------------------------------------------------------
+    def phases(self, x0: torch.Tensor, labels: torch.Tensor | None):
+        """The method's training phases for a batch, each phase's forward pass under autocast (its backward not)."""
+        phases = self.model.training_phases(x0, self.generator, labels)
+        while True:
+            with self.autocast():
+                phase = next(phases, None)
+            if phase is None:
+                return
+            yield phase
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The next batch of a seeded epoch permutation, as [-1, 1] floats on the device, with labels."""
         size = self.config.train.batch_size
@@ -217,32 +246,34 @@ class Trainer:
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
-        """L_simple of the current weights on fixed validation batches with fixed t and noise."""
+        """The method's validation loss (L_simple for a DDPM, the negative ELBO for a VAE; None for the GANs) of the
+        current weights in eval mode on fixed validation batches, with fixed draws of t, noise or latents."""
         if self.val_data is None or len(self.val_data) == 0:
             return None
         generator = torch.Generator().manual_seed(VALIDATION_SEED)
         size, losses = self.config.train.batch_size, []
         self.model.eval()
-        for start in range(0, min(len(self.val_data), size * self.config.train.val_batches), size):
-            images = self.val_data.images[start:start + size]
-            labels = self.val_data.labels[start:start + size].to(self.device) if self.num_classes else None
-            with self.autocast():
-                loss = diffusion_loss(self.model, self.schedule, to_model_batch(images, False, None).to(self.device),
-                                      labels, self.config.diffusion.prediction, self.config.diffusion.loss_weighting,
-                                      self.config.diffusion.min_snr_gamma, generator)
-            losses.append(loss.item())
-        self.model.train()
+        try:
+            for start in range(0, min(len(self.val_data), size * self.config.train.val_batches), size):
+                images = self.val_data.images[start:start + size]
+                labels = self.val_data.labels[start:start + size].to(self.device) if self.num_classes else None
+                with self.autocast():
+                    loss = self.model.validation_loss(to_model_batch(images, False, None).to(self.device), generator,
+                                                      labels)
+                if loss is None:
+                    return None
+                losses.append(loss.item())
+        finally:
+            self.model.train()
         return sum(losses) / len(losses)
 
     def save_sample_grid(self) -> Path:
-        """A grid sampled with the EMA weights from fixed noise: RUN_DIR/samples/step_XXXXXXX.png."""
-        s, n = self.config.sample, self.config.train.sample_n
+        """A grid drawn by the EMA network from fixed noise (a DDPM with the run's sample.* settings):
+        RUN_DIR/samples/step_XXXXXXX.png."""
+        n = self.config.train.sample_n
         generator = torch.Generator().manual_seed(self.config.train.seed)
         labels = torch.arange(n) % self.num_classes if self.num_classes else None
-        shape = (n, self.train_data.channels, self.train_data.image_size, self.train_data.image_size)
-        images = sample(self.ema.shadow, self.schedule, shape, method=s.sampler, steps=min(s.steps, self.schedule.T),
-                        eta=s.eta, generator=generator, labels=labels, guidance_scale=s.guidance if labels is not None else None,
-                        clip_denoised=s.clip_denoised, device=self.device, prediction=self.config.diffusion.prediction)
+        images = sample_images(self.ema.shadow, n, generator, run_sampling(self.ema.shadow, self.config.sample), labels)
         return save_grid(images, self.run_dir / "samples" / f"step_{self.step:07d}.png", scale=2)
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -251,12 +282,14 @@ class Trainer:
                "order": self.order.clone(), "position": torch.tensor(self.position)}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        metadata = {"config": json.dumps(asdict(self.config)),
-                    "model_spec": json.dumps(asdict(self.model.spec)) if hasattr(self.model, "spec") else "",
+        spec = getattr(self.model, "spec", None)
+        metadata = {"config": json.dumps(asdict(self.config)), "method": self.config.method,
+                    "model_spec": json.dumps(asdict(spec)) if spec is not None else "",
                     "num_classes": str(self.num_classes or 0),
                     "class_names": json.dumps(self.train_data.class_names if self.num_classes else None)}
+        optimizers = {group: optimizer.state_dict() for group, optimizer in self.optimizers.items()}
         return ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), self.ema.shadow.state_dict(),
-                                    self.optimizer.state_dict(), rng, {"wall_s": self.wall_clock()}, metadata,
+                                    optimizers, rng, {"wall_s": self.wall_clock()}, metadata,
                                     self.config.train.keep_checkpoints)
 
     def load_checkpoint(self, folder: Path) -> None:
@@ -266,10 +299,17 @@ class Trainer:
         mismatch = ckpt.state_mismatch(self.model.state_dict(), model_state)
         if mismatch:
             raise UserError(f"{folder}: checkpoint does not fit this model: {mismatch}")
+        optimizers = ckpt.read_tensors(folder / ckpt.OPTIMIZER_FILE)
+        if "param_groups" in optimizers:  # one optimizer's state: a DDPM checkpoint written before the methods
+            optimizers = {"model": optimizers}
+        if set(optimizers) != set(self.optimizers):
+            raise UserError(f"{folder}: checkpoint has optimizer states for {', '.join(sorted(optimizers))}, this "
+                            f"{self.config.method} model has parameter groups {', '.join(sorted(self.optimizers))}")
         try:
             self.model.load_state_dict(model_state)
             self.ema.shadow.load_state_dict(ema_state)
-            self.optimizer.load_state_dict(ckpt.read_tensors(folder / ckpt.OPTIMIZER_FILE))
+            for group, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(optimizers[group])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{folder}: checkpoint does not fit this model ({str(exc).splitlines()[0][:150]})") from None
         rng = ckpt.read_tensors(folder / ckpt.RNG_FILE)
@@ -282,17 +322,21 @@ class Trainer:
 
 
 class _Window:
-    """Loss and pure training throughput (no validation, grids or checkpoints) since the last log line."""
+    """The mean of every logged value and pure training throughput (no validation, grids or checkpoints) since the
+    last log line."""
 
     def __init__(self):
-        self.loss, self.steps, self.images, self.seconds = 0.0, 0, 0, 0.0
+        self.sums, self.steps, self.images, self.seconds = {}, 0, 0, 0.0
 
-    def add(self, loss: float, images: int, seconds: float) -> None:
-        self.loss, self.steps, self.images, self.seconds = self.loss + loss, self.steps + 1, self.images + images, self.seconds + seconds
+    def add(self, logs: dict[str, float], images: int, seconds: float) -> None:
+        for name, value in logs.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps, self.images, self.seconds = self.steps + 1, self.images + images, self.seconds + seconds
 
-    def flush(self) -> tuple[float, float]:
-        """(mean loss, images per second) of the window, then start a new one."""
-        result = (self.loss / max(self.steps, 1), self.images / max(self.seconds, 1e-9))
+    def flush(self) -> tuple[dict[str, float], float]:
+        """({name: mean over the window}, images per second) of the window, then start a new one."""
+        result = ({name: total / max(self.steps, 1) for name, total in self.sums.items()},
+                  self.images / max(self.seconds, 1e-9))
         self.__init__()
         return result
 

@@ -1,0 +1,31 @@
+"""metrics.csv: columns fixed per run (header written once, kept on resume), rows past a resumed step dropped."""
+
+import pytest
+
+from ddpmlab.train.log import COLUMNS, MetricsLog, loss_columns, plot_loss_curve, read_metrics
+
+
+def test_columns_are_per_run_and_the_header_survives_resume(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path, columns=COLUMNS + ("loss_d", "loss_g"))
+    log.append(step=5, loss_d=1.25, loss_g=0.5, lr=1e-4)
+    log.append(step=10, loss_d=1.0, loss_g=0.75, lr=2e-4)
+    log.append(step=15, loss_d=0.5, loss_g=1.0, lr=2e-4)
+    header = path.read_text().splitlines()[0]
+    assert header == ",".join(COLUMNS) + ",loss_d,loss_g"
+    resumed = MetricsLog(path, resume_step=10, columns=COLUMNS)  # the file's header wins over the given columns
+    assert resumed.columns == COLUMNS + ("loss_d", "loss_g") and path.read_text().splitlines()[0] == header
+    resumed.append(step=12, loss_d=2.0, loss_g=0.25)
+    rows = read_metrics(path)
+    assert [(r["step"], r["loss_d"], r["loss_g"]) for r in rows] == [(5, 1.25, 0.5), (10, 1.0, 0.75), (12, 2.0, 0.25)]
+    assert rows[0]["loss"] is None and rows[1]["lr"] == 2e-4
+    with pytest.raises(ValueError, match="no column for recon"):
+        resumed.append(step=13, recon=1.0)
+    assert loss_columns(rows[0]) == ["loss", "loss_d", "loss_g"]
+    assert plot_loss_curve(path, tmp_path / "loss.png").stat().st_size > 0  # both players; `loss` is empty
+
+
+def test_the_default_columns_are_every_runs(tmp_path):
+    MetricsLog(tmp_path / "metrics.csv").append(step=1, loss=0.5)
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(COLUMNS), "1,0.5,,,,,"]
+    assert plot_loss_curve(tmp_path / "metrics.csv", tmp_path / "loss.png") is not None
