@@ -53,7 +53,7 @@ def test_run_dir_under_a_file_is_refused(tmp_path):
         Trainer(tiny(), tmp_path / "file" / "run", progress=False)
 
 
-def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypatch):
+def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypatch, conv_backbone):
     """A custom backbone has no `.prediction`: the grid sampler must take it from the config."""
     from ddpmlab.methods import ddpm as ddpm_module  # where the trainer's grids are sampled
 
@@ -61,15 +61,7 @@ def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypat
     real_sample = ddpm_module.sample
     monkeypatch.setattr(ddpm_module, "sample", lambda *a, **k: seen.append(k.get("prediction")) or real_sample(*a, **k))
 
-    class Backbone(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Conv2d(3, 3, 3, padding=1)
-
-        def forward(self, x, t, labels=None):
-            return self.net(x)
-
-    Trainer(tiny("diffusion.prediction=v", "train.steps=20"), tmp_path / "run", model=Backbone(), progress=False).train()
+    Trainer(tiny("diffusion.prediction=v", "train.steps=20"), tmp_path / "run", model=conv_backbone, progress=False).train()
     assert seen == ["v"]
 
 

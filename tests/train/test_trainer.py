@@ -60,16 +60,8 @@ def test_training_lowers_the_loss_and_writes_the_run(tmp_path):
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 3  # keep_checkpoints
 
 
-def test_any_backbone_trains(tmp_path):
-    class Backbone(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Conv2d(3, 3, 3, padding=1)
-
-        def forward(self, x, t, labels=None):
-            return self.net(x)
-
-    trainer = Trainer(tiny(**{"train.steps": 5, "train.log_every": 1}), tmp_path / "run", model=Backbone(), progress=False)
+def test_any_backbone_trains(tmp_path, conv_backbone):
+    trainer = Trainer(tiny(**{"train.steps": 5, "train.log_every": 1}), tmp_path / "run", model=conv_backbone, progress=False)
     trainer.train()
     assert len(read_metrics(tmp_path / "run" / "metrics.csv")) == 5
 
