@@ -95,11 +95,14 @@ def test_second_invocation_reuses_the_trained_runs(compared, capsys):
     suite, runs, report = compared
     before = checkpoint_times(runs)
     assert len(before) > 0
+    sweep = runs / "ddpm" / "eval" / "sweep-n16-seed0.json"
+    sweep_written = sweep.stat().st_mtime_ns
     code = main(["compare", str(suite), "--runs-dir", str(runs), "--out", str(report), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0
     assert out.count("reusing") == 2 and "training" not in out
     assert checkpoint_times(runs) == before
+    assert sweep.stat().st_mtime_ns == sweep_written  # the sweep too, with the first run's timings
     results = json.loads((report / "results.json").read_text())
     assert [row["name"] for row in results["rows"]] == ["ddpm", "vae"]
 
@@ -146,6 +149,17 @@ def test_user_errors_are_one_line_and_exit_2_before_any_work(tmp_path, capsys, s
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text("runs: [{name: a, config: tiny}]\nsamples: 3\n")
     assert "unknown suite key 'samples'" in errors(capsys, bad_key)
+
+    # FD of a model measured against other held-out images than its neighbour's is not comparable
+    mixed = write_suite(tmp_path / "mixed.yaml", [
+        {"name": "a", "config": "tiny", "overrides": TINY_DDPM},
+        {"name": "b", "config": "tiny", "overrides": [*TINY_VAE, "data.val_fraction=0.2"]}], synthetic_classifier)
+    assert "suite runs a and b are measured against different held-out images" in errors(
+        capsys, mixed, "--out", report, "--runs-dir", tmp_path / "runs")
+    no_held_out = write_suite(tmp_path / "none.yaml", [
+        {"name": "gan", "config": "tiny", "overrides": ["method=dcgan", "data.val_fraction=0"]}], synthetic_classifier)
+    assert "no held-out images" in errors(capsys, no_held_out, "--out", report, "--runs-dir", tmp_path / "runs")
+    assert not report.exists() and not (tmp_path / "runs").exists()
 
 
 def test_shipped_suites_load_and_name_known_presets():

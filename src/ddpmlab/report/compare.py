@@ -33,6 +33,7 @@ RUN_KEYS = ("name", "run", "config", "overrides")
 DEFAULT_N, DEFAULT_METRICS, DEFAULT_REF_N = 1000, "fd", 10000
 EVAL_METRICS = ("fid", "kid", "pr", "fd", "nll")  # what a suite may ask for; speed is always measured
 SWEEP_METRICS = ("fd", "fid", "kid", "pr")
+SWEEP_KEYS = {"fd": "fd_classifier", "fid": "fid_inception", "kid": "kid_inception", "pr": "precision_inception"}
 # config keys that may differ between a suite's entry and the run already in RUNS_DIR/NAME: where data is read from
 # and the device it ran on say nothing about the model (train.steps may grow: the run is resumed)
 IGNORED_CONFIG_KEYS = ("data.root", "data.download", "train.device")
@@ -143,7 +144,7 @@ class PlannedRun:
     entry: SuiteRun
     run_dir: Path
     action: str  # "existing" (a `run:` entry), "reuse" (finished), "resume", "train" (new), "restart" (no checkpoint)
-    config: object = None  # the Config to train, for "train" and "restart"
+    config: object = None  # the run's Config (for "existing": as saved; else the suite's)
     step: int = 0
 
 
@@ -156,11 +157,48 @@ def config_differences(saved, requested) -> list[str]:
             if old[key] != new[key] and key not in IGNORED_CONFIG_KEYS]
 
 
+def read_run_config(run_dir: Path):
+    """The Config saved in RUN_DIR/config.yaml; UserError when it is corrupt."""
+    from ddpmlab.config import config_from_dict
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        return config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
+    except yaml.YAMLError:
+        raise UserError(f"{path}: corrupt config file") from None
+
+
+def reference_key(plan: PlannedRun) -> str:
+    """Which held-out images a run is measured against (eval.cache.dataset_key of its held-out split); UserError
+    when it has none (a dataset without a test split and data.val_fraction=0)."""
+    from ddpmlab.eval.cache import dataset_key
+    from ddpmlab.eval.classifier import held_out_split
+
+    data = plan.config.data
+    split = held_out_split(data)
+    if split == "val" and data.val_fraction <= 0:
+        raise UserError(f"suite run {plan.entry.name}: {data.name} has no test split and data.val_fraction=0, so "
+                        f"there are no held-out images to measure it against; set data.val_fraction above 0")
+    return f"{dataset_key(data, split)} {split}"
+
+
+def check_same_reference(plans: list[PlannedRun]) -> str:
+    """The held-out images every run of the suite is measured against; UserError naming two runs that differ
+    (another dataset, size or validation split: their numbers would not be comparable)."""
+    keys = {plan.entry.name: reference_key(plan) for plan in plans}
+    first = plans[0].entry.name
+    for name, key in keys.items():
+        if key != keys[first]:
+            raise UserError(f"suite runs {first} and {name} are measured against different held-out images "
+                            f"({keys[first]} vs {key}): a comparison needs the same data settings for every run")
+    return keys[first]
+
+
 def plan_run(entry: SuiteRun, runs_dir: Path) -> PlannedRun:
     """What `compare` does with one suite entry, decided before any work (every UserError is raised here):
     evaluate an existing run; reuse a finished run in RUNS_DIR/NAME; resume one with checkpoints that is not
     finished; train a new one (or start again one that never reached a checkpoint)."""
-    from ddpmlab.config import config_from_dict, load_config
+    from ddpmlab.config import load_config
     from ddpmlab.train import checkpoint as ckpt
     from ddpmlab.train.run_dir import has_content
 
@@ -171,7 +209,8 @@ def plan_run(entry: SuiteRun, runs_dir: Path) -> PlannedRun:
         checkpoints = ckpt.list_checkpoints(run_dir)
         if not checkpoints:
             raise UserError(f"suite run {entry.name}: {run_dir} has no checkpoint to evaluate")
-        return PlannedRun(entry, run_dir, "existing", step=int(ckpt.read_progress(checkpoints[-1])["step"]))
+        return PlannedRun(entry, run_dir, "existing", read_run_config(run_dir),
+                          step=int(ckpt.read_progress(checkpoints[-1])["step"]))
     try:
         config = load_config(entry.config, entry.overrides)
     except UserError as exc:
@@ -186,10 +225,7 @@ def plan_run(entry: SuiteRun, runs_dir: Path) -> PlannedRun:
     if not config_path.is_file():
         raise UserError(f"suite run {entry.name}: {run_dir} exists but is not a ddpmlab run; move it away or use "
                         f"another --runs-dir")
-    try:
-        saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
-    except yaml.YAMLError:
-        raise UserError(f"{config_path}: corrupt config file") from None
+    saved = read_run_config(run_dir)
     changed = [c for c in config_differences(saved, config) if not c.startswith("train.steps:")]
     if changed:
         raise UserError(f"suite run {entry.name}: {run_dir} holds a run of another config ({'; '.join(changed[:3])}); "
@@ -255,6 +291,27 @@ def seconds_per_1000(images_per_s: float | None) -> float | None:
     return 1000 / images_per_s if images_per_s else None
 
 
+def saved_sweep(path: Path, step: int, points: list[tuple[str, int]], metric_keys: list[str],
+                extractors: dict) -> dict | None:
+    """The sweep results at `path` (with "json" and "plot") when they are of this checkpoint step, these points and
+    metrics, the same feature extractors and EMA weights, and their samples and plot are still there; else None.
+    Reusing them keeps the first run's timings (a re-run on saved samples has none)."""
+    import json
+
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    plot = Path(path).with_suffix(".png")
+    if (saved.get("checkpoint_step") != step or saved.get("weights") != "ema" or not plot.is_file()
+            or [(p["sampler"], p["steps"]) for p in saved.get("points", [])] != points
+            or not set(metric_keys) <= set(saved.get("metric_keys", []))
+            or any(saved.get("extractors", {}).get(k, v) != v for k, v in extractors.items())
+            or not all(Path(p["samples"]).is_file() for p in saved["points"])):
+        return None
+    return {**saved, "json": str(path), "plot": str(plot)}
+
+
 def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, classifier: str | None, device: str,
                 progress: bool) -> dict:
     """One table row: evaluate_run (and evaluate_sweep for a diffusion run when the suite has a sweep), training
@@ -281,23 +338,21 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
            "seconds_per_1000": seconds_per_1000(results["metrics"].get("sampling_images_per_s")),
            "parameters": parameter_count(plan.run_dir),
            "stability": run_stability(plan.run_dir / "metrics.csv", method),
-           "training": training_cost(plan.run_dir, _train_batch_size(plan.run_dir))}
+           "training": training_cost(plan.run_dir, read_run_config(plan.run_dir).train.batch_size)}
     sweep_metrics = [m for m in metrics if m in SWEEP_METRICS]
     if suite.sweep and not one_pass and sweep_metrics:
-        from ddpmlab.eval.sweep import evaluate_sweep
+        from ddpmlab.eval.sweep import evaluate_sweep, parse_sweep
 
-        sweep = evaluate_sweep(plan.run_dir, suite.sweep, ",".join(sweep_metrics), n, seed=suite.seed,
-                               classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress)
+        points = parse_sweep(suite.sweep, plan.config.diffusion.timesteps)
+        sweep = saved_sweep(plan.run_dir / "eval" / f"sweep-n{n}-seed{suite.seed}.json", row["step"], points,
+                            [SWEEP_KEYS[m] for m in sweep_metrics], results["extractors"])
+        if sweep is None:
+            sweep = evaluate_sweep(plan.run_dir, suite.sweep, ",".join(sweep_metrics), n, seed=suite.seed,
+                                   classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress)
         row["sweep"] = {"json": sweep["json"], "plot": sweep["plot"],
                         "points": [{"sampler": p["sampler"], "steps": p["steps"], "nfe": p["nfe"],
                                     "metrics": p["metrics"], "samples": p["samples"]} for p in sweep["points"]]}
     return row
-
-
-def _train_batch_size(run_dir: Path) -> int:
-    from ddpmlab.config import config_from_dict
-
-    return config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).train.batch_size
 
 
 # -- figures -----------------------------------------------------------------------------------------
@@ -362,6 +417,7 @@ def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str |
     runs_dir = Path(runs_dir)
     check_writable_folder(out, "--out")
     plans = [plan_run(entry, runs_dir) for entry in suite.runs]
+    check_same_reference(plans)
     if any(p.action in ("train", "restart", "resume") for p in plans):
         check_writable_folder(runs_dir, "--runs-dir")
     if suite.sweep:

@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from ddpmlab.report.plots import GRID_IMAGES
 from ddpmlab.report.stability import EMA_WEIGHT, SPIKE_FACTOR, THRESHOLDS
 
 METRIC_COLUMNS = (  # (key in the eval results, column title); shown when the suite asked for the metric
@@ -117,8 +118,8 @@ def load_note(report: dict) -> str | None:
 
 def stability_text() -> str:
     cv, spikes, _, trend = (THRESHOLDS[k] for k in ("cv", "spikes", "non_finite", "trend"))
-    return (f"Over the second half of training, for each loss (a DDPM's and VAE's `loss`, a GAN's `loss_d` and "
-            f"`loss_g`): the coefficient of variation (std/|mean|) of the loss smoothed by an EMA of weight "
+    return (f"Over the second half of training, for each loss (a DDPM's and VAE's loss, a GAN's loss_d and "
+            f"loss_g): the coefficient of variation (std/|mean|) of the loss smoothed by an EMA of weight "
             f"{EMA_WEIGHT:g} per logged row; spikes, logged values above {SPIKE_FACTOR:g}× the median; NaN/inf rows "
             f"(divergence, counted over the whole run); and the trend, the mean of the last quarter over that of the "
             f"second (below 1: still improving). Stable: CV ≤ {cv[0]:g}, no spike, no NaN, trend ≤ {trend[0]:g}. "
@@ -141,7 +142,8 @@ def report_blocks(report: dict) -> list[tuple]:
         blocks += [("h", 2, "Loss curves"),
                    ("images", [(f"{f['family']}: {', '.join(f['runs'])}", f["path"]) for f in figures["loss"]])]
     if figures["samples"]:
-        blocks += [("h", 2, f"Samples (the first 64 of each model's {report['n']}, seed {report['seed']})"),
+        blocks += [("h", 2, f"Samples (the first {min(GRID_IMAGES, report['n'])} of each model's {report['n']}, "
+                            f"seed {report['seed']})"),
                    ("images", [(f["name"], f["path"]) for f in figures["samples"]])]
     for progression in figures["progression"]:
         blocks += [("h", 2, f"{progression['name']} over training (fixed noise)"),
