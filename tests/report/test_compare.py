@@ -14,7 +14,7 @@ import yaml
 
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
-from ddpmlab.report.compare import load_suite, suite_names
+from ddpmlab.report.compare import check_same_reference, load_suite, plan_run, suite_names
 from ddpmlab.train import Trainer
 
 TINY_DDPM = ["train.steps=10"]
@@ -162,12 +162,13 @@ def test_user_errors_are_one_line_and_exit_2_before_any_work(tmp_path, capsys, s
     assert not report.exists() and not (tmp_path / "runs").exists()
 
 
-def test_shipped_suites_load_and_name_known_presets():
+def test_shipped_suites_load_and_name_known_presets(tmp_path):
     assert suite_names() == ["cifar10", "cpu-demo", "fashion-mnist"]
-    for name in suite_names():
-        suite = load_suite(name)
-        for entry in suite.runs:
-            load_config(entry.config, entry.overrides)
+    for name, reference in (("cifar10", "cifar10 test"), ("cpu-demo", "fashion-mnist test"),
+                            ("fashion-mnist", "fashion-mnist test")):
+        plans = [plan_run(entry, tmp_path / "runs") for entry in load_suite(name).runs]
+        assert {plan.action for plan in plans} == {"train"}
+        assert check_same_reference(plans) == reference
     cpu_demo = load_suite("cpu-demo")
     assert cpu_demo.n == 1000 and [load_config(r.config, r.overrides).method for r in cpu_demo.runs] == [
         "ddpm", "ddpm", "vae", "dcgan", "vaegan"]

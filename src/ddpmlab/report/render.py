@@ -50,6 +50,14 @@ def fmt_count(count) -> str:
 
 
 # -- the content -------------------------------------------------------------------------------------
+def metric_cell(metrics: dict, key: str) -> str:
+    """A metric as the table shows it: KID with its std over subsets, NLL with its standard error."""
+    spread = {"kid_inception": "kid_inception_std", "nll_bits_per_dim": "nll_bits_per_dim_se"}.get(key)
+    if spread and metrics.get(key) is not None and metrics.get(spread) is not None:
+        return f"{fmt_number(metrics[key])} ± {fmt_number(metrics[spread], 2)}"
+    return fmt_number(metrics.get(key))
+
+
 def results_table(report: dict) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the main table: one row per model, the suite's metrics with their sample counts, the
     stability verdict and CV, training wall-clock and images/s, seconds per 1,000 samples, parameters."""
@@ -60,10 +68,8 @@ def results_table(report: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for row in report["rows"]:
         stability, training = row["stability"], row["training"]
-        kid = lambda key: (f"{fmt_number(row['metrics'].get(key))} ± {fmt_number(row['metrics'].get(key + '_std'), 2)}"  # noqa: E731
-                           if key == "kid_inception" and row["metrics"].get(key) is not None else None)
         rows.append([row["name"], row["method"], row["sampler"], str(row["step"]),
-                     *[kid(key) or fmt_number(row["metrics"].get(key)) for key, _ in asked],
+                     *[metric_cell(row["metrics"], key) for key, _ in asked],
                      f"{stability['verdict']} ({fmt_number(stability['cv'], 2)})",
                      fmt_seconds(training.get("train_wall_s")), fmt_number(training.get("train_images_per_s"), 3),
                      fmt_number(row["seconds_per_1000"], 3), fmt_count(row["parameters"])])
