@@ -57,7 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("config", help="preset name or YAML path")
     show.add_argument("overrides", nargs="*", help="section.key=value")
     _add_eval_parser(commands)
+    _add_compare_parser(commands)
     return parser
+
+
+def _add_compare_parser(commands) -> argparse.ArgumentParser:
+    compare = commands.add_parser(
+        "compare", help="train and evaluate a suite of models the same way; write report.md and index.html",
+        description="ddpmlab compare SUITE: train the suite's runs that RUNS_DIR lacks (resuming unfinished ones), "
+                    "evaluate every model with the same metrics, samples and seed, measure training stability, and "
+                    "write REPORT_DIR/report.md, a self-contained REPORT_DIR/index.html and REPORT_DIR/results.json.")
+    compare.add_argument("suite", metavar="SUITE", help="a shipped suite (cpu-demo, fashion-mnist, cifar10) or a YAML path")
+    compare.add_argument("--runs-dir", default="runs/compare", help="where the suite's runs are trained (default runs/compare)")
+    compare.add_argument("--out", metavar="REPORT_DIR", help="report folder (default reports/SUITE)")
+    compare.add_argument("--n", type=int, help="samples per model (default: the suite's n)")
+    compare.add_argument("--metrics", help="comma-separated fd,fid,kid,pr,nll (default: the suite's; speed always)")
+    compare.add_argument("--classifier", help="FD classifier file (default: the suite's, else the dataset's own)")
+    compare.add_argument("--device", default="auto", help="cpu, cuda or auto (evaluation; training uses train.device)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    return compare
 
 
 EVAL_TOOLS = ("train-classifier", "real")
@@ -361,6 +379,15 @@ def _sample_one_pass(args, out: Path, model, config, step: int) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from ddpmlab.report.compare import compare_suite
+
+    report = compare_suite(args.suite, args.runs_dir, args.out, args.n, args.metrics, args.classifier, args.device,
+                           progress=not args.quiet, say=lambda line: print(line, flush=True))
+    print(f"wrote {report['files']['markdown']}, {report['files']['html']} and {report['files']['json']}")
+    return 0
+
+
 def _presets(args) -> int:
     from ddpmlab.config import preset_description, preset_names
 
@@ -390,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # key=value items given after options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval}
+    handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval,
+                "compare": _compare}
     return _handle(handlers[args.command], args)
 
 

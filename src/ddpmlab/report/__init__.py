@@ -1,0 +1,2 @@
+"""Comparing trained models: suites (compare.py), training stability (stability.py), figures (plots.py) and the
+report files (render.py)."""
