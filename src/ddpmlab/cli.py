@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("overrides", nargs="*", help="section.key=value")
     _add_eval_parser(commands)
     _add_compare_parser(commands)
+    _add_bench_parser(commands)
     return parser
 
 
@@ -216,6 +217,61 @@ def _eval(args) -> int:
                            spacing=args.spacing)
     print(results_table(results))
     print(f"wrote {results['json']}")
+    return 0
+
+
+def _add_bench_parser(commands) -> argparse.ArgumentParser:
+    bench = commands.add_parser("bench", help="time training and sampling steps, and against diffusers' UNet2DModel",
+                                description="Throughput on random data; nothing is downloaded or written. --json "
+                                            "prints one JSON line whose images_per_s is the median.")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    train = kinds.add_parser("train", help="full training steps of CONFIG's U-Net: images/s, FLOPs, matmul share")
+    train.add_argument("config", help="preset name or YAML path")
+    train.add_argument("overrides", nargs="*", help="section.key=value")
+    train.add_argument("--steps", type=int, default=5, help="timed steps, median taken (default 5)")
+    train.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    _add_bench_options(train, None, "the config's train.batch_size")
+    sample = kinds.add_parser("sample", help="images/s and network evaluations/s of a sampler on CONFIG's U-Net")
+    sample.add_argument("config", help="preset name or YAML path")
+    sample.add_argument("overrides", nargs="*", help="section.key=value")
+    sample.add_argument("--sampler", required=True, help="ddpm, ddim, dpm-solver++ or heun")
+    sample.add_argument("--steps", type=int, help="sampling steps (default: T for ddpm and ddim, 20 for dpm-solver++, "
+                                                  "18 for heun)")
+    sample.add_argument("--repeats", type=int, default=3, help="timed batches, median taken (default 3)")
+    _add_bench_options(sample, None, "the config's sample.batch_size")
+    peers = kinds.add_parser("peers", help="ours (cifar10 preset) against diffusers' UNet2DModel, paired rounds "
+                                           "(needs pip install -e .[peers])")
+    peers.add_argument("--rounds", type=int, default=5, help="paired rounds, ours then theirs (default 5)")
+    peers.add_argument("--steps", type=int, default=1, help="timed steps per side per round (default 1)")
+    peers.add_argument("--warmup", type=int, default=1, help="untimed steps of each side first (default 1)")
+    _add_bench_options(peers, 8, "8")
+    return bench
+
+
+def _add_bench_options(parser: argparse.ArgumentParser, batch_size: int | None, batch_help: str) -> None:
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per step (default {batch_help})")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
+
+
+def _bench(args) -> int:
+    import json
+
+    from ddpmlab import bench
+
+    if args.bench_command == "train":
+        result = bench.bench_train(args.config, args.overrides, args.batch_size, args.steps, args.warmup, args.device)
+        text = bench.describe_train
+    elif args.bench_command == "sample":
+        result = bench.bench_sample(args.config, args.sampler, args.steps, args.overrides, args.batch_size,
+                                    args.repeats, args.device)
+        text = bench.describe_sample
+    else:
+        from ddpmlab.bench.peers import bench_peers, describe_peers
+
+        result = bench_peers(args.batch_size, args.steps, args.rounds, args.warmup, args.device)
+        text = describe_peers
+    print(json.dumps(result) if args.json else text(result))
     return 0
 
 
@@ -413,12 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         return _run_eval_tool(argv)
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "config") and all("=" in item and not item.startswith("-") for item in extra):
+    if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra  # key=value items given after options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval,
-                "compare": _compare}
+                "compare": _compare, "bench": _bench}
     return _handle(handlers[args.command], args)
 
 

@@ -39,10 +39,10 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        # the adds are in place: a convolution's backward needs its input, never its output
+        h = self.conv1(F.silu(self.norm1(x))).add_(self.emb(F.silu(emb))[:, :, None, None])
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return h.add_(self.skip(x))
 
 
 class AttentionBlock(nn.Module):
@@ -58,9 +58,13 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(n, 3, c, h * w).transpose(-1, -2).unbind(1)
+        # the 1×1 convolutions as matmuls over the h·w positions (same weights, same maths), in the
+        # (positions, channels) layout that the fused attention kernels take without copies
+        tokens = self.norm(x).flatten(2).transpose(1, 2)
+        q, k, v = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias).split(c, dim=-1)
         out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        out = F.linear(out, self.proj.weight.flatten(1), self.proj.bias)
+        return x + out.transpose(1, 2).reshape(n, c, h, w)
 
 
 class Downsample(nn.Module):

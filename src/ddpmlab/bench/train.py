@@ -1,0 +1,124 @@
+"""`ddpmlab bench train`: the speed of full training steps of a config's model on random data of its shape."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ddpmlab.bench.timing import (check_positive, count_flops, data_shape, images_per_second, matmul_rate,
+                                  timed_calls)
+from ddpmlab.config import Config, load_config
+from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
+from ddpmlab.errors import UserError
+from ddpmlab.eval.speed import machine_load, peak_memory
+from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.train.ema import EMA
+
+
+class TrainingStep:
+    """One optimisation step as the Trainer runs it, on a fixed random batch: `diffusion_loss` (bf16 autocast on
+    CUDA when train.bf16), backward, gradient clipping, AdamW, EMA. Calling it runs one step; `model` may be any
+    nn.Module with the `(x_t, t, labels=None)` signature, so a peer's network runs the very same step."""
+
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, config: Config, x0: torch.Tensor,
+                 labels: torch.Tensor | None = None):
+        t = config.train
+        self.model, self.schedule, self.x0, self.labels = model.train(), schedule, x0, labels
+        self.diffusion = config.diffusion
+        self.grad_clip = t.grad_clip or float("inf")
+        self.bf16 = x0.device.type == "cuda" and t.bf16
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.ema = EMA(model, t.ema_decay)
+        self.generator = torch.Generator().manual_seed(t.seed)  # t and ε, as the Trainer draws them
+        self.steps = 0
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def loss(self) -> torch.Tensor:
+        """The training loss of the batch, as a scalar tensor with its graph."""
+        with self.autocast():
+            return diffusion_loss(self.model, self.schedule, self.x0, self.labels, self.diffusion.prediction,
+                                  self.diffusion.loss_weighting, self.diffusion.min_snr_gamma, self.generator)
+
+    def __call__(self) -> None:
+        loss = self.loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.model, self.steps)
+        self.steps += 1
+
+    def flops(self) -> tuple[int, int]:
+        """(forward, forward + backward) FLOPs of the batch, counted on one pass each; the weights are not updated."""
+        forward = count_flops(lambda: self.loss())
+        both = count_flops(lambda: self.loss().backward())
+        self.optimizer.zero_grad(set_to_none=True)
+        return forward, both
+
+
+def random_batch(config: Config, batch_size: int, device: torch.device, seed: int = 0):
+    """(x0 uniform in [−1, 1] shaped like the config's images, labels or None, num_classes or None) on `device`;
+    labels are drawn over the classes and the null label, as classifier-free training sees them."""
+    channels, size, classes = data_shape(config.data)
+    generator = torch.Generator().manual_seed(seed)
+    x0 = (torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1).to(device)
+    conditional = config.model.conditional and classes
+    if config.model.conditional and not classes:
+        raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
+    labels = torch.randint(0, classes + 1, (batch_size,), generator=generator).to(device) if conditional else None
+    return x0, labels, classes if conditional else None
+
+
+def bench_train(config_name: str, overrides: list[str] | None = None, batch_size: int | None = None, steps: int = 5,
+                warmup: int = 1, device: str = "auto") -> dict:
+    """Training speed of a config's U-Net: images_per_s (batch / median step time of `steps` timed steps after
+    `warmup` untimed ones), seconds per step, peak memory, FLOPs per image (forward; forward + backward) and the
+    achieved share of the device's measured matmul rate. UserError for a bad config, size, count or device."""
+    config = load_config(config_name, overrides)
+    batch_size = batch_size if batch_size is not None else config.train.batch_size
+    check_positive(batch_size=batch_size, steps=steps)
+    if warmup < 0:
+        raise UserError(f"--warmup must be 0 or more, got {warmup}")
+    device = resolve_device(device)
+    torch.manual_seed(config.train.seed)
+    x0, labels, classes = random_batch(config, batch_size, device)
+    model = build_unet(config.model, x0.shape[1], x0.shape[-1], classes, config.diffusion.prediction).to(device)
+    step = TrainingStep(model, build_schedule(config.diffusion), config, x0, labels)
+    timed_calls(step, 0, warmup, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = timed_calls(step, steps, 0, device)
+    load = machine_load()  # right after timing, before the FLOP count and matmul run add their own
+    forward_flops, train_flops = step.flops()
+    rate = matmul_rate(device)
+    images_per_s = images_per_second(batch_size, seconds)
+    flops_per_image = train_flops / batch_size
+    return {"benchmark": "train", "config": config_name, "overrides": list(overrides or []),
+            "images_per_s": images_per_s, "seconds_per_step": batch_size / images_per_s, "seconds": seconds,
+            "batch_size": batch_size, "steps": steps, "warmup": warmup, "device": str(device),
+            "image_shape": list(x0.shape[1:]), "parameters": sum(p.numel() for p in model.parameters()),
+            "bf16": step.bf16, "forward_flops_per_image": forward_flops / batch_size,
+            "train_flops_per_image": flops_per_image, "achieved_tflops": flops_per_image * images_per_s / 1e12,
+            **rate, "matmul_fraction": flops_per_image * images_per_s / 1e12 / rate["matmul_tflops"],
+            **peak_memory(device), **load, "torch": torch.__version__}
+
+
+def describe_train(result: dict) -> str:
+    """The human-readable lines of a bench_train result."""
+    r = result
+    return "\n".join([
+        f"{r['config']}: {r['parameters']:,} parameters, batch {r['batch_size']} of {'×'.join(map(str, r['image_shape']))}"
+        f" on {r['device']}{' (bf16 autocast)' if r['bf16'] else ''}, {r['steps']} timed steps after {r['warmup']} warm-up",
+        f"  {r['images_per_s']:.2f} images/s (median), {r['seconds_per_step']:.3f} s per step; "
+        f"steps {', '.join(f'{s:.3f}' for s in r['seconds'])} s",
+        f"  FLOPs per image: forward {r['forward_flops_per_image'] / 1e9:.2f} G, forward+backward "
+        f"{r['train_flops_per_image'] / 1e9:.2f} G; achieved {r['achieved_tflops']:.3f} TFLOP/s",
+        f"  {r['matmul_dtype']} matmul ({r['matmul_size']}²) here: {r['matmul_tflops']:.3f} TFLOP/s, so the training step "
+        f"reaches {100 * r['matmul_fraction']:.1f}% of it",
+        f"  peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_kind']})",
+        f"  load average {r['load_average_1min']:.2f} with {r['torch_threads']} torch threads on {r['cpu_count']} cores",
+    ])
