@@ -24,6 +24,7 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
 METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
+EVAL_METRICS = ("fd", "fid")  # train.eval_metrics: classifier FD (fast), Inception FID (slow on a CPU)
 
 
 @dataclass
@@ -88,6 +89,16 @@ class TrainConfig:
     sample_n: int = 64
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
+    # evaluation during training (ddpmlab.eval.during_training): every eval_every steps (0: never) the EMA
+    # network draws eval_n samples (fixed seed) with eval_sampler at eval_steps (diffusion models only), scored
+    # against the held-out split's cached statistics; the first of eval_metrics ranks checkpoints for keep_best
+    eval_every: int = 0
+    eval_n: int = 500
+    eval_metrics: str = "fd"
+    eval_sampler: str = "dpm-solver++"
+    eval_steps: int = 20
+    keep_best: bool = False  # keep the best-scoring checkpoint as checkpoints/best/ besides the newest ones
+    tensorboard: bool = False  # mirror metrics.csv and the sample grids to RUN_DIR/tensorboard (pip extra)
 
 
 @dataclass
@@ -156,7 +167,9 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # weights were trained for.
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
-                    "train.checkpoint_every", "train.keep_checkpoints", "data.root", "data.download", "sample.*")
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_n",
+                    "train.eval_metrics", "train.eval_sampler", "train.eval_steps", "train.keep_best",
+                    "train.tensorboard", "data.root", "data.download", "sample.*")
 
 
 def preset_names() -> list[str]:
@@ -349,6 +362,16 @@ def resume_changes(saved: Config, requested: Config, step: int) -> None:
                         f"give train.steps >= {step} to continue it")
 
 
+def eval_metric_names(text: str) -> list[str]:
+    """train.eval_metrics "fd,fid" -> ["fd", "fid"] in the order given (the first ranks checkpoints); UserError
+    naming the key for an unknown or missing name."""
+    names = [name.strip().lower() for name in str(text).split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVAL_METRICS]
+    _check(bool(names) and not unknown and len(set(names)) == len(names), "train.eval_metrics",
+           f"{text!r} must name one or both of {', '.join(EVAL_METRICS)}, comma-separated, each once")
+    return names
+
+
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"invalid config value {key}: {message}")
@@ -409,6 +432,13 @@ def validate(config: Config) -> None:
 
     from ddpmlab.samplers import SAMPLERS
 
+    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: no evaluation during training)")
+    _check(t.eval_n >= 2, "train.eval_n", "must be at least 2 (a covariance needs two images)")
+    eval_metric_names(t.eval_metrics)
+    _check(t.eval_sampler in SAMPLERS, "train.eval_sampler", f"{t.eval_sampler!r} is not one of {', '.join(SAMPLERS)}")
+    _check(t.eval_steps > 0, "train.eval_steps", "must be positive")
+    _check(not t.keep_best or t.eval_every > 0, "train.keep_best",
+           "ranks checkpoints by their score during training: set train.eval_every > 0 too")
     _check(s.sampler in SAMPLERS, "sample.sampler", f"{s.sampler!r} is not one of {', '.join(SAMPLERS)}")
     _check(s.steps > 0, "sample.steps", "must be positive")
     _check(0.0 <= s.eta <= 1.0, "sample.eta", "must be in [0, 1]")

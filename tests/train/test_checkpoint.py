@@ -56,3 +56,22 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="unsafe"):
         ckpt.read_tensors(tmp_path / "evil.pt")
+
+
+def test_the_best_checkpoint_survives_the_rotation_and_is_replaced_whole(tmp_path):
+    from ddpmlab.train.run_dir import owned_entries
+
+    ckpt.keep_as_best(tmp_path, _save(tmp_path, 10, keep=1), {"step": 10, "score": 2.5})
+    for step in (20, 30):
+        _save(tmp_path, step, keep=1)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_0000030"]  # step 10 rotated away
+    best = tmp_path / "checkpoints" / "best"
+    state, _ = ckpt.read_weights(best / ckpt.EMA_FILE)
+    assert state["w"].tolist() == [10.0, 10.0] and ckpt.read_progress(best)["step"] == 10
+    assert ckpt.read_best(tmp_path) == {"step": 10, "score": 2.5}
+    ckpt.keep_as_best(tmp_path, ckpt.checkpoint_dir(tmp_path, 30), {"step": 30, "score": 1.5})
+    state, _ = ckpt.read_weights(best / ckpt.EMA_FILE)
+    assert state["w"].tolist() == [30.0, 30.0] and ckpt.read_best(tmp_path)["step"] == 30
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "step_0000030"]
+    owned, foreign = owned_entries(tmp_path)  # --force removes it with the run
+    assert best in owned and not foreign

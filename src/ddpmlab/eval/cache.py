@@ -7,8 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ddpmlab.config import DataConfig
 
 
@@ -42,12 +40,3 @@ def dataset_key(cfg: DataConfig, split: str | None = None) -> str:
         return cfg.name
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.name}-{digest}"
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """8 hex digits of SHA-256 over a state dict's names and bytes (sorted by name): which weights these are."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        digest.update(name.encode())
-        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:8]

@@ -23,7 +23,7 @@ import ddpmlab
 from ddpmlab.config import DataConfig
 from ddpmlab.diffusion.nll import nll_bits_per_dim
 from ddpmlab.errors import UserError
-from ddpmlab.eval.cache import dataset_key, weights_digest
+from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import check_classifier_fits, classifier_features, held_out_split
 from ddpmlab.eval.features import INCEPTION_ID, FeatureExtractor, InceptionFeatures
 from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
@@ -34,6 +34,7 @@ from ddpmlab.paths import check_writable_folder
 from ddpmlab.methods import DiffusionSampling, sample_images
 from ddpmlab.samplers import SAMPLERS, network_evaluations, resolve_spacing, resolve_steps
 from ddpmlab.train.build import load_trained, resolve_device
+from ddpmlab.train.checkpoint import weights_digest
 
 METRICS = ("fid", "kid", "pr", "fd", "nll", "speed")
 REAL_METRICS = ("fd", "fid", "kid", "pr")

@@ -1,11 +1,13 @@
 """Checkpoints: weights as safetensors, optimizer and RNG state as tensors-only torch files, progress as JSON.
 
 A checkpoint is a folder RUN_DIR/checkpoints/step_XXXXXXX/ built under a temporary name and renamed into
-place, so a crash never leaves a half-written checkpoint where a loader would look.
+place, so a crash never leaves a half-written checkpoint where a loader would look. RUN_DIR/checkpoints/best/
+(train.keep_best) is a copy of the best-scoring one, with best.json; the rotation deletes step_* folders only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +23,7 @@ from ddpmlab.errors import UserError
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, RNG_FILE, PROGRESS_FILE = (
     "model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "progress.json")
 FORMAT = "ddpmlab-checkpoint-1"
+BEST, BEST_FILE = "best", "best.json"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -72,6 +75,55 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def best_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints" / BEST
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """The record (step, metric, score, protocol, ...) of RUN_DIR/checkpoints/best/, or None when there is none."""
+    try:
+        record = json.loads((best_dir(run_dir) / BEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)  # the same bytes, no extra space; survives the rotation deleting `source`
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def keep_as_best(run_dir: Path, folder: Path, record: dict) -> Path:
+    """Make RUN_DIR/checkpoints/best/ a copy of checkpoint `folder` (hard links where possible) with `record`
+    in best.json; built under a temporary name, then swapped in. Returns the best folder."""
+    final = best_dir(run_dir)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{BEST}.", suffix=".tmp"))
+    old = final.parent / f".{BEST}.{os.getpid()}.old"
+    try:
+        for source in Path(folder).iterdir():
+            _link_or_copy(source, tmp / source.name)
+        (tmp / BEST_FILE).write_text(json.dumps(record, indent=1))
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """8 hex digits of SHA-256 over a state dict's names and bytes (sorted by name): which weights these are."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 def _contiguous(state: dict) -> dict:

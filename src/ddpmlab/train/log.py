@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s")  # every run's; a method adds its own
+# scores of the EMA network's samples during training (train.eval_metrics), on the rows of the steps evaluated
+QUALITY_COLUMNS = {"fd": "FD (classifier)", "fid": "FID (Inception)"}
 
 
 class RunLog:
@@ -27,16 +29,19 @@ class RunLog:
 
 class MetricsLog:
     """Appends rows to RUN_DIR/metrics.csv, whose columns are fixed per run: `columns` when the file is new; on
-    resume the file's own header is kept and rows past the resumed step are dropped."""
+    resume the file's own header is kept (with any of `columns` it lacks added at its end, e.g. `fd` when
+    evaluation is switched on) and rows past the resumed step are dropped. `mirror`, when set, gets every row too
+    (its `scalars(row)`: TensorBoard)."""
 
-    def __init__(self, path: Path, resume_step: int | None = None, columns: tuple[str, ...] = COLUMNS):
-        self.path = Path(path)
+    def __init__(self, path: Path, resume_step: int | None = None, columns: tuple[str, ...] = COLUMNS, mirror=None):
+        self.path, self.mirror = Path(path), mirror
         if resume_step is None or not self.path.exists():
             self.columns = tuple(columns)
             self.path.write_text(",".join(self.columns) + "\n")
         else:
             with self.path.open(newline="") as handle:
-                self.columns = tuple(next(csv.reader(handle), None) or columns)
+                header = tuple(next(csv.reader(handle), None) or columns)
+            self.columns = header + tuple(column for column in columns if column not in header)
             rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             with self.path.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, self.columns)
@@ -49,6 +54,13 @@ class MetricsLog:
             raise ValueError(f"{self.path}: no column for {', '.join(sorted(unknown))}")
         with self.path.open("a", newline="") as handle:
             csv.writer(handle).writerow([_fmt(row.get(k)) for k in self.columns])
+        if self.mirror is not None:
+            self.mirror.scalars(row)
+
+    def close(self) -> None:
+        """Close the mirror (the CSV is closed after every row)."""
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 def _fmt(value) -> str:
@@ -70,8 +82,9 @@ def loss_columns(columns) -> list[str]:
 
 
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
-    """Every training loss (and the validation loss) against step, log-scale when all are positive, as a PNG;
-    None when there is nothing to plot."""
+    """Every training loss (and the validation loss) against step, log-scale when all are positive, and the
+    scores of evaluation during training (QUALITY_COLUMNS) on a second axis at the right, as a PNG; None when
+    there is nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -95,7 +108,18 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
     positive = all(value > 0 for points in curves.values() for _, value in points)
     ax.set(xlabel="step", ylabel="loss", yscale="log" if positive else "linear", title=Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    scores = {column: [(r["step"], r[column]) for r in rows if r.get(column) is not None] for column in QUALITY_COLUMNS}
+    scores = {column: points for column, points in scores.items() if points}
+    if scores:
+        right = ax.twinx()
+        for (column, points), style in zip(scores.items(), ("s--", "^:")):
+            right.plot(*zip(*points), style, color="tab:red" if column == "fd" else "tab:purple", ms=4, lw=1,
+                       label=f"{QUALITY_COLUMNS[column]}, EMA samples")
+        right.set_ylabel(" / ".join(QUALITY_COLUMNS[column] for column in scores) + " (lower is better)")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize="small")
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)

@@ -13,8 +13,9 @@ from ddpmlab.errors import UserError
 RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "run.log")
 RUN_FOLDERS = {
     "samples": re.compile(r"step_\d{7}\.png"),
-    "checkpoints": re.compile(r"\.?step_\d{7}(\..*\.tmp)?"),
+    "checkpoints": re.compile(r"\.?step_\d{7}(\..*\.tmp)?|\.?best(\..*\.(tmp|old))?"),
     "eval": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.(json|npz|png)"),
+    "tensorboard": re.compile(r"events\.out\.tfevents\..*"),
 }
 
 

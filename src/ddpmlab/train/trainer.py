@@ -27,6 +27,7 @@ from ddpmlab.train.ema import EMA
 from ddpmlab.paths import check_writable_folder
 from ddpmlab.train.log import COLUMNS, MetricsLog, RunLog, loss_columns, plot_loss_curve
 from ddpmlab.train.run_dir import has_content, prepare_run_dir
+from ddpmlab.train.tensorboard import check_tensorboard, tensorboard_log
 
 VALIDATION_SEED = 1234
 
@@ -78,6 +79,8 @@ class Trainer:
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
+        check_tensorboard(config.train)
+        self.quality = self.build_evaluator()  # None unless train.eval_every > 0
         parameters = sum(p.numel() for p in self.model.parameters())
         self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
                             f"{len(self.train_data):,} training images "
@@ -114,7 +117,9 @@ class Trainer:
         return trainer
 
     def start_session_log(self, resumed_from: int | None = None) -> None:
-        """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise."""
+        """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise;
+        with train.tensorboard, mirror metrics.csv to RUN_DIR/tensorboard."""
+        self.tensorboard = self.log.mirror = tensorboard_log(self.run_dir, self.config.train, resumed_from)
         self.run_log = RunLog(self.run_dir / "run.log")
         self.run_log.note(("resumed at step %d: " % resumed_from if resumed_from is not None else "new run: ")
                           + self.description)
@@ -126,10 +131,12 @@ class Trainer:
                               f"term suffer; use more diffusion.timesteps, larger betas or schedule=cosine", warning=True)
 
     def metric_columns(self) -> tuple[str, ...]:
-        """metrics.csv's columns for this method: every run's, then the method's own logs and, for a method with
-        several optimizers, one gradient norm per parameter group."""
+        """metrics.csv's columns for this method: every run's, then the method's own logs, for a method with
+        several optimizers one gradient norm per parameter group, and the scores of evaluation during training."""
         extra = [name for name in self.model.LOGS if name not in COLUMNS]
-        return COLUMNS + tuple(extra) + tuple(name for name in self.grad_norm_columns.values() if name not in COLUMNS)
+        scores = tuple(self.quality.metrics) if self.quality is not None else ()
+        return (COLUMNS + tuple(extra) + tuple(name for name in self.grad_norm_columns.values() if name not in COLUMNS)
+                + scores)
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
@@ -171,26 +178,30 @@ class Trainer:
         if not interrupted and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
             self.save_sample_grid()
         plot_loss_curve(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+        self.log.close()
         if interrupted:
             self.run_log.note(f"interrupted at step {self.step} (signal {stop.signum}); checkpoint saved")
         return {"step": self.step, "interrupted": interrupted, "signal": stop.signum, "wall_s": self.wall_s,
                 "run_dir": str(self.run_dir)}
 
     def after_step(self, lr: float, bar) -> None:
-        """Logging (the window's mean logs, the last step's gradient norms), validation, sample grids and checkpoints,
-        each when its interval comes round."""
+        """Logging (the window's mean logs, the last step's gradient norms), validation, evaluation, sample grids and
+        checkpoints, each when its interval comes round (an evaluated step is always logged)."""
         t = self.config.train
-        if self.step % t.log_every == 0 or self.step == t.steps:
+        scores = self.evaluate_samples()
+        if self.step % t.log_every == 0 or self.step == t.steps or scores:
             val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
             means, images_per_s = self.window.flush()
             self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
-                            images_per_s=images_per_s, wall_s=self.wall_clock())
+                            images_per_s=images_per_s, wall_s=self.wall_clock(), **scores)
             bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
-                            img_s=f"{images_per_s:.0f}")
+                            img_s=f"{images_per_s:.0f}", **{name: f"{value:.3g}" for name, value in scores.items()})
         if self.step % t.sample_every == 0:
             self.save_sample_grid()
         if self.step % t.checkpoint_every == 0:
             self.save_checkpoint()
+        if scores and t.keep_best:
+            self.keep_if_best(scores)
 
     def wall_clock(self) -> float:
         """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
@@ -269,12 +280,43 @@ class Trainer:
 
     def save_sample_grid(self) -> Path:
         """A grid drawn by the EMA network from fixed noise (a DDPM with the run's sample.* settings):
-        RUN_DIR/samples/step_XXXXXXX.png."""
+        RUN_DIR/samples/step_XXXXXXX.png (and TensorBoard's `samples` image)."""
         n = self.config.train.sample_n
         generator = torch.Generator().manual_seed(self.config.train.seed)
         labels = torch.arange(n) % self.num_classes if self.num_classes else None
         images = sample_images(self.ema.shadow, n, generator, run_sampling(self.ema.shadow, self.config.sample), labels)
+        if self.tensorboard is not None:
+            self.tensorboard.grid("samples", images, self.step)
         return save_grid(images, self.run_dir / "samples" / f"step_{self.step:07d}.png", scale=2)
+
+    # -- evaluation during training (train.eval_every, train.keep_best) ---------------------------------
+    def build_evaluator(self):
+        """The TrainingEvaluator of train.eval_every > 0 (classifier and reference statistics loaded now, so that
+        a missing one fails before training), else None."""
+        if self.config.train.eval_every <= 0:
+            return None
+        from ddpmlab.eval.during_training import TrainingEvaluator  # the trainer's one use of the eval layer
+
+        return TrainingEvaluator(self.config, self.model, self.device, progress=self.progress)
+
+    def evaluate_samples(self) -> dict[str, float]:
+        """{"fd": ..., "fid": ...} of the EMA network's samples at an evaluated step; {} at the others."""
+        if self.quality is None or not self.quality.due(self.step):
+            return {}
+        return self.quality.evaluate(self.ema.shadow)
+
+    def keep_if_best(self, scores: dict[str, float]) -> None:
+        """When `scores` beat checkpoints/best/'s, make this step's checkpoint (saved now if this is not a checkpoint
+        step) the new checkpoints/best/."""
+        if not self.quality.is_best(scores, ckpt.read_best(self.run_dir)):
+            return
+        folder = ckpt.checkpoint_dir(self.run_dir, self.step)
+        if not (folder / ckpt.PROGRESS_FILE).is_file():
+            folder = self.save_checkpoint()
+        record = self.quality.best_record(scores, self.step)
+        ckpt.keep_as_best(self.run_dir, folder, record)
+        self.run_log.note(f"step {self.step}: {record['metric']} {record['score']:.4g}, the best so far: kept as "
+                          f"checkpoints/{ckpt.BEST}")
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:

@@ -1,0 +1,124 @@
+"""Evaluation during training (`train.eval_every`, `train.keep_best`): the FD (and, where asked, FID) of the EMA
+network's samples, measured like `ddpmlab eval` so that the numbers are the same.
+
+Every evaluation draws `train.eval_n` samples from one fixed seed (`ddpmlab eval`'s default, 0) with the fast
+sampler `train.eval_sampler` at `train.eval_steps` (a single-pass model just decodes), and compares their features
+with those of the dataset's held-out split, computed once and cached by eval/reference.py. The training RNG is
+left as it was, so a run reaches the same weights with evaluation on or off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from ddpmlab.config import Config, eval_metric_names
+from ddpmlab.errors import UserError
+from ddpmlab.eval.classifier import held_out_split
+from ddpmlab.eval.reference import feature_stats, reference_features
+from ddpmlab.eval.run import FEATURE_BATCH, fd_between, generate_samples, needed_extractors
+from ddpmlab.samplers import network_evaluations, resolve_spacing
+
+EVAL_SEED = 0  # `ddpmlab eval --seed`'s default
+REF_N = 10000  # held-out images in the reference statistics: `ddpmlab eval --ref-n`'s default
+EXTRACTOR_OF = {"fd": "classifier", "fid": "inception"}  # train.eval_metrics name -> feature extractor
+
+
+class TrainingEvaluator:
+    """Scores an EMA network during training; built (classifier, Inception, reference statistics loaded) before
+    training starts, so that a missing classifier fails at once with the key that asked for it."""
+
+    def __init__(self, config: Config, net: torch.nn.Module, device: torch.device, progress: bool = False):
+        t = config.train
+        self.config, self.device, self.metrics = config, device, eval_metric_names(t.eval_metrics)
+        self.single_pass = net.SINGLE_PASS
+        if self.single_pass:
+            self.sampler, self.steps, self.spacing, self.nfe = config.method, None, None, 1
+        else:
+            T = net.schedule.T
+            if t.eval_steps > T:
+                raise UserError(f"invalid config value train.eval_steps: {t.eval_steps} is more than the model's "
+                                f"{T} timesteps; lower it")
+            self.sampler, self.steps = t.eval_sampler, t.eval_steps
+            self.spacing = resolve_spacing(self.sampler, None)
+            self.nfe = network_evaluations(self.sampler, self.steps, T)
+        self.guidance = config.sample.guidance if net.num_classes else None
+        self.split = held_out_split(config.data)
+        if self.split == "val" and config.data.val_fraction <= 0:
+            raise UserError(f"train.eval_every={t.eval_every} compares samples with held-out images, but "
+                            f"{config.data.name} has no test split and data.val_fraction=0; set data.val_fraction > 0")
+        channels, image_size = net.image_shape[:2]
+        with _rng_untouched(device):  # building the classifier draws initial weights before loading its own
+            try:
+                self.extractors, _ = needed_extractors(self.metrics, config.data, channels, image_size, None, device)
+            except UserError as exc:
+                raise UserError(f"train.eval_every={t.eval_every} scores samples by {', '.join(self.metrics)}: {exc}; "
+                                f"or set train.eval_every=0") from None
+            self.references = {}
+            for kind, extractor in self.extractors.items():
+                _, stats, info = reference_features(config.data, self.split, extractor, REF_N, FEATURE_BATCH[kind],
+                                                    progress)
+                self.references[kind] = (stats, info["count"])
+
+    def due(self, step: int) -> bool:
+        """Whether `step` is evaluated: every train.eval_every steps, and the last step."""
+        every = self.config.train.eval_every
+        return step % every == 0 or step == self.config.train.steps
+
+    @property
+    def protocol(self) -> dict:
+        """How the scores are measured; two scores compare only under the same protocol."""
+        return {"n": self.config.train.eval_n, "seed": EVAL_SEED, "sampler": self.sampler, "steps": self.steps,
+                "spacing": self.spacing, "nfe": self.nfe, "guidance": self.guidance, "reference_split": self.split,
+                "reference_n": {kind: count for kind, (_, count) in self.references.items()},
+                "extractors": {kind: extractor.extractor_id for kind, extractor in self.extractors.items()}}
+
+    def evaluate(self, net: torch.nn.Module) -> dict[str, float]:
+        """{metric name: score} (train.eval_metrics: "fd", "fid") of `net`'s samples; lower is better."""
+        with _rng_untouched(self.device):
+            images, _ = generate_samples(net, None if self.single_pass else net.schedule, self.config.train.eval_n,
+                                         self.sampler, self.steps, 0.0, self.config.sample.batch_size, EVAL_SEED,
+                                         self.guidance, self.config.sample.clip_denoised, progress=False,
+                                         prediction=self.config.diffusion.prediction, spacing=self.spacing)
+        scores = {}
+        for metric in self.metrics:
+            kind = EXTRACTOR_OF[metric]
+            extractor, (reference, _) = self.extractors[kind], self.references[kind]
+            fake = extractor.extract(images, batch_size=FEATURE_BATCH[kind], progress=False)
+            scores[metric] = fd_between(reference, feature_stats(fake, extractor.extractor_id))
+        return scores
+
+    def best_record(self, scores: dict[str, float], step: int) -> dict:
+        """What checkpoints/best/best.json records: the step, the ranking metric and its score, all scores, the
+        protocol."""
+        metric = self.metrics[0]
+        return {"step": step, "metric": metric, "score": scores[metric], "scores": scores, "protocol": self.protocol,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def is_best(self, scores: dict[str, float], best: dict | None) -> bool:
+        """Whether `scores` beat the kept best (lower is better); a best measured under another protocol or metric
+        (settings changed on resume) does not count."""
+        metric = self.metrics[0]
+        if (best is None or best.get("metric") != metric or best.get("protocol") != _as_json(self.protocol)
+                or not np.isfinite(best.get("score", np.nan))):
+            return bool(np.isfinite(scores[metric]))
+        return scores[metric] < best["score"]
+
+
+def _as_json(value):
+    """`value` as it reads back from JSON (tuples as lists), for comparing with a stored record."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+@contextlib.contextmanager
+def _rng_untouched(device: torch.device):
+    """The global CPU (and this CUDA device's) RNG state restored on exit: evaluation draws from its own generator,
+    and this guarantees that nothing it calls moves the training's random stream."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        yield
