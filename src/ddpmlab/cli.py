@@ -31,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     sample = commands.add_parser("sample", help="sample images from a trained run or checkpoint")
-    sample.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), or one weights file")
+    sample.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), one weights file, "
+                                       "or pretrained:NAME (see `ddpmlab pretrained list`)")
     sample.add_argument("--out", required=True,
                         help="FILE.png for a grid, FILE.npz for arrays (images, labels), DIR/ for one PNG per image")
     sample.add_argument("--sampler", choices=SAMPLERS, default=None,
@@ -59,7 +60,30 @@ def _parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_compare_parser(commands)
     _add_bench_parser(commands)
+    _add_pretrained_parser(commands)
     return parser
+
+
+def _add_pretrained_parser(commands) -> argparse.ArgumentParser:
+    pretrained = commands.add_parser(
+        "pretrained", help="the models that ship with ddpmlab: list them, or export a run as one (maintainers)",
+        description="Shipped models are used as pretrained:NAME wherever a run directory is accepted (sample, eval, "
+                    "compare suites). $DDPMLAB_PRETRAINED_DIR replaces the package's folder.")
+    kinds = pretrained.add_subparsers(dest="pretrained_command", required=True)
+    kinds.add_parser("list", help="the shipped models with their training and scores")
+    export = kinds.add_parser("export", help="write a run's EMA weights, config, info.json and metrics.csv as "
+                                             "pretrained model NAME (refused over 20 MB)")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (its newest checkpoint) or a checkpoint "
+                                                          "folder, e.g. RUN_DIR/checkpoints/best")
+    export.add_argument("name", metavar="NAME", help="lowercase letters, digits, . _ - (e.g. fashion-mnist)")
+    export.add_argument("--fp16", action="store_true", help="store the weights as float16 (loaded as float32)")
+    export.add_argument("--scores", action="append", default=[], metavar="RESULTS_JSON",
+                        help="a `ddpmlab eval` results file of these weights (repeatable), recorded with its protocol")
+    export.add_argument("--machine", help="where it was trained (default: a description of this machine)")
+    export.add_argument("--command", dest="train_command",
+                        help="how it was trained (default: ddpmlab train on the shipped config.yaml)")
+    export.add_argument("--force", action="store_true", help="replace an existing NAME")
+    return pretrained
 
 
 def _add_compare_parser(commands) -> argparse.ArgumentParser:
@@ -100,7 +124,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                "classifier: over 4000), so FID on 10000 samples plus 10000 reference images takes about half an "
                "hour; on a GPU: all of them.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR",
-                          help="a run directory (its newest checkpoint is evaluated) or one of its checkpoint folders")
+                          help="a run directory (its newest checkpoint is evaluated), one of its checkpoint folders, "
+                               "or pretrained:NAME (results in eval/pretrained-NAME unless --out)")
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
     evaluate.add_argument("--n", type=int, default=10000, help="images to sample (default 10000)")
     evaluate.add_argument("--ref-n", type=int, default=10000, help="held-out real images to compare with (default 10000)")
@@ -410,8 +435,13 @@ def _sample(args) -> int:
                                            "seed": args.seed, "guidance": guidance})
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
         f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
-    print(f"wrote {n} samples ({details}) from {weights.name} at step {step} to {out}")
+    print(f"wrote {n} samples ({details}) from {_weights_label(args.source, weights)} at step {step} to {out}")
     return 0
+
+
+def _weights_label(source: str, weights: Path) -> str:
+    """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
+    return source if source.startswith("pretrained:") else weights.name
 
 
 def _sample_one_pass(args, out: Path, model, config, step: int) -> int:
@@ -431,7 +461,21 @@ def _sample_one_pass(args, out: Path, model, config, step: int) -> int:
     else:
         save_samples(out, images, None, {"source": str(args.source), "weights": str(weights), "step": step,
                                          "method": config.method, "seed": args.seed})
-    print(f"wrote {n} samples ({config.method}, one pass) from {weights.name} at step {step} to {out}")
+    print(f"wrote {n} samples ({config.method}, one pass) from {_weights_label(args.source, weights)} at step {step} "
+          f"to {out}")
+    return 0
+
+
+def _pretrained(args) -> int:
+    from ddpmlab.train.pretrained import export_pretrained, pretrained_table
+
+    if args.pretrained_command == "list":
+        print(pretrained_table())
+        return 0
+    info = export_pretrained(args.run_dir, args.name, args.fp16, args.scores, force=args.force, machine=args.machine,
+                             command=args.train_command)
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {info['weights']['dtype']} EMA weights of step "
+          f"{info['training']['steps']}, {len(info['scores'])} score file(s)); use it as pretrained:{args.name}")
     return 0
 
 
@@ -474,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval,
-                "compare": _compare, "bench": _bench}
+                "compare": _compare, "bench": _bench, "pretrained": _pretrained}
     return _handle(handlers[args.command], args)
 
 

@@ -35,6 +35,7 @@ from ddpmlab.methods import DiffusionSampling, sample_images
 from ddpmlab.samplers import SAMPLERS, network_evaluations, resolve_spacing, resolve_steps
 from ddpmlab.train.build import load_trained, resolve_device
 from ddpmlab.train.checkpoint import weights_digest
+from ddpmlab.train.pretrained import is_pretrained_folder, resolve_source
 
 METRICS = ("fid", "kid", "pr", "fd", "nll", "speed")
 REAL_METRICS = ("fd", "fid", "kid", "pr")
@@ -197,9 +198,11 @@ def safe_name(name: str) -> str:
 
 
 def run_of(path: Path) -> Path:
-    """The run directory of a run directory or of one of its checkpoint folders (RUN/checkpoints/step_X)."""
+    """The run directory of a run directory or of one of its checkpoint folders (RUN/checkpoints/step_X); a
+    pretrained model's folder for `pretrained:NAME` or that folder."""
     from ddpmlab.train import checkpoint as ckpt
 
+    path = resolve_source(path)
     if not path.is_dir():
         raise UserError(f"no such run directory or checkpoint folder: {path}")
     if (path / ckpt.PROGRESS_FILE).is_file():
@@ -207,6 +210,12 @@ def run_of(path: Path) -> Path:
             raise UserError(f"{path}: a checkpoint outside a run directory; give its run directory, or --out for results")
         return path.parent.parent
     return path
+
+
+def eval_folder(run_dir: Path) -> Path:
+    """Where evaluation results go without --out: RUN_DIR/eval; for a pretrained model, whose folder is part of the
+    installed package and never written to, eval/pretrained-NAME in the current directory."""
+    return Path("eval") / f"pretrained-{run_dir.name}" if is_pretrained_folder(run_dir) else run_dir / "eval"
 
 
 def default_name(method: str, steps: int | None, n: int, seed: int, use_ema: bool, spacing: str | None = None) -> str:
@@ -243,8 +252,9 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if (batch_size is not None and batch_size <= 0) or speed_repeats <= 0:
         raise UserError("--batch-size and --speed-repeats must be positive")
-    source, run_dir = Path(run_dir), run_of(Path(run_dir))
-    out_dir = Path(out) if out is not None else run_dir / "eval"
+    source = resolve_source(run_dir)
+    run_dir = run_of(source)
+    out_dir = Path(out) if out is not None else eval_folder(run_dir)
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
     if model.SINGLE_PASS:

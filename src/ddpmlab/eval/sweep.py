@@ -105,12 +105,13 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
     """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict."""
     from ddpmlab.eval.reference import reference_features
     from ddpmlab.eval.run import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, distance_scores,
-                                  extractor_ids, generate_samples, load_samples, needed_extractors, parse_metrics,
-                                  run_of, safe_name, save_samples)
+                                  eval_folder, extractor_ids, generate_samples, load_samples, needed_extractors,
+                                  parse_metrics, run_of, safe_name, save_samples)
     from ddpmlab.eval.classifier import held_out_split
     from ddpmlab.eval.speed import machine_load
     from ddpmlab.paths import check_writable_folder
     from ddpmlab.train.build import load_trained, resolve_device
+    from ddpmlab.train.pretrained import resolve_source
 
     device = resolve_device(device)
     metrics = parse_metrics(metrics or ("fd" if device.type == "cpu" else "fd,fid"), device)
@@ -119,8 +120,9 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
         raise UserError("--sweep measures fd, fid, kid and pr (speed is measured for every point anyway)")
     if n < 2 or ref_n < 2:
         raise UserError("--n and --ref-n must be at least 2")
-    source, run_dir = Path(run_dir), run_of(Path(run_dir))
-    out_dir = Path(out) if out is not None else run_dir / "eval"
+    source = resolve_source(run_dir)
+    run_dir = run_of(source)
+    out_dir = Path(out) if out is not None else eval_folder(run_dir)
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
     points = parse_sweep(sweep, schedule.T)

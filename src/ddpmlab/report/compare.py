@@ -12,6 +12,7 @@ A suite is a YAML file (shipped ones in ddpmlab/suites/) with suite-wide setting
     runs:
       - {name: ddpm, config: cpu-demo, overrides: [train.steps=600]}   # trained into RUNS_DIR/ddpm
       - {name: old, run: runs/cpu-demo}                                # an existing run, evaluated as it is
+      - {name: shipped, run: "pretrained:fashion-mnist"}               # a shipped model; results in REPORT_DIR/pretrained/NAME
 
 Relative paths are read from the current folder, like every other path given to ddpmlab.
 """
@@ -146,6 +147,7 @@ class PlannedRun:
     action: str  # "existing" (a `run:` entry), "reuse" (finished), "resume", "train" (new), "restart" (no checkpoint)
     config: object = None  # the run's Config (for "existing": as saved; else the suite's)
     step: int = 0
+    pretrained: bool = False  # a shipped model's folder: read-only, its evaluation written under the report folder
 
 
 def config_differences(saved, requested) -> list[str]:
@@ -203,7 +205,16 @@ def plan_run(entry: SuiteRun, runs_dir: Path) -> PlannedRun:
     from ddpmlab.train.run_dir import has_content
 
     if entry.run is not None:
-        run_dir = Path(entry.run)
+        from ddpmlab.train.build import checkpoint_step
+        from ddpmlab.train.pretrained import is_pretrained_folder, resolve_source
+
+        try:
+            run_dir = resolve_source(entry.run)
+        except UserError as exc:
+            raise UserError(f"suite run {entry.name}: {exc}") from None
+        if is_pretrained_folder(run_dir):
+            return PlannedRun(entry, run_dir, "existing", read_run_config(run_dir), step=checkpoint_step(run_dir),
+                              pretrained=True)
         if not run_dir.is_dir() or not (run_dir / "config.yaml").is_file():
             raise UserError(f"suite run {entry.name}: {run_dir} is not a run directory (no config.yaml)")
         checkpoints = ckpt.list_checkpoints(run_dir)
@@ -242,7 +253,8 @@ def plan_run(entry: SuiteRun, runs_dir: Path) -> PlannedRun:
 def describe_plan(plan: PlannedRun) -> str:
     """One line on what `compare` does with a planned run, e.g. "resuming runs/compare/vae from step 250 to 600"."""
     if plan.action == "existing":
-        return f"evaluating {plan.run_dir} as it is (step {plan.step})"
+        what = f"pretrained model {plan.entry.run}" if plan.pretrained else str(plan.run_dir)
+        return f"evaluating {what} as it is (step {plan.step})"
     if plan.action == "reuse":
         return f"reusing {plan.run_dir} (finished at step {plan.step})"
     if plan.action == "resume":
@@ -313,9 +325,10 @@ def saved_sweep(path: Path, step: int, points: list[tuple[str, int]], metric_key
 
 
 def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, classifier: str | None, device: str,
-                progress: bool) -> dict:
+                progress: bool, out: Path | None = None) -> dict:
     """One table row: evaluate_run (and evaluate_sweep for a diffusion run when the suite has a sweep), training
-    stability and cost, parameter count; every number with the file it came from."""
+    stability and cost, parameter count; every number with the file it came from. Results go to RUN_DIR/eval; a
+    pretrained model's to OUT/pretrained/NAME (OUT: the report folder)."""
     from ddpmlab.eval.run import evaluate_run
     from ddpmlab.eval.speed import training_cost
     from ddpmlab.methods import samples_in_one_pass
@@ -325,8 +338,9 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
     method = stored_method(plan.run_dir)
     one_pass = samples_in_one_pass(method)
     asked = [m for m in metrics if not (one_pass and m == "nll")]
+    eval_dir = (Path(out or ".") / "pretrained" / plan.entry.name) if plan.pretrained else plan.run_dir / "eval"
     results = evaluate_run(plan.run_dir, ",".join([*asked, "speed"]), n, seed=suite.seed, classifier=classifier,
-                           ref_n=suite.ref_n, device=device, progress=progress)
+                           ref_n=suite.ref_n, device=device, progress=progress, out=eval_dir)
     settings = results["settings"]
     row = {"name": plan.entry.name, "method": method, "run_dir": str(plan.run_dir), "step": settings["checkpoint_step"],
            "source": plan.entry.run or " ".join([plan.entry.config, *plan.entry.overrides]),
@@ -337,18 +351,19 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
            "samples_npz": results.get("samples", {}).get("path"), "speed": results["speed"],
            "seconds_per_1000": seconds_per_1000(results["metrics"].get("sampling_images_per_s")),
            "parameters": parameter_count(plan.run_dir),
-           "stability": run_stability(plan.run_dir / "metrics.csv", method),
+           "stability": run_stability(plan.run_dir / "metrics.csv", method),  # n/a without a metrics.csv
            "training": training_cost(plan.run_dir, read_run_config(plan.run_dir).train.batch_size)}
     sweep_metrics = [m for m in metrics if m in SWEEP_METRICS]
     if suite.sweep and not one_pass and sweep_metrics:
         from ddpmlab.eval.sweep import evaluate_sweep, parse_sweep
 
         points = parse_sweep(suite.sweep, plan.config.diffusion.timesteps)
-        sweep = saved_sweep(plan.run_dir / "eval" / f"sweep-n{n}-seed{suite.seed}.json", row["step"], points,
+        sweep = saved_sweep(eval_dir / f"sweep-n{n}-seed{suite.seed}.json", row["step"], points,
                             [SWEEP_KEYS[m] for m in sweep_metrics], results["extractors"])
         if sweep is None:
             sweep = evaluate_sweep(plan.run_dir, suite.sweep, ",".join(sweep_metrics), n, seed=suite.seed,
-                                   classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress)
+                                   classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress,
+                                   out=eval_dir)
         row["sweep"] = {"json": sweep["json"], "plot": sweep["plot"],
                         "points": [{"sampler": p["sampler"], "steps": p["steps"], "nfe": p["nfe"],
                                     "metrics": p["metrics"], "samples": p["samples"]} for p in sweep["points"]]}
@@ -430,7 +445,7 @@ def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str |
     rows = []
     for i, plan in enumerate(plans, 1):
         say(f"[{i}/{len(plans)}] {plan.entry.name}: evaluating {','.join(chosen_metrics)} on {n} samples")
-        rows.append(measure_run(plan, suite, chosen_metrics, n, classifier, device, progress))
+        rows.append(measure_run(plan, suite, chosen_metrics, n, classifier, device, progress, out))
     out.mkdir(parents=True, exist_ok=True)
     report = {"suite": suite.name, "source": str(source), "description": suite.description, "n": n,
               "seed": suite.seed, "metrics": chosen_metrics, "sweep": suite.sweep, "ref_n": suite.ref_n,

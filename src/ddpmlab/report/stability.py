@@ -126,7 +126,7 @@ def run_stability(metrics_path: str | Path, method: str) -> dict:
     "cv": the largest loss CV}. A method not in LOSS_COLUMNS uses every loss column of the file."""
     from ddpmlab.train.log import loss_columns, read_metrics
 
-    rows = read_metrics(metrics_path)
+    rows = read_metrics(metrics_path) if Path(metrics_path).is_file() else []
     if not rows:
         return {"method": method, "losses": {}, "verdict": "n/a", "cv": math.nan}
     columns = [c for c in LOSS_COLUMNS.get(method, loss_columns(rows[0])) if c in rows[0]]

@@ -25,15 +25,17 @@ def resolve_device(name: str | None, setting: str = "--device") -> torch.device:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from a run directory (its newest), a checkpoint folder, or a weights file inside one."""
+    """A checkpoint folder from a run directory (its newest), a checkpoint folder, or a weights file inside one;
+    a pretrained model's folder from `pretrained:NAME` or the folder itself."""
     from ddpmlab.train import checkpoint as ckpt
+    from ddpmlab.train.pretrained import is_pretrained_folder, resolve_source
 
-    path = Path(path)
+    path = resolve_source(path)
     if not path.exists():
         raise UserError(f"no such run directory or checkpoint: {path}")
     if path.is_file():
         return path.parent
-    if (path / ckpt.PROGRESS_FILE).is_file():
+    if (path / ckpt.PROGRESS_FILE).is_file() or is_pretrained_folder(path):
         return path
     checkpoints = ckpt.list_checkpoints(path)
     if not checkpoints:
@@ -43,18 +45,35 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def weights_file(path: str | Path, use_ema: bool = True) -> Path:
     """The weights a path names: a .safetensors file itself; in a run directory (its newest checkpoint) or a
-    checkpoint folder, the EMA weights (or the raw ones when not use_ema)."""
+    checkpoint folder, the EMA weights (or the raw ones when not use_ema); a pretrained model's (EMA) weights."""
     from ddpmlab.train import checkpoint as ckpt
+    from ddpmlab.train.pretrained import WEIGHTS_FILE, is_pretrained_folder, resolve_source
 
-    path = Path(path)
+    path = resolve_source(path)
     if path.is_file():
         return path
-    return find_checkpoint(path) / (ckpt.EMA_FILE if use_ema else ckpt.MODEL_FILE)
+    folder = find_checkpoint(path)
+    if is_pretrained_folder(folder):
+        if not use_ema:
+            raise UserError(f"{folder}: a pretrained model ships its EMA weights only; drop --no-ema")
+        return folder / WEIGHTS_FILE
+    return folder / (ckpt.EMA_FILE if use_ema else ckpt.MODEL_FILE)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The training step of a checkpoint folder (progress.json) or of a pretrained model's folder (info.json)."""
+    from ddpmlab.train import checkpoint as ckpt
+    from ddpmlab.train.pretrained import is_pretrained_folder, read_info
+
+    if is_pretrained_folder(folder):
+        return int(read_info(folder).get("training", {}).get("steps") or 0)
+    return int(ckpt.read_progress(folder)["step"])
 
 
 def load_trained(path: str | Path, use_ema: bool = True, device=None):
     """(network in eval mode on `device`, NoiseSchedule or None, Config, step) from a run directory, a checkpoint
-    folder or one weights file inside a checkpoint (that file is used, whatever `use_ema` says).
+    folder or one weights file inside a checkpoint (that file is used, whatever `use_ema` says), or a pretrained
+    model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32).
 
     The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
     others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
@@ -67,9 +86,12 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     from ddpmlab.methods import rebuild_method
     from ddpmlab.train import checkpoint as ckpt
 
+    from ddpmlab.train.pretrained import as_float32
+
     folder = find_checkpoint(path)
-    progress = ckpt.read_progress(folder)
+    step = checkpoint_step(folder)
     state, metadata = ckpt.read_weights(weights_file(path, use_ema))
+    state = as_float32(state)
     try:
         config = config_from_dict(json.loads(metadata["config"]), str(folder))
         spec = json.loads(metadata["model_spec"])
@@ -81,7 +103,7 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
         raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
     net.load_state_dict(state)
     schedule = None if net.SINGLE_PASS else net.schedule
-    return net.to(resolve_device(device)).eval(), schedule, config, int(progress["step"])
+    return net.to(resolve_device(device)).eval(), schedule, config, step
 
 
 def stored_method(path: str | Path, use_ema: bool = True) -> str:

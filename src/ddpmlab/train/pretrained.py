@@ -1,0 +1,304 @@
+"""Models that ship inside the package, named `pretrained:NAME` wherever a run directory or checkpoint is accepted.
+
+One folder per NAME in ddpmlab/pretrained/ (or in $DDPMLAB_PRETRAINED_DIR, which replaces it): `config.yaml` (the
+run's), `model.safetensors` (its EMA weights, float16 or float32 storage, with the checkpoint's metadata; always
+loaded as float32), `info.json` (training steps, wall-clock, machine, date, command, scores with their protocol)
+and, when the run had one, its `metrics.csv` up to the exported step (for the stability and cost columns of
+`ddpmlab compare`). `export_pretrained` writes such a folder from a run; nothing here needs a network connection.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ddpmlab.config import config_from_dict, save_config
+from ddpmlab.errors import UserError
+from ddpmlab.samplers import DEFAULT_SPACINGS
+from ddpmlab.train import checkpoint as ckpt
+
+PREFIX = "pretrained:"
+ROOT_ENV = "DDPMLAB_PRETRAINED_DIR"
+CONFIG_FILE, WEIGHTS_FILE, INFO_FILE, METRICS_FILE = "config.yaml", "model.safetensors", "info.json", "metrics.csv"
+FORMAT = "ddpmlab-pretrained-1"
+MAX_BYTES = 20_000_000  # a shipped model's folder stays under 20 MB (issue 15)
+# the `ddpmlab eval` results keys worth shipping, with how `pretrained list` names them
+SCORE_LABELS = {"fid_inception": "FID", "fd_classifier": "FD", "kid_inception": "KID", "nll_bits_per_dim": "NLL bits/dim",
+                "precision_inception": "precision", "recall_inception": "recall", "class_accuracy": "class accuracy"}
+
+
+def package_root() -> Path:
+    """The folder inside the installed package that holds the shipped models."""
+    return Path(str(resources.files("ddpmlab") / "pretrained"))
+
+
+def pretrained_root(root: str | Path | None = None) -> Path:
+    """`root` if given, else $DDPMLAB_PRETRAINED_DIR if set, else package_root()."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(ROOT_ENV)
+    return Path(env).expanduser() if env else package_root()
+
+
+def is_pretrained_folder(path: str | Path) -> bool:
+    """Whether `path` is a pretrained model's folder (info.json and weights, and no checkpoint progress)."""
+    path = Path(path)
+    return ((path / INFO_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+            and not (path / ckpt.PROGRESS_FILE).is_file())
+
+
+def pretrained_names(root: str | Path | None = None) -> list[str]:
+    """Names of the pretrained models in the root, sorted."""
+    folder = pretrained_root(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and is_pretrained_folder(p))
+
+
+def pretrained_name(source: str | Path) -> str | None:
+    """NAME for a source written `pretrained:NAME`, else None."""
+    text = str(source)
+    return text[len(PREFIX):] if text.startswith(PREFIX) else None
+
+
+def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
+    """The folder of pretrained model NAME; UserError naming the available ones when there is none."""
+    names = pretrained_names(root)
+    if name not in names:
+        raise UserError(f"unknown pretrained model '{name}'; available: {', '.join(names) or 'none'}")
+    return pretrained_root(root) / name
+
+
+def resolve_source(source: str | Path, root: str | Path | None = None) -> Path:
+    """The path a run, checkpoint or weights argument names: `pretrained:NAME` -> that model's folder, else as given."""
+    name = pretrained_name(source)
+    return pretrained_folder(name, root) if name is not None else Path(source)
+
+
+def read_info(folder: str | Path) -> dict:
+    """The info.json of a pretrained model's folder; UserError when missing or corrupt."""
+    path = Path(folder) / INFO_FILE
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{folder}: not a pretrained model (no {INFO_FILE})") from None
+    except (OSError, ValueError):
+        raise UserError(f"{path}: corrupt pretrained model info") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise UserError(f"{path}: not a ddpmlab pretrained model info ({FORMAT})")
+    return info
+
+
+def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float16-stored tensors as float32 (how shipped weights are loaded); other tensors unchanged."""
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
+
+
+def stored_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:
+    """The tensors written to model.safetensors: float32 ones as float16 when `fp16` (float64 and integer buffers
+    stay as they are)."""
+    return {k: (v.half() if fp16 and v.dtype == torch.float32 else v).contiguous().cpu() for k, v in state.items()}
+
+
+# -- listing ----------------------------------------------------------------------------------------------
+def score_summary(score: dict) -> str:
+    """One score entry of info.json as text, e.g. "FID 8.12, FD 0.41 (10000 samples vs 10000 test, dpm-solver++
+    20 NFE, seed 0)"."""
+    values = ", ".join(f"{label} {score['metrics'][key]:.4g}" for key, label in SCORE_LABELS.items()
+                       if isinstance(score.get("metrics", {}).get(key), (int, float)))
+    protocol = score.get("protocol", {})
+    sampler = protocol.get("sampler")
+    how = f"{sampler} {protocol.get('nfe')} NFE" if protocol.get("nfe") not in (None, 1) else sampler
+    weights = "" if score.get("measured_on", "shipped weights") == "shipped weights" else f"; {score['measured_on']}"
+    return (f"{values} ({protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, "
+            f"{how}, seed {protocol.get('seed')}{weights})")
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as "42 s", "7.3 min" or "2.5 h"."""
+    if seconds is None:
+        return "? s"
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
+def pretrained_table(root: str | Path | None = None) -> str:
+    """`ddpmlab pretrained list`: one block per shipped model (method, classes, training, scores)."""
+    names = pretrained_names(root)
+    if not names:
+        return f"no pretrained models in {pretrained_root(root)}"
+    blocks = []
+    for name in names:
+        info = read_info(pretrained_root(root) / name)
+        training = info.get("training", {})
+        classes = f", {info['num_classes']} classes" if info.get("num_classes") else ""
+        shape = "×".join(map(str, info.get("image_shape") or []))
+        lines = [f"pretrained:{name}  {info.get('method')}{classes}, {shape} images, "
+                 f"{info.get('parameters', 0):,} parameters, {info.get('weights', {}).get('dtype')} weights",
+                 f"  trained {training.get('steps')} steps in {duration(training.get('wall_s'))} on "
+                 f"{info.get('machine')}, finished {training.get('finished')}"]
+        lines += [f"  {score_summary(score)}" for score in info.get("scores", [])] or ["  no scores recorded"]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
+# -- exporting ----------------------------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    """`name` if it is a usable model name (lowercase letters, digits, '-', '_', '.'; not starting with '.'),
+    else UserError."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
+        raise UserError(f"pretrained NAME {name!r}: use lowercase letters, digits, '.', '_', '-' (e.g. fashion-mnist)")
+    return name
+
+
+def training_devices(run_dir: Path | None) -> list[str]:
+    """The devices the run's sessions trained on, from its run.log ("new run: ddpm, device cpu, ...")."""
+    try:
+        text = (Path(run_dir) / "run.log").read_text() if run_dir is not None else ""
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"(?:new run|resumed at step \d+): \S+, device (\S+),", text)))
+
+
+def this_machine() -> str:
+    """A description of the machine running this: CPU cores and processor, and the GPU if there is one."""
+    cpu = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    return cpu + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+
+
+def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str) -> dict:
+    """One element of info.json's "scores" from a `ddpmlab eval` results JSON measured on this checkpoint's EMA
+    weights (as shipped, or as the run's float32 before float16 storage): the metrics, their protocol and the
+    command that measures them again on the shipped model; UserError for another checkpoint's results."""
+    path = Path(path)
+    try:
+        results = json.loads(path.read_text())
+        settings, metrics = results["settings"], results["metrics"]
+    except FileNotFoundError:
+        raise UserError(f"--scores {path}: file not found") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"--scores {path}: not a `ddpmlab eval` results JSON") from None
+    measured_on = next((kind for kind, digest in digests.items() if settings.get("weights_digest") == digest), None)
+    if settings.get("checkpoint_step") != step or settings.get("weights") != "ema" or measured_on is None:
+        raise UserError(f"--scores {path}: measured on other weights (step {settings.get('checkpoint_step')}, "
+                        f"{settings.get('weights')} weights, digest {settings.get('weights_digest')}) than the EMA "
+                        f"weights of step {step}; evaluate this checkpoint (or pretrained:{name}) and pass that file")
+    reference = next((info for info in results.get("reference", {}).values()), {})
+    protocol = {key: settings.get(key) for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance",
+                                                   "device_type")}
+    protocol.update(reference_split=results.get("reference_split"), reference_n=reference.get("count"),
+                    extractors=results.get("extractors", {}))
+    one_pass = settings.get("nfe") == 1 and settings.get("steps") is None
+    sampling = "" if one_pass else f" --sampler {settings['sampler']} --steps {settings['steps']}"
+    if not one_pass and settings.get("spacing") not in (None, DEFAULT_SPACINGS.get(settings["sampler"])):
+        sampling += f" --spacing {settings['spacing']}"
+    metrics_asked = ",".join(m for m in results.get("metrics_requested", []) if m != "speed") or "fd"
+    quality = {k: v for k, v in metrics.items() if not k.startswith(("train_", "sampling_", "peak_"))}
+    return {"metrics": quality,
+            "protocol": protocol, "measured_on": measured_on, "created": results.get("created"),
+            "command": f"ddpmlab eval pretrained:{name} --metrics {metrics_asked} --n {settings['n']}{sampling} "
+                       f"--seed {settings['seed']} --ref-n {reference.get('count', 10000)}"}
+
+
+def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows with step <= `step`) of the run's metrics.csv, as text; None when there is none."""
+    path = Path(run_dir) / "metrics.csv" if run_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            return None
+        return header, [row for row in reader if row and int(float(row[0])) <= step]
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores: list[str | Path] = (),
+                      root: str | Path | None = None, force: bool = False, machine: str | None = None,
+                      command: str | None = None) -> dict:
+    """Write pretrained model `name` into the root from `source` (a run directory: its newest checkpoint; or a
+    checkpoint folder such as RUN/checkpoints/best): the EMA weights (float16 with `fp16`), the config, info.json
+    with `scores` (`ddpmlab eval` results JSONs of these weights) and the run's metrics.csv up to that step.
+    Refuses a folder over MAX_BYTES, an existing NAME without `force`, and scores of other weights. Returns info."""
+    from ddpmlab.train.build import find_checkpoint
+
+    check_name(name)
+    folder = find_checkpoint(source)
+    run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else None
+    progress = ckpt.read_progress(folder)
+    step = int(progress["step"])
+    state, metadata = ckpt.read_weights(folder / ckpt.EMA_FILE)
+    try:
+        config = config_from_dict(json.loads(metadata["config"]), str(folder))
+    except (KeyError, ValueError):
+        raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
+    stored = stored_state(state, fp16)
+    digests = {"shipped weights": ckpt.weights_digest(as_float32(stored)),
+               "the run's float32 EMA weights": ckpt.weights_digest(state)}
+    score_entries = [score_entry(path, step, digests, name) for path in scores]
+    from ddpmlab.methods import rebuild_method
+
+    method = metadata.get("method") or "ddpm"
+    if not metadata.get("model_spec"):
+        raise UserError(f"{folder}: a checkpoint of a custom backbone (no stored model spec) cannot be rebuilt by "
+                        f"ddpmlab, so it cannot ship")
+    net = rebuild_method(method, json.loads(metadata["model_spec"]), config)
+    root = pretrained_root(root)
+    target = root / name
+    if target.exists() and not force:
+        raise UserError(f"pretrained model {target} exists; pass --force to replace it")
+    root.mkdir(parents=True, exist_ok=True)
+    num_classes = int(metadata.get("num_classes") or 0)
+    finished = datetime.fromtimestamp((folder / ckpt.PROGRESS_FILE).stat().st_mtime, timezone.utc)
+    info = {"format": FORMAT, "name": name, "method": method, "image_shape": list(net.image_shape),
+            "num_classes": num_classes, "class_names": json.loads(metadata.get("class_names") or "null"),
+            "parameters": sum(p.numel() for p in net.parameters()),
+            "training": {"steps": step, "wall_s": progress.get("wall_s"), "batch_size": config.train.batch_size,
+                         "images_seen": step * config.train.batch_size, "devices": training_devices(run_dir),
+                         "finished": finished.isoformat(timespec="seconds"),
+                         "command": command or f"ddpmlab train <this folder>/{CONFIG_FILE}"},
+            "machine": machine or this_machine(),
+            "weights": {"kind": "EMA", "dtype": "float16" if fp16 else "float32",
+                        "digest": digests["shipped weights"], "source": str(folder)},
+            "scores": score_entries,
+            "exported": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    from ddpmlab import __version__
+
+    info["ddpmlab"], info["torch"] = __version__, torch.__version__
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
+    try:
+        save_file(stored, str(tmp / WEIGHTS_FILE), metadata={**metadata, "pretrained": name})
+        save_config(config, tmp / CONFIG_FILE)
+        history = metrics_rows_until(run_dir, step)
+        if history is not None:
+            with (tmp / METRICS_FILE).open("w", newline="") as handle:
+                csv.writer(handle).writerows([history[0], *history[1]])
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        size = folder_bytes(tmp)
+        if size > MAX_BYTES:
+            raise UserError(f"pretrained model {name} would take {size / 1e6:.1f} MB, over the {MAX_BYTES / 1e6:g} MB "
+                            f"limit" + ("" if fp16 else "; try --fp16 (half the size)"))
+        for path in tmp.iterdir():
+            path.chmod(0o644)  # readable by everyone once installed, like the package's other files
+        tmp.chmod(0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**info, "path": str(target), "bytes": size}

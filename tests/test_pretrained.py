@@ -1,0 +1,221 @@
+"""Shipped checkpoints (`pretrained:NAME`): every model in the package samples correctly; the machinery (export, list,
+sample, eval, compare) is pinned on a tiny model trained here and exported into a temporary root."""
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddpmlab.cli import main
+from ddpmlab.config import load_config
+from ddpmlab.errors import UserError
+from ddpmlab.methods import DiffusionSampling, sample_images
+from ddpmlab.train import Trainer
+from ddpmlab.train import checkpoint as ckpt
+from ddpmlab.train import pretrained
+from ddpmlab.train.build import load_trained
+
+SHIPPED = pretrained.pretrained_names(pretrained.package_root())  # what the package ships, not $DDPMLAB_PRETRAINED_DIR
+PER_CLASS = 3  # samples of every class for the recognition check
+MIN_CLASS_ACCURACY = 0.8
+
+
+def draw(net, config, labels=None, n=8, steps=10):
+    """[-1, 1] float images from any network of load_trained: a few dpm-solver++ steps (the run's guidance for a
+    conditional model), or one pass."""
+    generator = torch.Generator().manual_seed(0)
+    if net.SINGLE_PASS:
+        return sample_images(net, n, generator)
+    sampling = DiffusionSampling("dpm-solver++", min(steps, net.schedule.T),
+                                 guidance=config.sample.guidance if labels is not None else None)
+    return sample_images(net, n if labels is None else len(labels), generator, sampling, labels)
+
+
+def check_samples(source) -> None:
+    """The shipped-model check: images of the stored shape, finite, in [-1, 1]."""
+    net, _, config, _ = load_trained(source, device="cpu")
+    labels = torch.arange(net.num_classes) if net.num_classes else None
+    images = draw(net, config, labels)
+    assert images.shape == (len(images), *net.image_shape) and images.dtype == torch.float32
+    assert torch.isfinite(images).all() and images.abs().max() <= 1
+
+
+def requested_class_accuracy(images: torch.Tensor, labels: torch.Tensor, data_cfg) -> float:
+    """How often the dataset's shipped classifier recognises the requested class in [-1, 1] images."""
+    from ddpmlab.eval.classifier import classifier_features
+
+    extractor, _ = classifier_features(data_cfg)
+    return float((extractor.predict(images) == labels).float().mean())
+
+
+# -- every shipped model (none until the lead exports them: zero cases, not a skip) ------------------------------
+if SHIPPED:
+    @pytest.mark.parametrize("name", SHIPPED)
+    def test_every_shipped_model_samples_in_range(name):
+        check_samples(f"pretrained:{name}")
+        info = pretrained.read_info(pretrained.package_root() / name)
+        assert info["training"]["steps"] > 0 and info["scores"], f"{name}: info.json lacks training or scores"
+        assert pretrained.folder_bytes(pretrained.package_root() / name) < pretrained.MAX_BYTES
+
+    CONDITIONAL = [name for name in SHIPPED if pretrained.read_info(pretrained.package_root() / name)["num_classes"]]
+    if CONDITIONAL:
+        @pytest.mark.parametrize("name", CONDITIONAL)
+        def test_shipped_conditional_models_draw_the_requested_class(name):
+            net, _, config, _ = load_trained(f"pretrained:{name}", device="cpu")
+            labels = torch.arange(net.num_classes).repeat_interleave(PER_CLASS)
+            accuracy = requested_class_accuracy(draw(net, config, labels), labels, config.data)
+            assert accuracy >= MIN_CLASS_ACCURACY, f"{name}: requested class recognised in {accuracy:.0%}"
+
+
+def test_the_class_check_passes_real_images_and_fails_wrong_ones():
+    """The recognition check on real Fashion-MNIST test images of the requested class (what a perfect model draws),
+    and of the next class."""
+    from ddpmlab.data import load_dataset
+
+    data_cfg = load_config("fashion-mnist").data
+    test = load_dataset(data_cfg, "test")
+    labels = torch.arange(10).repeat_interleave(PER_CLASS)
+    index = {c: (test.labels == c).nonzero().flatten() for c in range(10)}
+    real = torch.stack([test.images[index[int(c)][k % PER_CLASS]] for k, c in enumerate(labels)])
+    assert requested_class_accuracy(real, labels, data_cfg) >= 0.9
+    assert requested_class_accuracy(real, (labels + 1) % 10, data_cfg) <= 0.1
+
+
+def test_package_data_ships_every_file_of_a_model_folder(exported):
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()  # tomllib is Python 3.11+
+    globs = json.loads(re.search(r"\[tool\.setuptools\.package-data\]\s*ddpmlab = (\[.*?\])", pyproject, re.S).group(1))
+    for path in (exported["root"] / "tiny").iterdir():
+        assert any(fnmatch.fnmatch(f"pretrained/tiny/{path.name}", glob) for glob in globs), path.name
+
+
+# -- the machinery, on a tiny model ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A 10-step tiny run exported twice into a temporary root: `tiny` (float16) and `tiny32` (float32)."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    run, root = folder / "run", folder / "root"
+    Trainer(load_config("tiny", ["train.steps=10"]), run, progress=False).train()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(pretrained.ROOT_ENV, str(root))
+        assert main(["pretrained", "export", str(run), "tiny", "--fp16", "--machine", "test machine"]) == 0
+        assert main(["pretrained", "export", str(run), "tiny32"]) == 0
+    return {"run": run, "root": root}
+
+
+@pytest.fixture
+def root(exported, monkeypatch):
+    monkeypatch.setenv(pretrained.ROOT_ENV, str(exported["root"]))
+    return exported["root"]
+
+
+def test_export_writes_the_folder_and_fp16_loads_as_float32(exported, root):
+    run = exported["run"]
+    assert sorted(p.name for p in (root / "tiny").iterdir()) == ["config.yaml", "info.json", "metrics.csv",
+                                                                 "model.safetensors"]
+    stored, _ = ckpt.read_weights(root / "tiny" / "model.safetensors")
+    ema, _ = ckpt.read_weights(ckpt.list_checkpoints(run)[-1] / ckpt.EMA_FILE)
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    net, _, _, step = load_trained("pretrained:tiny", device="cpu")
+    assert step == 10 and all(v.dtype == torch.float32 for v in net.state_dict().values())
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, ema[key].half().float()), key
+    info = pretrained.read_info(root / "tiny")
+    assert info["training"]["steps"] == 10 and info["training"]["batch_size"] == 16
+    assert info["training"]["wall_s"] > 0 and info["training"]["devices"] == ["cpu"]
+    assert info["machine"] == "test machine" and info["weights"]["dtype"] == "float16"
+    assert info["image_shape"] == [3, 16, 16] and info["parameters"] == sum(p.numel() for p in net.parameters())
+    assert (root / "tiny" / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
+
+
+def test_pretrained_samples_are_the_runs_samples(exported, root, tmp_path):
+    """pretrained:NAME (float32) is the run's newest EMA network: the same seed draws the same images."""
+    common = ["--sampler", "dpm-solver++", "--steps", "5", "--n", "6", "--quiet"]
+    assert main(["sample", "pretrained:tiny32", "--out", str(tmp_path / "a.npz"), *common]) == 0
+    assert main(["sample", str(exported["run"]), "--out", str(tmp_path / "b.npz"), *common]) == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert a["images"].shape == (6, 16, 16, 3) and np.array_equal(a["images"], b["images"])
+    check_samples("pretrained:tiny")  # the shipped-model check itself, on the float16 export
+
+
+def test_unknown_names_and_raw_weights_are_user_errors(root, capsys, tmp_path):
+    assert main(["sample", "pretrained:nope", "--out", str(tmp_path / "x.png")]) == 2
+    assert capsys.readouterr().err == "error: unknown pretrained model 'nope'; available: tiny, tiny32\n"
+    assert main(["eval", "pretrained:nope"]) == 2
+    assert "unknown pretrained model 'nope'" in capsys.readouterr().err
+    assert main(["sample", "pretrained:tiny", "--no-ema", "--out", str(tmp_path / "x.png")]) == 2
+    assert "ships its EMA weights only" in capsys.readouterr().err
+
+
+def test_list_shows_training_and_scores(exported, root, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "pretrained:tiny", "--metrics", "speed", "--speed-repeats", "1", "--sampler", "dpm-solver++",
+                 "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    results = next((tmp_path / "eval" / "pretrained-tiny").glob("*.json"))
+    fake = json.loads(results.read_text())  # a score file as `eval --metrics fd` writes it, of these weights
+    fake["metrics"]["fd_classifier"] = 1.234
+    fake.update(reference_split="val", reference={"x": {"count": 51}}, metrics_requested=["fd"])
+    (tmp_path / "scores.json").write_text(json.dumps(fake))
+    assert main(["pretrained", "export", str(exported["run"]), "tiny", "--fp16", "--force", "--machine", "test machine",
+                 "--scores", str(tmp_path / "scores.json")]) == 0
+    capsys.readouterr()
+    assert main(["pretrained", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained:tiny  ddpm, 3×16×16 images" in out and "pretrained:tiny32" in out
+    assert "trained 10 steps in" in out and "FD 1.234 (" in out and "vs 51 val" in out
+    score = pretrained.read_info(root / "tiny")["scores"][0]
+    assert score["measured_on"] == "shipped weights" and score["command"].startswith("ddpmlab eval pretrained:tiny ")
+
+
+def test_eval_of_a_pretrained_model_writes_beside_the_user_not_into_the_package(exported, root, tmp_path,
+                                                                                 monkeypatch):
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "tiny").iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "pretrained:tiny", "--metrics", "speed", "--speed-repeats", "1", "--sampler", "dpm-solver++",
+                 "--steps", "2", "--quiet"]) == 0
+    written = [p.name for p in (tmp_path / "eval" / "pretrained-tiny").iterdir()]
+    assert len(written) == 1 and written[0].endswith(".json")
+    results = json.loads((tmp_path / "eval" / "pretrained-tiny" / written[0]).read_text())
+    assert results["settings"]["checkpoint_step"] == 10
+    assert results["metrics"]["train_wall_s"] == pytest.approx(
+        pretrained.read_info(root / "tiny")["training"]["wall_s"], rel=0.2)  # from the shipped metrics.csv
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "tiny").iterdir()} == before
+
+
+def test_export_refusals(exported, root, monkeypatch, tmp_path):
+    run = exported["run"]
+    with pytest.raises(UserError, match="exists; pass --force"):
+        pretrained.export_pretrained(run, "tiny")
+    with pytest.raises(UserError, match="lowercase letters"):
+        pretrained.export_pretrained(run, "../escape")
+    monkeypatch.setattr(pretrained, "MAX_BYTES", 100_000)
+    with pytest.raises(UserError, match=r"would take 0\.7 MB, over the 0\.1 MB limit; try --fp16"):
+        pretrained.export_pretrained(run, "big")
+    assert not (root / "big").exists() and not [p for p in root.iterdir() if p.name.startswith(".")]
+    other = {"settings": {"checkpoint_step": 3, "weights": "ema", "weights_digest": "00000000"}, "metrics": {}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(UserError, match="measured on other weights"):
+        pretrained.export_pretrained(run, "new", scores=[tmp_path / "other.json"])
+
+
+def test_compare_evaluates_a_pretrained_entry_into_the_report_folder(exported, root, tmp_path, monkeypatch):
+    from ddpmlab.eval.classifier import train_classifier_to_file
+    from ddpmlab.report.compare import compare_suite
+
+    monkeypatch.setenv("DDPMLAB_CACHE", str(tmp_path / "cache"))
+    classifier = tmp_path / "synthetic.safetensors"  # FD features for the tiny preset's shapes (10 steps: any map)
+    train_classifier_to_file(load_config("tiny").data, classifier, steps=10, batch_size=32, progress=False)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"n: 8\nmetrics: fd\nclassifier: {classifier}\n"
+                     f"runs:\n  - {{name: shipped, run: 'pretrained:tiny32'}}\n")
+    report = compare_suite(str(suite), tmp_path / "runs", tmp_path / "report", device="cpu", progress=False,
+                           say=lambda line: None)
+    row = report["rows"][0]
+    assert row["source"] == "pretrained:tiny32" and row["step"] == 10
+    assert Path(row["eval_json"]).parent == tmp_path / "report" / "pretrained" / "shipped"
+    assert row["training"]["train_steps"] == 10 and row["metrics"]["fd_classifier"] > 0  # from the shipped metrics.csv
+    assert not (root / "tiny32" / "eval").exists() and not (tmp_path / "runs").exists()
