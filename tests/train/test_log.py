@@ -29,3 +29,19 @@ def test_the_default_columns_are_every_runs(tmp_path):
     MetricsLog(tmp_path / "metrics.csv").append(step=1, loss=0.5)
     assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(COLUMNS), "1,0.5,,,,,"]
     assert plot_loss_curve(tmp_path / "metrics.csv", tmp_path / "loss.png") is not None
+
+
+def test_resume_adds_the_columns_the_file_lacks_at_its_end(tmp_path):
+    path = tmp_path / "metrics.csv"
+    MetricsLog(path).append(step=5, loss=0.5)
+    resumed = MetricsLog(path, resume_step=5, columns=COLUMNS + ("fd",))  # evaluation switched on at resume
+    resumed.append(step=10, loss=0.25, fd=12.5)
+    assert path.read_text().splitlines() == [",".join(COLUMNS) + ",fd", "5,0.5,,,,,,", "10,0.25,,,,,,12.5"]
+
+
+def test_smoke_the_loss_plot_takes_the_scores_on_a_second_axis(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = MetricsLog(path, columns=COLUMNS + ("fd", "fid"))
+    for step in (5, 10, 15):
+        log.append(step=step, loss=1.0 / step, fd=20.0 - step if step % 10 == 0 else None, fid=30.0)
+    assert plot_loss_curve(path, tmp_path / "loss.png").stat().st_size > 0

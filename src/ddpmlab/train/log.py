@@ -116,7 +116,7 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
         for (column, points), style in zip(scores.items(), ("s--", "^:")):
             right.plot(*zip(*points), style, color="tab:red" if column == "fd" else "tab:purple", ms=4, lw=1,
                        label=f"{QUALITY_COLUMNS[column]}, EMA samples")
-        right.set_ylabel(" / ".join(QUALITY_COLUMNS[column] for column in scores) + " (lower is better)")
+        right.set_ylabel(" / ".join(column.upper() for column in scores) + " of samples (lower is better)")
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, fontsize="small")
