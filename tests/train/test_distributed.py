@@ -86,6 +86,14 @@ def test_each_rank_keeps_its_own_dropout_stream_across_a_checkpoint():
         torch.set_rng_state(saved)
 
 
+def test_the_cli_under_torchrun_shares_train_sample_eval_only_and_skips_a_leading_double_dash(monkeypatch, capsys):
+    assert main(["--", "presets"]) == 0 and "tiny" in capsys.readouterr().out
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["presets"]) == 2
+    assert "error: only train, sample, eval share their work among torchrun's processes" in capsys.readouterr().err
+    assert main(["eval", "real", "synthetic"]) == 2
+
+
 # -- two processes under torchrun -------------------------------------------------------------------------------
 K = 3  # steps before the interruption; the run ends at 2K
 OVERRIDES = ["model.dropout=0", "train.log_every=1", f"train.checkpoint_every={K}", "train.keep_checkpoints=3"]
