@@ -66,19 +66,19 @@ def launched_processes(environ=os.environ) -> int:
 @contextlib.contextmanager
 def process_group() -> Iterator[Processes]:
     """Inside: the default process group of the processes torchrun started (its RANK, WORLD_SIZE, LOCAL_RANK and
-    rendezvous), NCCL for CUDA tensors and gloo for CPU tensors, each process's current GPU cuda:LOCAL_RANK when
-    there is one; destroyed on leaving. Without torchrun, or with one process or a group already set up: nothing."""
+    rendezvous), NCCL for CUDA tensors and gloo for CPU tensors, each process's current GPU cuda:LOCAL_RANK; only
+    gloo when this machine has fewer GPUs than processes (they then train on the CPU). Destroyed on leaving.
+    Without torchrun, or with one process or a group already set up: nothing."""
     if launched_processes() <= 1 or dist.is_initialized():
         yield current()
         return
     if not dist.is_available():
         raise UserError("this PyTorch build has no torch.distributed; run one process (without torchrun)")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank, on_this_machine = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     backend = "gloo"
-    if torch.cuda.is_available() and dist.is_nccl_available():
+    if dist.is_nccl_available() and 0 < on_this_machine <= torch.cuda.device_count():  # the same on every rank
         backend = "cpu:gloo,cuda:nccl"  # gloo carries the CPU tensors: logged means, flags, gathered samples
-        if local_rank < torch.cuda.device_count():
-            torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend)
     try:
         yield current()
