@@ -220,7 +220,7 @@ def _eval(args) -> int:
                            args.seed, not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
                            args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out,
                            spacing=args.spacing, processes=_processes())
-    if results is None:  # another process than rank 0: it sampled its share
+    if results is None:  # a process other than rank 0: it sampled its share
         return 0
     print(results_table(results))
     print(f"wrote {results['json']}")
@@ -408,7 +408,7 @@ def _sample(args) -> int:
                                  args.batch_size or config.sample.batch_size, args.seed, guidance,
                                  config.sample.clip_denoised, progress=not args.quiet, labels=labels,
                                  prediction=config.diffusion.prediction, spacing=spacing, processes=processes)
-    if generated is None:  # another process than rank 0: it sampled its share, rank 0 writes
+    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
         return 0
     images, labels = generated
     weights = weights_file(args.source, not args.no_ema)
@@ -437,7 +437,7 @@ def _sample_one_pass(args, out: Path, model, config, step: int, processes) -> in
     n = args.n or config.sample.n
     generated = generate_samples(model, None, n, config.method, None, None, args.batch_size or config.sample.batch_size,
                                  args.seed, None, False, progress=not args.quiet, processes=processes)
-    if generated is None:  # another process than rank 0: it sampled its share, rank 0 writes
+    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
         return 0
     images = generated[0]
     weights = weights_file(args.source, not args.no_ema)
