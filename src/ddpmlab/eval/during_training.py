@@ -63,11 +63,6 @@ class TrainingEvaluator:
                                                     progress)
                 self.references[kind] = (stats, info["count"])
 
-    def due(self, step: int) -> bool:
-        """Whether `step` is evaluated: every train.eval_every steps, and the last step."""
-        every = self.config.train.eval_every
-        return step % every == 0 or step == self.config.train.steps
-
     @property
     def protocol(self) -> dict:
         """How the scores are measured; two scores compare only under the same protocol."""

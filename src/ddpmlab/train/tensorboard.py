@@ -10,6 +10,7 @@ import torch
 
 from ddpmlab.errors import UserError
 from ddpmlab.images import make_grid
+from ddpmlab.train import distributed
 
 FOLDER = "tensorboard"
 MISSING = "train.tensorboard=true needs the tensorboard package: pip install 'ddpmlab[tensorboard]'"
@@ -28,12 +29,6 @@ def check_tensorboard(train_cfg) -> None:
     """UserError (before any training or writing) when train.tensorboard is set but the package is missing."""
     if train_cfg.tensorboard:
         _summary_writer_class()
-
-
-def is_main_process() -> bool:
-    """False on the ranks other than 0 of an initialised torch.distributed job: only rank 0 writes."""
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()
-                and torch.distributed.get_rank() != 0)
 
 
 class TensorBoardLog:
@@ -73,6 +68,6 @@ class TensorBoardLog:
 
 def tensorboard_log(run_dir: Path, train_cfg, resumed_from: int | None = None) -> TensorBoardLog | None:
     """The run's TensorBoardLog when train.tensorboard is set and this is rank 0; else None."""
-    if not train_cfg.tensorboard or not is_main_process():
+    if not train_cfg.tensorboard or not distributed.current().is_main:
         return None
     return TensorBoardLog(run_dir, resumed_from)
