@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from ddpmlab.devices import randint, randn
 from ddpmlab.diffusion.schedule import NoiseSchedule, gather
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -89,17 +90,17 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """Ho et al. (2020) L_simple = E_{t,x0,ε} ‖target − net(x_t, t)‖², t ~ U{0..T−1}; a scalar on x0's device.
 
-    `loss_weighting="min-snr"` weights each example by Hang et al.'s min-SNR-γ. Random draws come
-    from `generator` (on the CPU), so a seeded run is reproducible.
+    `loss_weighting="min-snr"` weights each example by Hang et al.'s min-SNR-γ. t and ε are drawn from
+    `generator` on its device (the global CPU generator when None), so a seeded run is reproducible; with the
+    generator and the schedule's tables on x0's device, a step waits for nothing on the host.
     """
-    n = x0.shape[0]
-    t = torch.randint(0, schedule.T, (n,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    t = t.to(x0.device)
+    schedule = schedule.to(x0.device)
+    t = randint(schedule.T, (x0.shape[0],), generator, x0.device)
+    noise = randn(x0.shape, generator, x0.device, x0.dtype)
     xt = q_sample(schedule, x0, t, noise)
     output = model(xt, t, labels=labels)
     target = training_target(schedule, prediction, x0, t, noise)
     per_example = (output.float() - target.float()).pow(2).flatten(1).mean(1)
     if loss_weighting == "min-snr":
-        per_example = per_example * min_snr_weight(schedule, prediction, t, min_snr_gamma).to(x0.device)
+        per_example = per_example * min_snr_weight(schedule, prediction, t, min_snr_gamma)
     return per_example.mean()
