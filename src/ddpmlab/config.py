@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -24,6 +24,8 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
 METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
+# A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
+Switch = Literal["auto", True, False]
 
 
 @dataclass
@@ -81,6 +83,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     bf16: bool = True  # autocast to bfloat16 on CUDA
+    # speed switches (ddpmlab.train.hotpath); none changes the maths, auto means on for CUDA
+    data_on_device: Switch = "auto"  # the uint8 dataset on the device, batches gathered and flipped there
+    fused_adam: Switch = "auto"  # AdamW's fused kernel (on the CPU it rounds differently from the default)
+    channels_last: Switch = "auto"  # NHWC weights and batches
+    compile: bool = False  # torch.compile the networks
     log_every: int = 50
     val_every: int = 1000
     val_batches: int = 4
@@ -155,6 +162,7 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # (`method` and the baseline sections included) defines the model, the data or the process that the saved
 # weights were trained for.
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
+                    "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
                     "train.checkpoint_every", "train.keep_checkpoints", "data.root", "data.download", "sample.*")
 
@@ -214,6 +222,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if args and type(None) in args:  # X | None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
+    if origin is Literal:  # a Switch: exactly one of its values (1 is not true)
+        if any(value == choice and type(value) is type(choice) for choice in args):
+            return value
+        raise UserError(f"{key} must be one of {', '.join(_literal_text(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {value!r}")
@@ -241,6 +253,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return str(value)
         raise UserError(f"{key} must be a string, got {value!r}")
     return value
+
+
+def _literal_text(choice: Any) -> str:
+    """A Literal's value as a user writes it in YAML: true, false, auto."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
 def _merge(config: Config, data: dict, source: str) -> None:

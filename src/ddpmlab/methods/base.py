@@ -51,7 +51,8 @@ class MethodNet(Protocol):
         """Yield the phases of one training iteration in order, for a batch x0 in [-1, 1] (N×C×H×W on the module's
         device) and, for a conditional model, its labels.
 
-        All latents and noise are drawn from `generator` (a CPU torch.Generator) with ddpmlab.devices.randn.
+        All latents and noise are drawn from `generator` (on the CPU, or on the GPU in a CUDA run) with
+        ddpmlab.devices.randn, on the generator's device.
         """
         ...
 

@@ -17,11 +17,13 @@ from tqdm.auto import tqdm
 
 from ddpmlab.config import Config, apply_overrides, config_from_dict, resume_changes, save_config
 from ddpmlab.data import ImageData, load_dataset, to_model_batch
+from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.images import save_grid
 from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
 from ddpmlab.train import checkpoint as ckpt
+from ddpmlab.train import hotpath
 from ddpmlab.train.build import resolve_device
 from ddpmlab.train.ema import EMA
 from ddpmlab.paths import check_writable_folder
@@ -51,9 +53,10 @@ class Trainer:
             check_writable_folder(self.run_dir, "--run-dir")
             if has_content(self.run_dir) and not force:
                 raise UserError(f"run directory {self.run_dir} already exists; use --force to overwrite or --resume to continue")
-        self.device = resolve_device(config.train.device, setting="train.device")
-        torch.manual_seed(config.train.seed)
-        self.generator = torch.Generator().manual_seed(config.train.seed)  # data order, t, noise, flips
+        t = config.train
+        self.device = resolve_device(t.device, setting="train.device")
+        torch.manual_seed(t.seed)
+        self.generator = seeded_generator(self.device, t.seed)  # data order, t, noise, flips: on the GPU for CUDA
         self.train_data = load_dataset(config.data, "train")
         self.val_data = load_dataset(config.data, "val") if config.data.val_fraction > 0 else None
         if len(self.train_data) == 0:
@@ -64,17 +67,22 @@ class Trainer:
         self.num_classes = self.train_data.num_classes if config.model.conditional else None
         if config.model.conditional and not self.num_classes:
             raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
+        self.images, self.labels = self.place_training_data()
+        self.layout = hotpath.memory_format(t.channels_last, self.device)  # of the weights and batches
         self.model = build_method(config, self.train_data.channels, self.train_data.image_size, self.num_classes,
-                                  backbone=model).to(self.device)
-        self.ema = EMA(self.model, config.train.ema_decay)
+                                  backbone=model).to(self.device, memory_format=self.layout)
+        self.ema = EMA(self.model, t.ema_decay)
         self.lr, betas = optimizer_settings(config)
         self.groups = self.model.parameter_groups()
-        self.optimizers = {group: torch.optim.AdamW(params, lr=self.lr, betas=betas, weight_decay=config.train.weight_decay)
+        fused = hotpath.resolve_switch(t.fused_adam, self.device)
+        self.optimizers = {group: hotpath.adamw(params, self.lr, betas, t.weight_decay, fused)
                            for group, params in self.groups.items()}
+        if t.compile:
+            hotpath.compile_networks(self.model)  # after EMA's copy: the averaged network stays uncompiled
         # metrics.csv's column of each group's gradient norm: grad_norm for a single group, grad_norm_<group> for several
         self.grad_norm_columns = {group: "grad_norm" if len(self.groups) == 1 else f"grad_norm_{group}"
                                   for group in self.groups}
-        self.grad_norms: dict[str, float] = {}  # {column: the last step's norm}
+        self.grad_norms: dict[str, torch.Tensor] = {}  # {column: the last step's norm, on the device}
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
@@ -82,7 +90,8 @@ class Trainer:
         self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
                             f"{len(self.train_data):,} training images "
                             f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
-                            f"of {config.data.name}")
+                            f"of {config.data.name}; "
+                            + hotpath.describe(self.images.device, self.layout, fused, t.compile))
         if not _resuming:
             prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
             save_config(config, self.run_dir / "config.yaml")
@@ -150,8 +159,8 @@ class Trainer:
                     phase.loss.backward()
                     grad_norm = nn.utils.clip_grad_norm_(self.groups[phase.group], t.grad_clip or float("inf"))
                     optimizer.step()
-                    self.grad_norms[self.grad_norm_columns[phase.group]] = float(grad_norm)
-                    logs.update({name: value.item() for name, value in phase.logs.items()})
+                    self.grad_norms[self.grad_norm_columns[phase.group]] = grad_norm.detach()
+                    logs.update(phase.logs)  # tensors, read back only at log intervals
                 self.ema.update(self.model, self.step)
                 self.step += 1
                 self.window.add(logs, x0.shape[0], time.perf_counter() - step_start)
@@ -163,7 +172,7 @@ class Trainer:
         interrupted = self.step < t.steps
         if self.window.steps:  # the steps since the last log line (an interruption), not lost
             means, images_per_s = self.window.flush()
-            self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
+            self.log.append(step=self.step, **means, lr=lr, **self.last_grad_norms(), images_per_s=images_per_s,
                             wall_s=self.wall_s)
         newest = ckpt.list_checkpoints(self.run_dir)
         if not newest or ckpt.read_progress(newest[-1])["step"] != self.step:
@@ -181,9 +190,9 @@ class Trainer:
         each when its interval comes round."""
         t = self.config.train
         if self.step % t.log_every == 0 or self.step == t.steps:
+            means, images_per_s = self.window.flush()  # first: its wait for the device counts as training time
             val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
-            means, images_per_s = self.window.flush()
-            self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
+            self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.last_grad_norms(),
                             images_per_s=images_per_s, wall_s=self.wall_clock())
             bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
                             img_s=f"{images_per_s:.0f}")
@@ -191,6 +200,10 @@ class Trainer:
             self.save_sample_grid()
         if self.step % t.checkpoint_every == 0:
             self.save_checkpoint()
+
+    def last_grad_norms(self) -> dict[str, float]:
+        """The last step's gradient norm of each parameter group, as metrics.csv's columns: read from the device."""
+        return {column: norm.item() for column, norm in self.grad_norms.items()}
 
     def wall_clock(self) -> float:
         """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
@@ -216,33 +229,39 @@ class Trainer:
             yield phase
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next batch of a seeded epoch permutation, as [-1, 1] floats on the device, with labels."""
+        """The next batch of a seeded epoch permutation, as [-1, 1] floats on the device (converted and flipped
+        there, in the weights' memory layout), with labels."""
         size = self.config.train.batch_size
-        indices = []
-        while len(indices) < size:
+        parts, count = [], 0
+        while count < size:
             if self.position >= len(self.order):
-                self.order, self.position = torch.randperm(len(self.train_data), generator=self.generator), 0
-            take = self.order[self.position:self.position + size - len(indices)]
-            indices.extend(take.tolist())
-            self.position += len(take)
-        index = torch.tensor(indices)
-        x0 = to_model_batch(self.train_data.images[index], self.config.data.random_flip, self.generator)
-        labels = self.training_labels(index)
-        return x0.to(self.device), labels
+                self.order = torch.randperm(len(self.train_data), generator=self.generator, device=self.generator.device)
+                self.position = 0
+            take = self.order[self.position:self.position + size - count]
+            parts.append(take)
+            count, self.position = count + len(take), self.position + len(take)
+        index = torch.cat(parts)
+        images = self.images[index.to(self.images.device)].to(self.device)
+        x0 = to_model_batch(images, self.config.data.random_flip, self.generator)
+        return x0.contiguous(memory_format=self.layout), self.training_labels(index)
 
     def training_labels(self, index: torch.Tensor) -> torch.Tensor | None:
         """Class labels for a conditional model, replaced by the null label with probability class_dropout."""
         if not self.num_classes:
             return None
-        labels = self.train_data.labels[index].clone()
-        drop = torch.rand(len(labels), generator=self.generator) < self.config.model.class_dropout
-        labels[drop] = self.num_classes
-        return labels.to(self.device)
+        labels = self.labels[index.to(self.labels.device)].to(self.device)
+        drop = torch.rand(len(labels), generator=self.generator, device=self.generator.device)
+        return torch.where(drop.to(self.device) < self.config.model.class_dropout, self.num_classes, labels)
+
+    def place_training_data(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The uint8 training images and their labels where batches are gathered from: on the GPU when
+        train.data_on_device says so (hotpath.data_device), else on the CPU."""
+        where = hotpath.data_device(self.train_data, self.device, self.config.train.data_on_device)
+        labels = self.train_data.labels
+        return self.train_data.images.to(where), labels.to(where) if labels is not None else None
 
     def autocast(self):
-        if self.device.type == "cuda" and self.config.train.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return hotpath.autocast(self.device, self.config.train.bf16)
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -278,8 +297,8 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
-               "order": self.order.clone(), "position": torch.tensor(self.position)}
+        rng = {generator_key(self.generator): self.generator.get_state(), "torch": torch.get_rng_state(),
+               "order": self.order.cpu(), "position": torch.tensor(self.position)}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         spec = getattr(self.model, "spec", None)
@@ -309,34 +328,49 @@ class Trainer:
             self.model.load_state_dict(model_state)
             self.ema.shadow.load_state_dict(ema_state)
             for group, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(optimizers[group])
+                optimizer.load_state_dict(hotpath.with_kernel_choice(optimizer, optimizers[group]))
+                hotpath.match_parameter_layouts(optimizer)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{folder}: checkpoint does not fit this model ({str(exc).splitlines()[0][:150]})") from None
         rng = ckpt.read_tensors(folder / ckpt.RNG_FILE)
-        self.generator.set_state(rng["generator"])
+        self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
+        if generator_key(self.generator) in rng:
+            self.generator.set_state(rng[generator_key(self.generator)])
+        else:  # saved on another kind of device (train.device changed): a new stream, seeded by the step
+            self.generator.manual_seed(self.config.train.seed + self.step)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.order, self.position = rng["order"], int(rng["position"])
-        self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
+        self.order, self.position = rng["order"].to(self.generator.device), int(rng["position"])
+
+
+def generator_key(generator: torch.Generator) -> str:
+    """The name of a run's generator state in rng.pt: "generator" for the CPU's, "device_generator" for a GPU's."""
+    return "generator" if generator.device.type == "cpu" else "device_generator"
 
 
 class _Window:
     """The mean of every logged value and pure training throughput (no validation, grids or checkpoints) since the
-    last log line."""
+    last log line. The sums stay on the device (float64, adding as Python floats would) until `flush` reads them,
+    so a step never waits for the device."""
 
     def __init__(self):
-        self.sums, self.steps, self.images, self.seconds = {}, 0, 0, 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.seconds = 0, 0, 0.0
 
-    def add(self, logs: dict[str, float], images: int, seconds: float) -> None:
+    def add(self, logs: dict[str, torch.Tensor], images: int, seconds: float) -> None:
         for name, value in logs.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
+            value = value.detach().double()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.steps, self.images, self.seconds = self.steps + 1, self.images + images, self.seconds + seconds
 
     def flush(self) -> tuple[dict[str, float], float]:
-        """({name: mean over the window}, images per second) of the window, then start a new one."""
-        result = ({name: total / max(self.steps, 1) for name, total in self.sums.items()},
-                  self.images / max(self.seconds, 1e-9))
+        """({name: mean over the window}, images per second) of the window, then start a new one. Reading the sums
+        waits for the window's queued steps, and that wait counts as their time."""
+        start = time.perf_counter()
+        totals = {name: total.item() for name, total in self.sums.items()}
+        seconds = self.seconds + time.perf_counter() - start
+        result = ({name: total / max(self.steps, 1) for name, total in totals.items()}, self.images / max(seconds, 1e-9))
         self.__init__()
         return result
 
