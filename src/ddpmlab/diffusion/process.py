@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ddpmlab.devices import randint, randn
+from ddpmlab.devices import BatchSlice, randint, randn
 from ddpmlab.diffusion.schedule import NoiseSchedule, gather
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -87,16 +87,18 @@ def diffusion_loss(
     loss_weighting: str = "none",
     min_snr_gamma: float = 5.0,
     generator: torch.Generator | None = None,
+    rows: BatchSlice | None = None,
 ) -> torch.Tensor:
     """Ho et al. (2020) L_simple = E_{t,x0,ε} ‖target − net(x_t, t)‖², t ~ U{0..T−1}; a scalar on x0's device.
 
     `loss_weighting="min-snr"` weights each example by Hang et al.'s min-SNR-γ. t and ε are drawn from
     `generator` on its device (the global CPU generator when None), so a seeded run is reproducible; with the
-    generator and the schedule's tables on x0's device, a step waits for nothing on the host.
+    generator and the schedule's tables on x0's device, a step waits for nothing on the host. With `rows`, x0 is
+    that slice of a batch split over processes, and t and ε are the slice's share of the whole batch's draws.
     """
     schedule = schedule.to(x0.device)
-    t = randint(schedule.T, (x0.shape[0],), generator, x0.device)
-    noise = randn(x0.shape, generator, x0.device, x0.dtype)
+    t = randint(schedule.T, x0.shape[0], generator, x0.device, rows)
+    noise = randn(x0.shape, generator, x0.device, x0.dtype, rows)
     xt = q_sample(schedule, x0, t, noise)
     output = model(xt, t, labels=labels)
     target = training_target(schedule, prediction, x0, t, noise)
