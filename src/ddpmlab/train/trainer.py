@@ -24,9 +24,11 @@ from ddpmlab.methods import build_method, optimizer_settings, run_sampling, samp
 from ddpmlab.train import checkpoint as ckpt
 from ddpmlab.train.build import resolve_device
 from ddpmlab.train.ema import EMA
-from ddpmlab.paths import check_writable_folder
+from ddpmlab.paths import check_writable_folder, storage_errors_as_user_errors
+from ddpmlab.train.health import StepHealth, copy_buffers, restore_buffers
+from ddpmlab.train.lock import RunLock
 from ddpmlab.train.log import COLUMNS, MetricsLog, RunLog, loss_columns, plot_loss_curve
-from ddpmlab.train.run_dir import has_content, prepare_run_dir
+from ddpmlab.train.run_dir import has_content, prepare_run_dir, remove_unfinished_writes
 
 VALIDATION_SEED = 1234
 
@@ -78,12 +80,14 @@ class Trainer:
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
+        self.health, self.lock = StepHealth(config.train.max_bad_steps), None
         parameters = sum(p.numel() for p in self.model.parameters())
         self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
                             f"{len(self.train_data):,} training images "
                             f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
                             f"of {config.data.name}")
         if not _resuming:
+            self.lock = RunLock(self.run_dir)  # before --force removes anything: never under a live run
             prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
             save_config(config, self.run_dir / "config.yaml")
             self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
@@ -92,25 +96,50 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
                progress: bool = True) -> "Trainer":
-        """A Trainer restored from the newest checkpoint of `run_dir`, with `key=value` overrides applied."""
+        """A Trainer restored from the newest intact checkpoint of `run_dir`, with `key=value` overrides applied.
+
+        It takes the run's lock first (UserError while another process trains the run), removes the temporary files
+        of writes an interrupted session left, and falls back past damaged checkpoints (warning which, and moving
+        them aside to step_XXXXXXX.damaged)."""
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
+        if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a ddpmlab run directory (no config.yaml)")
+        lock = RunLock(run_dir)
+        try:
+            trainer = cls._resume_owned(run_dir, overrides, model, progress)
+        except BaseException:
+            lock.release()
+            raise
+        trainer.lock = lock
+        return trainer
+
+    @classmethod
+    def _resume_owned(cls, run_dir: Path, overrides: list[str] | None, model: nn.Module | None,
+                      progress: bool) -> "Trainer":
+        config_path = run_dir / "config.yaml"
         try:
             saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
         except yaml.YAMLError:
             raise UserError(f"{config_path}: corrupt config file") from None
         config = apply_overrides(saved, overrides or [])
-        checkpoints = ckpt.list_checkpoints(run_dir)
-        if not checkpoints:
-            raise UserError(f"{run_dir}: no checkpoint to resume from")
-        resume_changes(saved, config, int(ckpt.read_progress(checkpoints[-1])["step"]))
+        unfinished = remove_unfinished_writes(run_dir)
+        newest, damaged = ckpt.newest_intact(run_dir)
+        if newest is None:
+            raise UserError(f"{run_dir}: no checkpoint to resume from"
+                            + "".join(f"; {folder.name} is damaged: {reason}" for folder, reason in damaged))
+        resume_changes(saved, config, int(ckpt.read_progress(newest)["step"]))
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
-        trainer.load_checkpoint(checkpoints[-1])
+        trainer.load_checkpoint(newest)
         save_config(config, run_dir / "config.yaml")
         trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step, columns=trainer.metric_columns())
         trainer.start_session_log(resumed_from=trainer.step)
+        if unfinished:
+            trainer.run_log.note(f"removed {len(unfinished)} unfinished write(s) of an interrupted session: "
+                                 + ", ".join(str(path.relative_to(run_dir)) for path in unfinished))
+        for folder, reason in damaged:
+            aside = ckpt.move_aside(folder)
+            trainer.run_log.note(f"checkpoint {folder.name} is damaged ({reason}); resumed from {newest.name} instead "
+                                 f"and moved the damaged one to {aside.relative_to(run_dir)}", warning=True)
         return trainer
 
     def start_session_log(self, resumed_from: int | None = None) -> None:
@@ -133,7 +162,22 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
-        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary."""
+        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary.
+
+        Holds the run's lock until it returns or raises. A write refused for lack of space or permission, or
+        train.max_bad_steps non-finite steps in a row, stop the run with a UserError."""
+        if self.lock is None or not self.lock.held:
+            self.lock = RunLock(self.run_dir)
+        try:
+            with storage_errors_as_user_errors(f"to the run directory {self.run_dir}",
+                                               f"free space or make it writable, then `ddpmlab train --resume "
+                                               f"{self.run_dir}`"):
+                return self.train_loop()
+        finally:
+            self.lock.release()
+
+    def train_loop(self) -> dict:
+        """`train` without the lock and the storage errors' translation around it."""
         t = self.config.train
         self.window = _Window()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
@@ -143,15 +187,22 @@ class Trainer:
                 step_start = time.perf_counter()
                 x0, labels = self.next_batch()
                 lr = self.set_lr()
-                logs = {}
+                logs, buffers = {}, copy_buffers(self.model)
                 for phase in self.phases(x0, labels):
                     optimizer = self.optimizers[phase.group]
                     optimizer.zero_grad(set_to_none=True)
                     phase.loss.backward()
                     grad_norm = nn.utils.clip_grad_norm_(self.groups[phase.group], t.grad_clip or float("inf"))
+                    grad_norm = self.health.checked_grad_norm(phase.loss, grad_norm, phase.group)  # None: not finite
+                    if grad_norm is None:
+                        break
                     optimizer.step()
-                    self.grad_norms[self.grad_norm_columns[phase.group]] = float(grad_norm)
+                    self.grad_norms[self.grad_norm_columns[phase.group]] = grad_norm
                     logs.update({name: value.item() for name, value in phase.logs.items()})
+                if grad_norm is None:
+                    self.skip_bad_step(buffers)
+                    continue
+                self.health.good_step()
                 self.ema.update(self.model, self.step)
                 self.step += 1
                 self.window.add(logs, x0.shape[0], time.perf_counter() - step_start)
@@ -164,7 +215,7 @@ class Trainer:
         if self.window.steps:  # the steps since the last log line (an interruption), not lost
             means, images_per_s = self.window.flush()
             self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
-                            wall_s=self.wall_s)
+                            wall_s=self.wall_s, bad_steps=self.health.flush())
         newest = ckpt.list_checkpoints(self.run_dir)
         if not newest or ckpt.read_progress(newest[-1])["step"] != self.step:
             self.save_checkpoint()
@@ -184,13 +235,28 @@ class Trainer:
             val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
             means, images_per_s = self.window.flush()
             self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
-                            images_per_s=images_per_s, wall_s=self.wall_clock())
+                            images_per_s=images_per_s, wall_s=self.wall_clock(), bad_steps=self.health.flush())
             bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
                             img_s=f"{images_per_s:.0f}")
         if self.step % t.sample_every == 0:
             self.save_sample_grid()
         if self.step % t.checkpoint_every == 0:
             self.save_checkpoint()
+
+    def skip_bad_step(self, buffers: list[torch.Tensor]) -> None:
+        """A step whose loss or gradient was not finite: its phase took no optimizer step (earlier phases' steps,
+        taken on finite values, stand), the rest of the step is skipped, the forward passes' batch-norm statistics
+        are undone and there is no EMA update. Noted on its first in a row; UserError at train.max_bad_steps."""
+        restore_buffers(self.model, buffers)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        try:
+            note = self.health.bad_step(self.step + 1)
+        except UserError as exc:
+            self.run_log.note(f"stopped: {exc}")
+            raise
+        if self.health.in_a_row == 1:
+            self.run_log.note(note, warning=True)
 
     def wall_clock(self) -> float:
         """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
