@@ -42,6 +42,7 @@ def test_sigterm_then_resume_samples_the_same_images(trained, tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err  # saved and stopped, but not a finished run
     assert "interrupted at step" in out and "Traceback" not in err
+    assert not (run / ".lock").exists()  # released on the way out
     stopped_at = int(out.split("interrupted at step ")[1].split()[0])
     assert 5 <= stopped_at < 40
 

@@ -75,12 +75,12 @@ STORAGE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quot
                   errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there"}
 
 
-def storage_error(exc: OSError, what: str, fix: str) -> UserError | None:
+def storage_error(exc: OSError, what: str, fix: str, name_file: bool = True) -> UserError | None:
     """The UserError for a write of `what` that failed for lack of space or permission (None for another OSError):
-    'cannot write WHAT (FILE): REASON; FIX'."""
+    'cannot write WHAT (FILE): REASON; FIX', without (FILE) when not name_file or the error names none."""
     if exc.errno not in STORAGE_ERRORS:
         return None
-    where = f" ({exc.filename})" if exc.filename else ""
+    where = f" ({exc.filename})" if exc.filename and name_file else ""
     return UserError(f"cannot write {what}{where}: {STORAGE_ERRORS[exc.errno]} ({exc.strerror}); {fix}")
 
 

@@ -87,7 +87,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict
         for old in list_checkpoints(run_dir)[:-keep]:
             _discard(old)
     except OSError as exc:
-        error = storage_error(exc, f"checkpoint {final}", _resume_fix(run_dir))
+        error = storage_error(exc, f"checkpoint {final}", _resume_fix(run_dir), name_file=False)  # not its temporary
         if error is None:
             raise
         raise error from None
