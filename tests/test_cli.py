@@ -111,6 +111,9 @@ def test_corrupt_and_foreign_checkpoints(capsys, trained, tmp_path):
     shutil.copytree(trained, broken)
     newest = sorted((broken / "checkpoints").iterdir())[-1]
     (newest / "ema.safetensors").write_bytes(b"garbage" * 10)
+    _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"],
+                       f"{newest / 'ema.safetensors'}: damaged (truncated), 70 bytes where")
+    (newest / "checksums.json").unlink()  # as checkpoints were written before checksums: the file's own checks
     _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"], "not a readable safetensors file")
     (newest / "model.safetensors").write_bytes(b"garbage")
     _expect_user_error(capsys, ["train", "--resume", broken], "not a readable safetensors file")

@@ -257,7 +257,7 @@ def read_progress(folder: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise DamagedCheckpoint(f"{path}: corrupt progress file") from None
     if not isinstance(progress, dict) or progress.get("format") != FORMAT or not isinstance(progress.get("step"), int):
-        raise DamagedCheckpoint(f"{path}: not a ddpmlab checkpoint")
+        raise UserError(f"{path}: not a ddpmlab checkpoint")
     return progress
 
 
