@@ -37,10 +37,10 @@ def inject(monkeypatch, method: str, bad: dict[int, tuple[int, str]]):
     cls, real = METHOD_CLASSES[method], METHOD_CLASSES[method].training_phases
     attempts, poisoned = [0], []
 
-    def training_phases(self, x0, generator, labels=None):
+    def training_phases(self, *args, **kwargs):
         attempt = attempts[0]
         attempts[0] += 1
-        for index, phase in enumerate(real(self, x0, generator, labels)):
+        for index, phase in enumerate(real(self, *args, **kwargs)):
             if bad.get(attempt, (None,))[0] == index:
                 poisoned.append(phase.group)
                 phase = Phase(phase.group, POISON[bad[attempt][1]](phase.loss), phase.logs)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ddpmlab.errors import UserError
+from ddpmlab.train import distributed
 
 
 class StepHealth:
@@ -20,13 +21,21 @@ class StepHealth:
         self.since_last_row = 0
         self.last = ""  # what the last bad step had, e.g. "a loss of nan in the generator phase"
 
-    def checked_grad_norm(self, loss: torch.Tensor, grad_norm: torch.Tensor, group: str) -> float | None:
-        """The phase's gradient norm as a float, or None when it or the loss is not finite (one host sync)."""
+    def checked_grad_norm(self, loss: torch.Tensor, grad_norm: torch.Tensor, group: str,
+                          processes: distributed.Processes = distributed.Processes()) -> float | None:
+        """The phase's gradient norm as a float, or None when it or the loss is not finite (one host sync); with
+        several processes, None on all of them when the loss of any is not finite (their gradients are averaged, so
+        they agree on the norm), so that they skip the same steps."""
         loss_value, norm = torch.stack([loss.detach().float(), grad_norm.detach().float()]).tolist()
-        if math.isfinite(loss_value) and math.isfinite(norm):
+        finite_here = math.isfinite(loss_value) and math.isfinite(norm)
+        if not distributed.any_process(not finite_here, processes):
             return norm
-        self.last = (f"a loss of {loss_value:g}" if not math.isfinite(loss_value) else f"a gradient norm of {norm:g}") + (
-            f" in the {group} phase")
+        if not math.isfinite(loss_value):
+            self.last = f"a loss of {loss_value:g} in the {group} phase"
+        elif not math.isfinite(norm):
+            self.last = f"a gradient norm of {norm:g} in the {group} phase"
+        else:
+            self.last = f"a non-finite loss or gradient on another process in the {group} phase"
         return None
 
     def good_step(self) -> None:

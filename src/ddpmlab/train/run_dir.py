@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ddpmlab.errors import UserError
+from ddpmlab.paths import check_writable_folder
 from ddpmlab.train.lock import LOCK_FILE
 
 # what a run writes: top-level files, and per folder the names it gives its entries (besides UNFINISHED's)
@@ -43,6 +44,13 @@ def remove_unfinished_writes(run_dir: Path) -> list[Path]:
     for path in found:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
     return found
+
+
+def check_new_run_dir(run_dir: Path, force: bool) -> None:
+    """UserError unless a new run may start in `run_dir`: a writable place, empty or absent unless `force`."""
+    check_writable_folder(Path(run_dir), "--run-dir")
+    if has_content(run_dir) and not force:
+        raise UserError(f"run directory {run_dir} already exists; use --force to overwrite or --resume to continue")
 
 
 def owned_entries(run_dir: Path) -> tuple[list[Path], list[Path]]:
