@@ -149,3 +149,20 @@ def test_max_bad_steps_in_a_row_stop_the_run(tmp_path, monkeypatch, capsys):
     assert not (run / ".lock").exists()
     with pytest.raises(UserError, match="invalid config value train.max_bad_steps: must be positive"):
         load_config("tiny", ["train.max_bad_steps=0"])
+
+
+def test_processes_skip_together(monkeypatch):
+    """With several processes a step is skipped on all when the loss of any is not finite (their gradients are
+    averaged, the losses not): the decision is taken over every process."""
+    from ddpmlab.train import distributed
+    from ddpmlab.train.health import StepHealth
+
+    asked = []
+    monkeypatch.setattr(distributed, "any_process", lambda flag, processes: asked.append(flag) or True)
+    health, two = StepHealth(3), distributed.Processes(1, 2)
+    assert health.checked_grad_norm(torch.tensor(0.5), torch.tensor(2.0), "model", two) is None  # finite here
+    assert asked == [False] and "on another process" in health.last
+    monkeypatch.setattr(distributed, "any_process", lambda flag, processes: flag)
+    assert health.checked_grad_norm(torch.tensor(0.5), torch.tensor(2.0), "model", two) == 2.0
+    assert health.checked_grad_norm(torch.tensor(float("inf")), torch.tensor(2.0), "model", two) is None
+    assert health.last == "a loss of inf in the model phase"
