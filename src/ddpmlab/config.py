@@ -95,6 +95,7 @@ class TrainConfig:
     sample_n: int = 64
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) that stop the run
 
 
 @dataclass
@@ -164,7 +165,7 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
                     "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
-                    "train.checkpoint_every", "train.keep_checkpoints", "data.root", "data.download", "sample.*")
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "data.root", "data.download", "sample.*")
 
 
 def preset_names() -> list[str]:
@@ -338,7 +339,9 @@ def config_to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from ddpmlab.paths import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
 
 
 def flatten(config: Config) -> dict[str, Any]:
@@ -421,7 +424,8 @@ def validate(config: Config) -> None:
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            "must be auto, cpu, cuda or cuda:N")
-    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints"):
+    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints",
+                "max_bad_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
 
     from ddpmlab.samplers import SAMPLERS

@@ -26,8 +26,11 @@ from ddpmlab.train import checkpoint as ckpt
 from ddpmlab.train import distributed, hotpath
 from ddpmlab.train.build import resolve_device
 from ddpmlab.train.ema import EMA
+from ddpmlab.paths import storage_errors_as_user_errors
+from ddpmlab.train.health import StepHealth, copy_buffers, restore_buffers
+from ddpmlab.train.lock import RunLock
 from ddpmlab.train.log import COLUMNS, MetricsLog, RunLog, loss_columns, plot_loss_curve
-from ddpmlab.train.run_dir import check_new_run_dir, prepare_run_dir
+from ddpmlab.train.run_dir import check_new_run_dir, prepare_run_dir, remove_unfinished_writes
 
 VALIDATION_SEED = 1234
 
@@ -90,6 +93,7 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the newest checkpoint saved or loaded
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
+        self.health, self.lock = StepHealth(config.train.max_bad_steps), None
         parameters = sum(p.numel() for p in self.model.parameters())
         self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
                             f"{len(self.train_data):,} training images "
@@ -101,7 +105,8 @@ class Trainer:
             distributed.on_main(lambda: self.start_run_dir(force), self.processes)  # once everything above loaded
 
     def start_run_dir(self, force: bool) -> None:
-        """Prepare the run directory of a new run: its config, metrics.csv and run.log."""
+        """Take the run's lock, then prepare the run directory of a new run: its config, metrics.csv and run.log."""
+        self.lock = RunLock(self.run_dir)  # before --force removes anything: never under a live run
         prepare_run_dir(self.run_dir, force)
         save_config(self.config, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
@@ -110,30 +115,57 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
                progress: bool = True) -> "Trainer":
-        """A Trainer restored from the newest checkpoint of `run_dir`, with `key=value` overrides applied."""
+        """A Trainer restored from the newest intact checkpoint of `run_dir`, with `key=value` overrides applied.
+
+        It takes the run's lock first (UserError while another process trains the run), removes the temporary files
+        of writes an interrupted session left, and falls back past damaged checkpoints (warning which, and moving
+        them aside to step_XXXXXXX.damaged)."""
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
+        if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a ddpmlab run directory (no config.yaml)")
+        lock = distributed.on_main(lambda: RunLock(run_dir), distributed.current())  # rank 0 owns the run
+        try:
+            trainer = cls._resume_owned(run_dir, overrides, model, progress)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        trainer.lock = lock
+        return trainer
+
+    @classmethod
+    def _resume_owned(cls, run_dir: Path, overrides: list[str] | None, model: nn.Module | None,
+                      progress: bool) -> "Trainer":
+        config_path = run_dir / "config.yaml"
         try:
             saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
         except yaml.YAMLError:
             raise UserError(f"{config_path}: corrupt config file") from None
         config = apply_overrides(saved, overrides or [])
-        checkpoints = ckpt.list_checkpoints(run_dir)
-        if not checkpoints:
-            raise UserError(f"{run_dir}: no checkpoint to resume from")
-        resume_changes(saved, config, int(ckpt.read_progress(checkpoints[-1])["step"]))
+        unfinished = distributed.on_main(lambda: remove_unfinished_writes(run_dir), distributed.current())
+        newest, damaged = ckpt.newest_intact(run_dir)
+        if newest is None:
+            raise UserError(f"{run_dir}: no checkpoint to resume from"
+                            + "".join(f"; {folder.name} is damaged: {reason}" for folder, reason in damaged))
+        resume_changes(saved, config, int(ckpt.read_progress(newest)["step"]))
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
-        trainer.load_checkpoint(checkpoints[-1])
-        distributed.on_main(trainer.continue_run_dir, trainer.processes)  # once every process has read the run
+        trainer.load_checkpoint(newest)
+        distributed.on_main(lambda: trainer.continue_run_dir(unfinished, damaged), trainer.processes)  # all have read
         return trainer
 
-    def continue_run_dir(self) -> None:
-        """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log."""
+    def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
+        """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log,
+        noting the `unfinished` writes removed and moving the `damaged` checkpoints aside (warned about)."""
         save_config(self.config, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.step, columns=self.metric_columns())
         self.start_session_log(resumed_from=self.step)
+        if unfinished:
+            self.run_log.note(f"removed {len(unfinished)} unfinished write(s) of an interrupted session: "
+                              + ", ".join(str(path.relative_to(self.run_dir)) for path in unfinished))
+        for folder, reason in damaged:
+            aside = ckpt.move_aside(folder)
+            self.run_log.note(f"checkpoint {folder.name} is damaged ({reason}); resumed from step_{self.step:07d} "
+                              f"instead and moved the damaged one to {aside.relative_to(self.run_dir)}", warning=True)
 
     def start_session_log(self, resumed_from: int | None = None) -> None:
         """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise."""
@@ -155,7 +187,23 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
-        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary."""
+        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary.
+
+        Holds the run's lock until it returns or raises. A write refused for lack of space or permission, or
+        train.max_bad_steps non-finite steps in a row, stop the run with a UserError."""
+        self.lock = distributed.on_main(lambda: self.lock if self.lock and self.lock.held else RunLock(self.run_dir),
+                                        self.processes)  # rank 0 holds it
+        try:
+            with storage_errors_as_user_errors(f"to the run directory {self.run_dir}",
+                                               f"free space or make it writable, then `ddpmlab train --resume "
+                                               f"{self.run_dir}`"):
+                return self.train_loop()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def train_loop(self) -> dict:
+        """`train` without the lock and the storage errors' translation around it."""
         t = self.config.train
         self.window = _Window()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
@@ -165,16 +213,23 @@ class Trainer:
                 step_start = time.perf_counter()
                 x0, labels = self.next_batch()
                 lr = self.set_lr()
-                logs = {}
+                logs, buffers = {}, copy_buffers(self.model)
                 for phase in self.phases(x0, labels):
                     optimizer = self.optimizers[phase.group]
                     optimizer.zero_grad(set_to_none=True)
                     phase.loss.backward()
                     distributed.average_gradients(self.groups[phase.group], self.processes)
                     grad_norm = nn.utils.clip_grad_norm_(self.groups[phase.group], t.grad_clip or float("inf"))
+                    grad_norm = self.health.checked_grad_norm(phase.loss, grad_norm, phase.group, self.processes)
+                    if grad_norm is None:
+                        break
                     optimizer.step()
-                    self.grad_norms[self.grad_norm_columns[phase.group]] = grad_norm.detach()
+                    self.grad_norms[self.grad_norm_columns[phase.group]] = grad_norm
                     logs.update(phase.logs)  # tensors, read back only at log intervals
+                if grad_norm is None:
+                    self.skip_bad_step(buffers)
+                    continue
+                self.health.good_step()
                 if self.processes.is_main:
                     self.ema.update(self.model, self.step)
                 self.step += 1
@@ -190,7 +245,7 @@ class Trainer:
             means = distributed.mean_over_processes(means, self.processes)
             if self.processes.is_main:
                 self.log.append(step=self.step, **means, lr=lr, **self.last_grad_norms(), images_per_s=images_per_s,
-                                wall_s=self.wall_s)
+                                wall_s=self.wall_s, bad_steps=self.health.flush())
         if self.saved_step != self.step:
             self.save_checkpoint()
         if self.processes.is_main:
@@ -212,7 +267,7 @@ class Trainer:
             if self.processes.is_main:
                 val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
                 self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.last_grad_norms(),
-                                images_per_s=images_per_s, wall_s=self.wall_clock())
+                                images_per_s=images_per_s, wall_s=self.wall_clock(), bad_steps=self.health.flush())
                 bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
                                 img_s=f"{images_per_s:.0f}")
         if self.step % t.sample_every == 0 and self.processes.is_main:
@@ -221,8 +276,24 @@ class Trainer:
             self.save_checkpoint()
 
     def last_grad_norms(self) -> dict[str, float]:
-        """The last step's gradient norm of each parameter group, as metrics.csv's columns: read from the device."""
-        return {column: norm.item() for column, norm in self.grad_norms.items()}
+        """The last step's gradient norm of each parameter group, as metrics.csv's columns."""
+        return {column: float(norm) for column, norm in self.grad_norms.items()}
+
+    def skip_bad_step(self, buffers: list[torch.Tensor]) -> None:
+        """A step whose loss or gradient was not finite: its phase took no optimizer step (earlier phases' steps,
+        taken on finite values, stand), the rest of the step is skipped, the forward passes' batch-norm statistics
+        are undone and there is no EMA update. Noted on its first in a row; UserError at train.max_bad_steps."""
+        restore_buffers(self.model, buffers)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        try:
+            note = self.health.bad_step(self.step + 1)
+        except UserError as exc:
+            if self.processes.is_main:
+                self.run_log.note(f"stopped: {exc}")
+            raise
+        if self.health.in_a_row == 1 and self.processes.is_main:
+            self.run_log.note(note, warning=True)
 
     def wall_clock(self) -> float:
         """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
