@@ -6,9 +6,12 @@ import argparse
 import math
 import signal
 import sys
+import warnings
 from pathlib import Path
 
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabWarning, UserError
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -462,9 +465,17 @@ def _config(args) -> int:
     return 0
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A DdpmlabWarning as one line `warning: ...`; any other warning as Python prints it."""
+    if issubclass(category, DdpmlabWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes print `error: ...` on stderr and return 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.formatwarning = _format_warning
     if argv[:1] == ["eval"] and len(argv) > 1 and argv[1] in EVAL_TOOLS:
         return _run_eval_tool(argv)
     parser = _parser()

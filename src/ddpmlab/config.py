@@ -24,6 +24,7 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
 METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
+BAD_IMAGE_POLICIES = ("error", "skip")  # data.on_bad_image: stop at an unreadable image file, or leave it out
 
 
 @dataclass
@@ -40,6 +41,7 @@ class DataConfig:
     synthetic_count: int = 2048
     synthetic_size: int = 16
     synthetic_channels: int = 3
+    on_bad_image: str = "error"  # folder: an unreadable image file stops the load ("error") or is left out ("skip")
 
 
 @dataclass
@@ -366,6 +368,8 @@ def validate(config: Config) -> None:
     _check(d.synthetic_count > 0, "data.synthetic_count", "must be positive")
     _check(4 <= d.synthetic_size <= 256, "data.synthetic_size", "must be in 4..256")
     _check(d.synthetic_channels in (1, 3), "data.synthetic_channels", "must be 1 or 3")
+    _check(d.on_bad_image in BAD_IMAGE_POLICIES, "data.on_bad_image",
+           f"{d.on_bad_image!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
     if d.name in ("sprites", "folder"):
         _check(d.path is not None, "data.path", f"data.name={d.name} needs data.path")
 
