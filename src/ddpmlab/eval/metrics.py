@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ class FeatureStats:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return cls.from_dict({key: data[key] for key in ("count", "sum", "sum_outer", "extractor")})
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:
             raise UserError(f"cannot read feature statistics {path}: {error}; "
                             "recompute them (delete the file to rebuild the cache)") from error
 

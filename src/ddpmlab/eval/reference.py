@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,8 @@ def load_reference(path: Path, extractor_id: str, count: int, identity: dict) ->
                 return None
             features = data["features"]
             stats = FeatureStats.from_dict({key: data[key] for key in ("count", "sum", "sum_outer", "extractor")})
-    except (OSError, KeyError, ValueError, EOFError):  # absent or unreadable: recompute and overwrite
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile):  # absent or unreadable (a pickle
+        # is refused, never loaded): recompute and overwrite
         return None
     return (features, stats) if features.shape[0] == count else None
 

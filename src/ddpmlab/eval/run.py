@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -178,12 +179,15 @@ def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, 
 def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
     """uint8 N×C×H×W images saved at `path` with exactly these settings; None when absent or different."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path, allow_pickle=False) as data:  # never pickles: a planted object array is refused
             if json.loads(str(data["settings"])) != json.loads(json.dumps(settings, sort_keys=True)):
                 return None
-            return torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()
-    except (OSError, KeyError, ValueError, EOFError):
+            images = data["images"]
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile):
         return None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) != settings["n"]:
+        return None  # not what this file's settings promise: draw the samples again
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 def safe_name(name: str) -> str:

@@ -8,6 +8,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ddpmlab.errors import UserError
+
 COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s")  # every run's; a method adds its own
 
 
@@ -35,9 +37,9 @@ class MetricsLog:
             self.columns = tuple(columns)
             self.path.write_text(",".join(self.columns) + "\n")
         else:
+            rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]  # first: a corrupt file raises
             with self.path.open(newline="") as handle:
                 self.columns = tuple(next(csv.reader(handle), None) or columns)
-            rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
             with self.path.open("w", newline="") as handle:
                 writer = csv.DictWriter(handle, self.columns)
                 writer.writeheader()
@@ -58,10 +60,18 @@ def _fmt(value) -> str:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.csv as dicts of floats (step as int; empty cells as None)."""
-    with Path(path).open() as handle:
-        return [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(handle)]
+    """Rows of a metrics.csv as dicts of floats (step as int; empty cells as None); UserError naming the file when
+    it is not such a table (numbers only, a `step` in every row)."""
+    try:
+        with Path(path).open(newline="") as handle:
+            rows = [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v))
+                     for k, v in row.items()} for row in csv.DictReader(handle)]
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, csv.Error) as exc:
+        raise UserError(f"{path}: not a ddpmlab metrics table ({exc.__class__.__name__}); restore it or delete it"
+                        ) from None
+    if any(row.get("step") is None for row in rows):
+        raise UserError(f"{path}: not a ddpmlab metrics table (a row without a step); restore it or delete it")
+    return rows
 
 
 def loss_columns(columns) -> list[str]:

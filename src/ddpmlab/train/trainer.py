@@ -11,11 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpmlab.config import Config, apply_overrides, config_from_dict, resume_changes, save_config
+from ddpmlab.config import Config, apply_overrides, load_config, resume_changes, save_config
 from ddpmlab.data import ImageData, load_dataset, to_model_batch
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
@@ -97,10 +96,7 @@ class Trainer:
         config_path = run_dir / "config.yaml"
         if not config_path.is_file():
             raise UserError(f"{run_dir}: not a ddpmlab run directory (no config.yaml)")
-        try:
-            saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
-        except yaml.YAMLError:
-            raise UserError(f"{config_path}: corrupt config file") from None
+        saved = load_config(str(config_path))
         config = apply_overrides(saved, overrides or [])
         checkpoints = ckpt.list_checkpoints(run_dir)
         if not checkpoints:
@@ -108,8 +104,8 @@ class Trainer:
         resume_changes(saved, config, int(ckpt.read_progress(checkpoints[-1])["step"]))
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
         trainer.load_checkpoint(checkpoints[-1])
-        save_config(config, run_dir / "config.yaml")
         trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step, columns=trainer.metric_columns())
+        save_config(config, run_dir / "config.yaml")  # after every file was read: a refused resume changes nothing
         trainer.start_session_log(resumed_from=trainer.step)
         return trainer
 
