@@ -158,6 +158,9 @@ def knn_radii(feats: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
     return torch.cat([torch.cdist(batch, feats).kthvalue(k + 1, dim=1).values for batch in feats.split(batch_size)])
 
 
+PR_NEIGHBOURS = 3  # k of Kynkäänniemi et al. (2019): an image's manifold radius is its 3rd nearest neighbour's distance
+
+
 def fraction_in_manifold(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor,
                          batch_size: int) -> float:
     """Fraction of queries within radii[j] of some support[j]: the k-NN manifold test."""
@@ -166,7 +169,7 @@ def fraction_in_manifold(queries: torch.Tensor, support: torch.Tensor, radii: to
     return torch.cat(inside).double().mean().item()
 
 
-def precision_recall(real_feats, fake_feats, k: int = 3, batch_size: int = 1000,
+def precision_recall(real_feats, fake_feats, k: int = PR_NEIGHBOURS, batch_size: int = 1000,
                      device: str | torch.device = "cpu") -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019), each in [0, 1].
 
