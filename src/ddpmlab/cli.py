@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import re
 import signal
 import sys
@@ -242,6 +244,9 @@ def _eval(args) -> int:
     if args.sweep:
         from ddpmlab.eval.sweep import evaluate_sweep, sweep_table
 
+        if _processes().world_size > 1:
+            raise UserError("ddpmlab eval --sweep runs in one process; start it without torchrun")
+
         results = evaluate_sweep(args.run_dir, args.sweep, args.metrics, args.n, args.batch_size, args.seed,
                                  not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
                                  progress=not args.quiet, out=args.out)
@@ -254,7 +259,9 @@ def _eval(args) -> int:
     results = evaluate_run(args.run_dir, args.metrics, args.n, sampler, args.steps, eta, args.batch_size,
                            args.seed, not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
                            args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out,
-                           spacing=args.spacing)
+                           spacing=args.spacing, processes=_processes())
+    if results is None:  # a process other than rank 0: it sampled its share
+        return 0
     print(results_table(results))
     print(f"wrote {results['json']}")
     return 0
@@ -332,12 +339,13 @@ def _train(args) -> int:
         config = load_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
         trainer = Trainer(config, run_dir, force=args.force, progress=not args.quiet)
-    print(f"{trainer.run_dir}: {trainer.description}", flush=True)
+    say = print if trainer.processes.is_main else (lambda *line, **options: None)
+    say(f"{trainer.run_dir}: {trainer.description}", flush=True)
     summary = trainer.train()
     state = "interrupted" if summary["interrupted"] else "finished"
-    print(f"{state} at step {summary['step']} ({summary['wall_s']:.1f} s of training); run directory: {summary['run_dir']}")
+    say(f"{state} at step {summary['step']} ({summary['wall_s']:.1f} s of training); run directory: {summary['run_dir']}")
     if summary["interrupted"]:
-        print(f"resume with: ddpmlab train --resume {summary['run_dir']}")
+        say(f"resume with: ddpmlab train --resume {summary['run_dir']}")
         return 128 + (summary["signal"] or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C
     return 0
 
@@ -398,7 +406,8 @@ def _sample(args) -> int:
     from ddpmlab.eval.run import generate_samples, save_samples
     from ddpmlab.images import save_grid, save_images, save_labelled_grid
     from ddpmlab.samplers import network_evaluations, resolve_spacing
-    from ddpmlab.train.build import load_trained, stored_class_names, weights_file
+    from ddpmlab.train.build import load_trained, resolve_device, stored_class_names, weights_file
+    from ddpmlab.train.distributed import rank_device
 
     out = check_sample_output(args.out)
     if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
@@ -407,9 +416,11 @@ def _sample(args) -> int:
         raise UserError("--eta must be in [0, 1]")
     check_guidance(args.guidance)
     check_diffusion_flags(args, args.source)
-    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=args.device)
+    processes = _processes()
+    device = rank_device(resolve_device(args.device), processes)
+    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device))
     if model.SINGLE_PASS:
-        return _sample_one_pass(args, out, model, config, step)
+        return _sample_one_pass(args, out, model, config, step, processes)
     method = args.sampler or config.sample.sampler
     if method != "ddim" and args.eta is not None:
         raise UserError(f"--eta applies to --sampler ddim only, not {method}")
@@ -433,10 +444,13 @@ def _sample(args) -> int:
         raise UserError("--class, --per-class and --guidance need a class-conditional model (model.conditional=true)")
     guidance = args.guidance if args.guidance is not None else config.sample.guidance
     eta = (args.eta if args.eta is not None else config.sample.eta) if method == "ddim" else None
-    images, labels = generate_samples(model, schedule, n, method, steps, eta or 0.0,
-                                      args.batch_size or config.sample.batch_size, args.seed, guidance,
-                                      config.sample.clip_denoised, progress=not args.quiet, labels=labels,
-                                      prediction=config.diffusion.prediction, spacing=spacing)
+    generated = generate_samples(model, schedule, n, method, steps, eta or 0.0,
+                                 args.batch_size or config.sample.batch_size, args.seed, guidance,
+                                 config.sample.clip_denoised, progress=not args.quiet, labels=labels,
+                                 prediction=config.diffusion.prediction, spacing=spacing, processes=processes)
+    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
+        return 0
+    images, labels = generated
     weights = weights_file(args.source, not args.no_ema)
     if args.out.endswith(("/", "\\")):
         save_images(images, out)
@@ -454,15 +468,18 @@ def _sample(args) -> int:
     return 0
 
 
-def _sample_one_pass(args, out: Path, model, config, step: int) -> int:
+def _sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:
     """`ddpmlab sample` for a single-pass run (VAE, DCGAN, VAE-GAN): --n images, each one pass of the network."""
     from ddpmlab.eval.run import generate_samples, save_samples
     from ddpmlab.images import save_grid, save_images
     from ddpmlab.train.build import weights_file
 
     n = args.n or config.sample.n
-    images, _ = generate_samples(model, None, n, config.method, None, None, args.batch_size or config.sample.batch_size,
-                                 args.seed, None, False, progress=not args.quiet)
+    generated = generate_samples(model, None, n, config.method, None, None, args.batch_size or config.sample.batch_size,
+                                 args.seed, None, False, progress=not args.quiet, processes=processes)
+    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
+        return 0
+    images = generated[0]
     weights = weights_file(args.source, not args.no_ema)
     if args.out.endswith(("/", "\\")):
         save_images(images, out)
@@ -513,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes print `error: ...` on stderr and return 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     warnings.formatwarning = _format_warning
+    if argv[:1] == ["--"]:  # `torchrun ... -m ddpmlab -- sample ... --n 64`: the `--` keeps torchrun off our options
+        argv = argv[1:]
     if argv[:1] == ["eval"] and len(argv) > 1 and argv[1] in EVAL_TOOLS:
         return _run_eval_tool(argv)
     parser = _parser()
@@ -523,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval,
                 "compare": _compare, "bench": _bench}
-    return _handle(handlers[args.command], args)
+    return _handle(handlers[args.command], args, splits_over_processes=args.command in DISTRIBUTED_COMMANDS)
 
 
 def _run_eval_tool(argv: list[str]) -> int:
@@ -539,9 +558,29 @@ def _run_eval_tool(argv: list[str]) -> int:
     return _handle(_eval_train_classifier if tool == "train-classifier" else _eval_real, args)
 
 
-def _handle(handler, args) -> int:
+DISTRIBUTED_COMMANDS = ("train", "sample", "eval")  # the commands that share their work among torchrun's processes
+
+
+def _processes():
+    """This process's rank among torchrun's processes (ddpmlab.train.distributed.Processes)."""
+    from ddpmlab.train.distributed import current
+
+    return current()
+
+
+def _handle(handler, args, splits_over_processes: bool = False) -> int:
+    """Run a command's handler; under torchrun with several processes, inside their process group."""
     try:
-        return handler(args)
+        group = contextlib.nullcontext()
+        if "WORLD_SIZE" in os.environ:  # started by torchrun
+            from ddpmlab.train.distributed import launched_processes, process_group
+
+            if launched_processes() > 1 and not splits_over_processes:
+                raise UserError(f"only {', '.join(DISTRIBUTED_COMMANDS)} share their work among torchrun's processes; "
+                                f"run this command as one process, without torchrun")
+            group = process_group()
+        with group:
+            return handler(args)
     except UserError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -1,9 +1,45 @@
-"""Where a model lives and how noise reaches it: shared by the samplers and the likelihood bound."""
+"""Where a model lives and how noise reaches it (also when processes split a batch): shared by the samplers, the
+methods and the likelihood bound."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class BatchSlice:
+    """Rows [start, stop) of a batch of `total` rows: the share of one process when several split a batch.
+
+    Random draws for the batch cover all `total` rows and keep these, so the processes together see exactly the
+    numbers one process would draw for the whole batch.
+    """
+
+    start: int
+    stop: int
+    total: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def take(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """This slice of a tensor whose first dimension is the whole batch (None stays None)."""
+        if rows is None or (self.start == 0 and self.stop == self.total):
+            return rows
+        if len(rows) != self.total:
+            raise ValueError(f"expected the whole batch of {self.total} rows, got {len(rows)}")
+        return rows[self.start:self.stop]
+
+
+def split_rows(total: int, rank: int, world_size: int) -> BatchSlice:
+    """Process `rank`'s contiguous share of `total` rows split over `world_size` processes: rows
+    [⌊rank·total/world⌋, ⌊(rank+1)·total/world⌋), so shares differ by at most one row and are equal when world
+    divides total."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+    return BatchSlice(rank * total // world_size, (rank + 1) * total // world_size, total)
 
 
 def model_device(model) -> torch.device:
@@ -14,10 +50,34 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype = torch.float32,
+          rows: BatchSlice | None = None) -> torch.Tensor:
     """Standard normal noise drawn on the generator's device (the CPU by default), then moved to `device`.
 
-    Drawing where the generator lives keeps seeded results the same whichever device the model runs on.
+    Drawing where the generator lives keeps seeded results the same whichever device the model runs on. With
+    `rows`, `shape` is that slice's (shape[0] == len(rows)): the draw covers the whole batch and keeps the slice.
     """
     source = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
+    shape = _whole_batch(tuple(shape), rows)
+    return _slice(torch.randn(shape, generator=generator, device=source, dtype=dtype), rows).to(device)
+
+
+def randint(high: int, n: int, generator: torch.Generator | None, device, rows: BatchSlice | None = None
+            ) -> torch.Tensor:
+    """n integers uniform in 0..high−1 (int64), drawn like `randn`: on the generator's device, then moved to
+    `device`; with `rows`, n == len(rows) and the draw covers the whole batch."""
+    source = generator.device if generator is not None else torch.device("cpu")
+    (n,) = _whole_batch((n,), rows)
+    return _slice(torch.randint(0, high, (n,), generator=generator, device=source), rows).to(device)
+
+
+def _whole_batch(shape: tuple, rows: BatchSlice | None) -> tuple:
+    if rows is None:
+        return shape
+    if shape[0] != len(rows):
+        raise ValueError(f"a draw of {shape[0]} rows for a slice of {len(rows)}")
+    return (rows.total, *shape[1:])
+
+
+def _slice(draw: torch.Tensor, rows: BatchSlice | None) -> torch.Tensor:
+    return draw if rows is None else rows.take(draw)

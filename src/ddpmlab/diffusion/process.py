@@ -6,6 +6,7 @@ from typing import Callable
 
 import torch
 
+from ddpmlab.devices import BatchSlice, randint, randn
 from ddpmlab.diffusion.schedule import NoiseSchedule, gather
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -86,16 +87,16 @@ def diffusion_loss(
     loss_weighting: str = "none",
     min_snr_gamma: float = 5.0,
     generator: torch.Generator | None = None,
+    rows: BatchSlice | None = None,
 ) -> torch.Tensor:
     """Ho et al. (2020) L_simple = E_{t,x0,ε} ‖target − net(x_t, t)‖², t ~ U{0..T−1}; a scalar on x0's device.
 
     `loss_weighting="min-snr"` weights each example by Hang et al.'s min-SNR-γ. Random draws come
-    from `generator` (on the CPU), so a seeded run is reproducible.
+    from `generator` (on the CPU), so a seeded run is reproducible. With `rows`, x0 is that slice of a batch
+    split over processes, and t and ε are the slice's share of the whole batch's draws.
     """
-    n = x0.shape[0]
-    t = torch.randint(0, schedule.T, (n,), generator=generator)
-    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-    t = t.to(x0.device)
+    t = randint(schedule.T, x0.shape[0], generator, x0.device, rows)
+    noise = randn(x0.shape, generator, x0.device, x0.dtype, rows)
     xt = q_sample(schedule, x0, t, noise)
     output = model(xt, t, labels=labels)
     target = training_target(schedule, prediction, x0, t, noise)

@@ -36,6 +36,7 @@ from ddpmlab.paths import check_writable_folder
 from ddpmlab.methods import DiffusionSampling, sample_images
 from ddpmlab.samplers import SAMPLERS, network_evaluations, resolve_spacing, resolve_steps
 from ddpmlab.train.build import load_trained, resolve_device
+from ddpmlab.train.distributed import Processes, from_main, gather_to_main, on_main, rank_device
 
 METRICS = ("fid", "kid", "pr", "fd", "nll", "speed")
 REAL_METRICS = ("fd", "fid", "kid", "pr")
@@ -155,8 +156,8 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
 def generate_samples(model, schedule, n: int, method: str, steps: int, eta: float, batch_size: int, seed: int,
                      guidance: float | None, clip_denoised: bool, progress: bool = True,
                      labels: torch.Tensor | None = None, prediction: str | None = None,
-                     noise: torch.Tensor | None = None, spacing: str | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     noise: torch.Tensor | None = None, spacing: str | None = None,
+                     processes: Processes | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator, by
     ddpmlab.methods.sample_images from a network of `load_trained`.
 
@@ -165,21 +166,37 @@ def generate_samples(model, schedule, n: int, method: str, steps: int, eta: floa
     `labels` (default: the classes in turn). A single-pass network (VAE, GAN; `schedule` None) decodes latents
     and reads none of these. `noise` (n×C×H×W) fixes every x_T of a
     diffusion model, the generator then drawing only the samplers' later noise; `spacing` picks the sampler's
-    timesteps (None: its default)."""
+    timesteps (None: its default).
+
+    With `processes` of several (torchrun), each draws its share (Processes.rows) of every batch with the same
+    seeded draws as one process, so the images are the same, and rank 0 gathers and returns them all; the other
+    ranks return None. Every batch but the last must give each process a share: UserError when batch_size is below
+    the number of processes."""
+    processes = processes or Processes()
+    if batch_size < processes.world_size:
+        raise UserError(f"--batch-size {batch_size} is below the {processes.world_size} processes sharing each batch; "
+                        f"use at least {processes.world_size}")
     if labels is None:
         labels = class_labels(n, model.num_classes)
     generator = torch.Generator().manual_seed(seed)
     sampling = None if model.SINGLE_PASS else DiffusionSampling(method, steps, eta, guidance, clip_denoised, prediction,
                                                                 spacing)
-    batches = []
-    for start in tqdm(range(0, n, batch_size), desc=f"sampling {method}{steps or ''}", disable=not progress,
-                      unit="batch"):
-        count = min(batch_size, n - start)
-        batch_labels = labels[start:start + count] if labels is not None else None
-        images = sample_images(model, count, generator, sampling, batch_labels,
-                               noise[start:start + count] if noise is not None else None)
-        batches.append(model_to_uint8(images).cpu())
-    return torch.cat(batches), labels
+    shares = []  # this process's rows of each batch
+    for start in tqdm(range(0, n, batch_size), desc=f"sampling {method}{steps or ''}",
+                      disable=not (progress and processes.is_main), unit="batch"):
+        rows = processes.rows(min(batch_size, n - start))
+        if len(rows) == 0:  # the last batch, smaller than the number of processes: no later batch needs the draws
+            shares.append(torch.empty((0, *model.image_shape), dtype=torch.uint8))
+            continue
+        batch = slice(start, start + rows.total)
+        images = sample_images(model, len(rows), generator, sampling,
+                               rows.take(labels[batch]) if labels is not None else None,
+                               rows.take(noise[batch]) if noise is not None else None, rows)
+        shares.append(model_to_uint8(images).cpu())
+    gathered = gather_to_main(shares, processes)  # [rank][batch]
+    if gathered is None:
+        return None
+    return torch.cat([share for batch in zip(*gathered) for share in batch]), labels
 
 
 def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, settings: dict) -> Path:
@@ -242,7 +259,8 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
                  use_ema: bool = True, device: str = "auto", name: str | None = None,
                  classifier: str | Path | None = None, ref_n: int = 10000, nll_n: int = 1000,
                  nll_timesteps: int | None = None, speed_repeats: int = 3, progress: bool = True,
-                 out: str | Path | None = None, spacing: str | None = None) -> dict:
+                 out: str | Path | None = None, spacing: str | None = None,
+                 processes: Processes | None = None) -> dict | None:
     """Evaluate a run's newest checkpoint (or the checkpoint folder given); writes <name>.json and the .npz samples
     into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
@@ -252,8 +270,11 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
     cost from metrics.csv. UserError for a missing run, unknown metric, absent extractor or n < 2.
     A single-pass run (VAE, GAN) is sampled in one pass (sampler, steps and eta do not apply: the CLI refuses them)
     and has no NLL: asking for nll is a UserError, and a GPU's default metrics leave it out.
+    With `processes` of several (torchrun), they share the sampling (generate_samples) and rank 0 alone does the
+    rest and returns the results; the other ranks return None.
     """
-    device = resolve_device(device)
+    processes = processes or Processes()
+    device = rank_device(resolve_device(device), processes)
     requested, metrics = metrics, parse_metrics(metrics, device)
     if n < 2 or ref_n < 2 or nll_n < 1:
         raise UserError("--n and --ref-n must be at least 2 (a covariance needs two images), --nll-n at least 1")
@@ -272,7 +293,7 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
                             f"none: leave nll out of --metrics")
         metrics = [m for m in metrics if m != "nll"]
         sampler, steps, eta = config.method, None, None  # one pass: the name and settings say so
-    if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics):
+    if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics) and processes.is_main:
         print(f"warning: FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
               f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
               file=sys.stderr)
@@ -282,7 +303,8 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         steps = resolve_steps(sampler, steps, schedule.T)
         spacing = resolve_spacing(sampler, spacing)
     channels, image_size = model.image_shape[:2]
-    extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
+    extractors, classifier_facts = on_main(lambda: needed_extractors(metrics, config.data, channels, image_size,
+                                                                     classifier, device), processes) or ({}, {})
     batch_size = batch_size or config.sample.batch_size
     name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing) + (
         f"-step{step}" if source != run_dir else "")
@@ -299,17 +321,23 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
                "device": str(device), "ddpmlab": ddpmlab.__version__, "torch": torch.__version__,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
-    if extractors:
+    if any(m in REAL_METRICS for m in metrics):  # the metrics of extractors' features of samples
         samples_path = out_dir / f"{name}.npz"
-        images = load_samples(samples_path, settings)
-        results["samples"] = {"path": str(samples_path), "reused": images is not None}
-        if images is None:
+        images = load_samples(samples_path, settings) if processes.is_main else None
+        results["samples"] = {"path": str(samples_path), "reused": from_main(images is not None, processes)}
+        if not results["samples"]["reused"]:
             start = time.perf_counter()
-            images, labels = generate_samples(model, schedule, n, sampler, steps, eta, batch_size, seed, guidance,
-                                              config.sample.clip_denoised, progress, prediction=config.diffusion.prediction,
-                                              spacing=spacing)
+            generated = generate_samples(model, schedule, n, sampler, steps, eta, batch_size, seed, guidance,
+                                         config.sample.clip_denoised, progress, prediction=config.diffusion.prediction,
+                                         spacing=spacing, processes=processes)
             results["timings_s"]["sampling"] = time.perf_counter() - start
-            save_samples(samples_path, images, labels, settings)
+            if generated is not None:  # rank 0: every process's share
+                images, labels = generated
+                save_samples(samples_path, images, labels, settings)
+    if not processes.is_main:
+        return None  # the other processes only drew their shares of the samples
+
+    if extractors:
         real, fake, references = {}, {}, {}
         for kind, extractor in extractors.items():
             start = time.perf_counter()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ddpmlab.config import METHODS, Config
+from ddpmlab.devices import BatchSlice
 from ddpmlab.errors import UserError
 from ddpmlab.methods.base import BaselineNet, MethodNet, Phase
 from ddpmlab.methods.dcgan import DCGAN, DCGANSpec
@@ -68,12 +69,15 @@ def samples_in_one_pass(method: str) -> bool:
 
 def sample_images(net: nn.Module, n: int, generator: torch.Generator | None,
                   sampling: DiffusionSampling | None = None, labels: torch.Tensor | None = None,
-                  noise: torch.Tensor | None = None) -> torch.Tensor:
+                  noise: torch.Tensor | None = None, rows: BatchSlice | None = None) -> torch.Tensor:
     """n images from any method's network: N×C×H×W float32 in [-1, 1] on the network's device.
 
     A diffusion network runs `sampling` (default DDIM over all T steps) with optional class `labels`; a single-pass
     network (VAE, GAN) decodes n latents and takes neither. `noise` fixes a diffusion model's x_T. The network is in eval mode while sampling (batch norm
-    reads its running statistics and updates nothing) and restored after.
+    reads its running statistics and updates nothing) and restored after. With `rows` (a
+    ddpmlab.devices.BatchSlice), the n images are that slice of a batch split over processes: labels and noise are
+    the slice's, and every random draw is the slice's share of the whole batch's, so that the processes together
+    draw the images one process would.
     """
     was_training = net.training
     net.eval()
@@ -81,8 +85,8 @@ def sample_images(net: nn.Module, n: int, generator: torch.Generator | None,
         if net.SINGLE_PASS:
             if sampling is not None or labels is not None or noise is not None:
                 raise ValueError(f"{type(net).__name__} samples in one pass: no sampling settings or labels")
-            return net.generate(n, generator)
-        return net.generate(n, generator, sampling, labels, noise)
+            return net.generate(n, generator, rows=rows)
+        return net.generate(n, generator, sampling, labels, noise, rows=rows)
     finally:
         net.train(was_training)
 

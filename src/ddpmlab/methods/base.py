@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpmlab.devices import BatchSlice
+
 
 @dataclass
 class Phase:
@@ -24,13 +26,15 @@ class Phase:
 class MethodNet(Protocol):
     """What every method's nn.Module provides. The caller's loop for one training iteration is
 
-        for phase in net.training_phases(x0, generator, labels):
+        for phase in net.training_phases(x0, generator, labels, rows):
             optimizers[phase.group].zero_grad(set_to_none=True)
             phase.loss.backward()
             clip_grad_norm_(groups[phase.group], ...)
             optimizers[phase.group].step()
 
-    so code after a `yield` sees the weights updated by the previous phase. Its state_dict() is what a
+    so code after a `yield` sees the weights updated by the previous phase. When several processes split a batch
+    (ddpmlab.train.distributed), each passes its slice `rows` (a ddpmlab.devices.BatchSlice) and averages the
+    gradients of a phase's group over the processes after `backward`. Its state_dict() is what a
     checkpoint holds; its `spec` (a dataclass, or None for a custom backbone) is stored beside it.
     """
 
@@ -47,11 +51,13 @@ class MethodNet(Protocol):
         ...
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
-                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+                        labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """Yield the phases of one training iteration in order, for a batch x0 in [-1, 1] (N×C×H×W on the module's
         device) and, for a conditional model, its labels.
 
-        All latents and noise are drawn from `generator` (a CPU torch.Generator) with ddpmlab.devices.randn.
+        All latents and noise are drawn from `generator` (a CPU torch.Generator) with ddpmlab.devices.randn and
+        randint, passing `rows`: with it, x0 is that slice of a batch split over processes, and each draw is the
+        slice's share of the whole batch's (every process holds the same generator). Losses are means over x0's rows.
         """
         ...
 
@@ -61,7 +67,8 @@ class MethodNet(Protocol):
         eval mode and no_grad."""
         ...
 
-    def generate(self, n: int, generator: torch.Generator | None, *args, **kwargs) -> torch.Tensor:
+    def generate(self, n: int, generator: torch.Generator | None, *args, rows: BatchSlice | None = None,
+                 **kwargs) -> torch.Tensor:
         """n samples in [-1, 1], N×C×H×W float32 on the module's device; the caller sets eval mode.
         Call it through ddpmlab.methods.sample_images, which knows what each kind of method takes."""
         ...

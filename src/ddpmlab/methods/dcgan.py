@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ddpmlab.devices import model_device, randn
+from ddpmlab.devices import BatchSlice, model_device, randn
 from ddpmlab.methods.base import Phase, bce_with_logits, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, Discriminator, dcgan_init_
 
@@ -61,13 +61,13 @@ class DCGAN(nn.Module):
         return {"generator": list(self.generator_net.parameters()), "discriminator": list(self.discriminator.parameters())}
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
-                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+                        labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """The PyTorch DCGAN example's iteration: a D step on real and detached fake, then a G step against the updated D.
 
         Logs loss_d, d_real and d_fake (mean D probabilities before D's step), then loss_g.
         """
         unconditional(labels, "DCGAN")
-        z = randn((x0.shape[0], self.spec.latent_dim), generator, x0.device)
+        z = randn((x0.shape[0], self.spec.latent_dim), generator, x0.device, rows=rows)
         fake = self.generator_net(z)
         real_logits, fake_logits = self.discriminator(x0), self.discriminator(fake.detach())
         loss_d = discriminator_loss(real_logits, fake_logits)
@@ -82,6 +82,7 @@ class DCGAN(nn.Module):
         return None
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """n images G(z), z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device."""
-        return self.generator_net(randn((n, self.spec.latent_dim), generator, model_device(self)))
+    def generate(self, n: int, generator: torch.Generator | None, rows: BatchSlice | None = None) -> torch.Tensor:
+        """n images G(z), z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device; with `rows`, these n are
+        that slice of a batch split over processes."""
+        return self.generator_net(randn((n, self.spec.latent_dim), generator, model_device(self), rows=rows))

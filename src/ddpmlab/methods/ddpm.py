@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ddpmlab.config import DiffusionConfig, ModelConfig, SampleConfig
-from ddpmlab.devices import model_device
+from ddpmlab.devices import BatchSlice, model_device
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.methods.base import Phase
 from ddpmlab.nets import UNet
@@ -109,16 +109,17 @@ class DDPM(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}
 
-    def loss(self, x0: torch.Tensor, generator: torch.Generator | None, labels: torch.Tensor | None) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, generator: torch.Generator | None, labels: torch.Tensor | None,
+             rows: BatchSlice | None = None) -> torch.Tensor:
         """L_simple (or its min-SNR weighting) on a batch, t and ε drawn from `generator`: ddpmlab.diffusion.diffusion_loss."""
         d = self.diffusion
         return diffusion_loss(self.backbone, self.schedule, x0, labels, d.prediction, d.loss_weighting,
-                              d.min_snr_gamma, generator)
+                              d.min_snr_gamma, generator, rows)
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
-                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+                        labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """One phase ("model") whose loss is L_simple; logs it as `loss`."""
-        loss = self.loss(x0, generator, labels)
+        loss = self.loss(x0, generator, labels, rows)
         yield Phase("model", loss, {"loss": loss.detach()})
 
     def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
@@ -128,11 +129,13 @@ class DDPM(nn.Module):
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None, sampling: DiffusionSampling | None = None,
-                 labels: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                 labels: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 rows: BatchSlice | None = None) -> torch.Tensor:
         """n images by `sampling` (default: DDIM over all T steps): N×C×H×W float32 in [-1, 1] on the module's device.
-        Guidance applies when there are labels; `noise` fixes x_T (else drawn from `generator`)."""
+        Guidance applies when there are labels; `noise` fixes x_T (else drawn from `generator`). With `rows`, these
+        n are that slice of a batch split over processes (labels and noise the slice's)."""
         s = sampling or DiffusionSampling()
         return sample(self.backbone, self.schedule, (n, *self.image_shape), method=s.sampler, steps=s.steps, eta=s.eta,
                       generator=generator, labels=labels, guidance_scale=s.guidance if labels is not None else None,
                       clip_denoised=s.clip_denoised, device=model_device(self),
-                      prediction=s.prediction or self.diffusion.prediction, spacing=s.spacing, noise=noise)
+                      prediction=s.prediction or self.diffusion.prediction, spacing=s.spacing, noise=noise, rows=rows)

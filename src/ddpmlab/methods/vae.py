@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ddpmlab.devices import model_device, randn
+from ddpmlab.devices import BatchSlice, model_device, randn
 from ddpmlab.errors import UserError
 from ddpmlab.methods.base import Phase, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, GaussianEncoder
@@ -83,21 +83,21 @@ class VAE(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}
 
-    def negative_elbo(self, x0: torch.Tensor, generator: torch.Generator | None
+    def negative_elbo(self, x0: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, recon, kl): the batch-mean negative ELBO recon + kl_weight · kl and its two terms, nats per image,
         with one z ~ q(z | x) per image drawn from `generator`."""
         mu, logvar = self.encoder(x0)
-        z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device))
+        z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device, rows=rows))
         recon = gaussian_nll(x0, self.decoder(z), self.spec.decoder_std).mean()
         kl = gaussian_kl(mu, logvar).mean()
         return recon + self.spec.kl_weight * kl, recon, kl
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
-                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+                        labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """One phase ("model") whose loss is the batch-mean negative ELBO; logs loss, recon and kl (nats per image)."""
         unconditional(labels, "the VAE")
-        loss, recon, kl = self.negative_elbo(x0, generator)
+        loss, recon, kl = self.negative_elbo(x0, generator, rows)
         yield Phase("model", loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()})
 
     def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
@@ -107,9 +107,10 @@ class VAE(nn.Module):
         return self.negative_elbo(x0, generator)[0]
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """n decoder means at z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device."""
-        z = randn((n, self.spec.latent_dim), generator, model_device(self))
+    def generate(self, n: int, generator: torch.Generator | None, rows: BatchSlice | None = None) -> torch.Tensor:
+        """n decoder means at z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device; with `rows`, these n
+        are that slice of a batch split over processes."""
+        z = randn((n, self.spec.latent_dim), generator, model_device(self), rows=rows)
         return self.decoder(z)
 
     @torch.no_grad()

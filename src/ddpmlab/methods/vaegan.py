@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ddpmlab.devices import model_device, randn
+from ddpmlab.devices import BatchSlice, model_device, randn
 from ddpmlab.errors import UserError
 from ddpmlab.methods.base import Phase, bce_with_logits, unconditional
 from ddpmlab.methods.vae import gaussian_kl, gaussian_nll, reparameterize
@@ -96,14 +96,14 @@ class VAEGAN(nn.Module):
                 "discriminator": list(self.discriminator.parameters())}
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
-                        labels: torch.Tensor | None = None) -> Iterator[Phase]:
+                        labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """A D step on real, detached reconstructions and detached prior samples; then the generator step against the
         updated D. Logs loss_d, d_real, d_recon, d_fake (prior samples), then loss, recon, kl and loss_g."""
         unconditional(labels, "VAE-GAN")
         mu, logvar = self.encoder(x0)
-        z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device))
+        z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device, rows=rows))
         recon_x = self.decoder(z)
-        prior_x = self.decoder(randn(mu.shape, generator, x0.device))
+        prior_x = self.decoder(randn(mu.shape, generator, x0.device, rows=rows))
         real_logits = self.discriminator(x0)
         recon_logits, prior_logits = self.discriminator(recon_x.detach()), self.discriminator(prior_x.detach())
         loss_d = discriminator_loss(real_logits, recon_logits, prior_logits)
@@ -131,9 +131,10 @@ class VAEGAN(nn.Module):
         return None
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """n images Dec(z), z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device."""
-        return self.decoder(randn((n, self.spec.latent_dim), generator, model_device(self)))
+    def generate(self, n: int, generator: torch.Generator | None, rows: BatchSlice | None = None) -> torch.Tensor:
+        """n images Dec(z), z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device; with `rows`, these n are
+        that slice of a batch split over processes."""
+        return self.decoder(randn((n, self.spec.latent_dim), generator, model_device(self), rows=rows))
 
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ddpmlab.devices import model_device, randn
+from ddpmlab.devices import BatchSlice, model_device, randn
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.errors import UserError
 from ddpmlab.samplers import ddim, ddpm, dpm_solver, heun
@@ -74,6 +74,7 @@ def sample(
     variance: str = "posterior",
     prediction: str | None = None,
     spacing: str | None = None,
+    rows: BatchSlice | None = None,
 ) -> torch.Tensor:
     """Generate a batch x_0 of `shape` (N, C, H, W) from `model(x_t, t, labels=None)`; float32 on `device`.
 
@@ -83,14 +84,15 @@ def sample(
     SPACINGS; None: the method's default). noise fixes x_T; otherwise it is drawn from `generator`.
     `prediction` (eps|x0|v) defaults to `model.prediction`, else "eps". Values are in [−1, 1] when
     clip_denoised. An nn.Module is put in eval mode while sampling and restored after. UserError for
-    steps outside 1..T, an unknown spacing or eta outside [0, 1].
+    steps outside 1..T, an unknown spacing or eta outside [0, 1]. With `rows`, `shape` is that slice of a batch
+    split over processes (labels and noise the slice's) and every draw the slice's share of the whole batch's.
     """
     steps = resolve_steps(method, steps, schedule.T)
     spacing = resolve_spacing(method, spacing)
     if method == "ddim" and not 0.0 <= eta <= 1.0:
         raise UserError(f"ddim eta={eta!r} must be in [0, 1] (0: deterministic, 1: DDPM's variance)")
     device = torch.device(device) if device is not None else model_device(model)
-    x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn(tuple(shape), generator, device)
+    x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn(tuple(shape), generator, device, rows=rows)
     if labels is not None:
         labels = labels.to(device)
     denoiser = Denoiser(model, schedule, prediction, labels, guidance_scale, clip_denoised)
@@ -99,9 +101,9 @@ def sample(
         model.eval()
     try:
         if method == "ddpm":
-            return ddpm_sample(denoiser, x, variance, generator, progress, steps, spacing)
+            return ddpm_sample(denoiser, x, variance, generator, progress, steps, spacing, rows)
         if method == "ddim":
-            return ddim_sample(denoiser, x, steps, eta, generator, progress, spacing)
+            return ddim_sample(denoiser, x, steps, eta, generator, progress, spacing, rows)
         if method == "dpm-solver++":
             return dpm_solver_sample(denoiser, x, steps, spacing, progress)
         return heun_sample(denoiser, x, steps, progress)

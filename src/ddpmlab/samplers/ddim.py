@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpmlab.devices import randn
+from ddpmlab.devices import BatchSlice, randn
 from ddpmlab.samplers.common import Denoiser
 
 
@@ -42,11 +42,12 @@ def ddim_sigma(alpha_bar: float, alpha_bar_prev: float, eta: float) -> float:
 
 def ddim_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, eta: float = 0.0,
                 generator: torch.Generator | None = None, progress: bool = False,
-                spacing: str = "leading") -> torch.Tensor:
+                spacing: str = "leading", rows: BatchSlice | None = None) -> torch.Tensor:
     """Run x_T -> x_0 over `steps` timesteps chosen by `spacing`; eta=0 is deterministic, eta=1 matches DDPM's variance.
 
     Each step goes to the next timestep of the list (diffusers' DDIMScheduler goes to t − ⌊T/S⌋ instead,
-    which for "trailing" and "linspace" is not always the next one it evaluates).
+    which for "trailing" and "linspace" is not always the next one it evaluates). With `rows`, x is that slice of a
+    batch split over processes, and z the slice's share of the whole batch's draw.
     """
     alphas_cumprod = denoiser.schedule.alphas_cumprod
     timesteps = ddim_timesteps(denoiser.schedule.T, steps, spacing)
@@ -58,5 +59,5 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, eta: float = 0.
         # Eq. 12: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x = x + sigma * randn(x.shape, generator, x.device)
+            x = x + sigma * randn(x.shape, generator, x.device, rows=rows)
     return x

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmlab.diffusion import NoiseSchedule, q_posterior
-from ddpmlab.devices import randn
+from ddpmlab.devices import BatchSlice, randn
 from ddpmlab.samplers.common import Denoiser
 from ddpmlab.samplers.ddim import ddim_timesteps
 
@@ -27,11 +27,12 @@ def respaced_schedule(schedule: NoiseSchedule, timesteps: list[int]) -> NoiseSch
 
 def ddpm_sample(denoiser: Denoiser, x: torch.Tensor, variance: str = "posterior",
                 generator: torch.Generator | None = None, progress: bool = False,
-                steps: int | None = None, spacing: str = "linspace") -> torch.Tensor:
+                steps: int | None = None, spacing: str = "linspace", rows: BatchSlice | None = None) -> torch.Tensor:
     """Run x_T -> x_0 over `steps` timesteps (all T by default); σ_i² = β̃_i (variance="posterior") or β_i ("beta").
 
     With steps < T the chain runs on the respaced process of `ddim_timesteps(T, steps, spacing)`;
-    "linspace" is Nichol & Dhariwal's evenly strided subsequence, from 0 to T−1.
+    "linspace" is Nichol & Dhariwal's evenly strided subsequence, from 0 to T−1. With `rows`, x is that slice of
+    a batch split over processes, and each step's noise the slice's share of the whole batch's draw.
     """
     if variance not in ("posterior", "beta"):
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
@@ -42,5 +43,5 @@ def ddpm_sample(denoiser: Denoiser, x: torch.Tensor, variance: str = "posterior"
         x0, _ = denoiser.x0_eps(x, timesteps[i])
         index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         mean, _, _ = q_posterior(schedule, x0, x, index)  # μ_θ(x_t, t) = μ̃_t(x̂_0(x_t), x_t) of the respaced process
-        x = mean + sigmas[i].item() * randn(x.shape, generator, x.device) if i > 0 else mean
+        x = mean + sigmas[i].item() * randn(x.shape, generator, x.device, rows=rows) if i > 0 else mean
     return x

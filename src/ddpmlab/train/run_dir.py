@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ddpmlab.errors import UserError
+from ddpmlab.paths import check_writable_folder
 
 # what a run writes: top-level files, and per folder the names it gives its entries
 RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "run.log")
@@ -22,6 +23,13 @@ def has_content(run_dir: Path) -> bool:
     """True when `run_dir` exists and is a file or a non-empty folder."""
     run_dir = Path(run_dir)
     return run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+
+
+def check_new_run_dir(run_dir: Path, force: bool) -> None:
+    """UserError unless a new run may start in `run_dir`: a writable place, empty or absent unless `force`."""
+    check_writable_folder(Path(run_dir), "--run-dir")
+    if has_content(run_dir) and not force:
+        raise UserError(f"run directory {run_dir} already exists; use --force to overwrite or --resume to continue")
 
 
 def owned_entries(run_dir: Path) -> tuple[list[Path], list[Path]]:

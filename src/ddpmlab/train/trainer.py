@@ -21,11 +21,11 @@ from ddpmlab.errors import UserError
 from ddpmlab.images import save_grid
 from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
 from ddpmlab.train import checkpoint as ckpt
+from ddpmlab.train import distributed
 from ddpmlab.train.build import resolve_device
 from ddpmlab.train.ema import EMA
-from ddpmlab.paths import check_writable_folder
 from ddpmlab.train.log import COLUMNS, MetricsLog, RunLog, loss_columns, plot_loss_curve
-from ddpmlab.train.run_dir import has_content, prepare_run_dir
+from ddpmlab.train.run_dir import check_new_run_dir, prepare_run_dir
 
 VALIDATION_SEED = 1234
 
@@ -41,16 +41,20 @@ class Trainer:
     For a DDPM, `model` may be any backbone nn.Module with the `(x_t, t, labels=None)` signature; by default the
     config's UNet. `self.model` is the method's network (ddpmlab.methods.MethodNet), one optimizer per parameter
     group in `self.optimizers`. Use `Trainer.resume(run_dir)` to continue a run from its newest checkpoint.
+
+    Under torchrun (an initialised process group; ddpmlab.train.distributed) every process trains its slice of
+    each global batch of train.batch_size and the gradients are averaged over them; rank 0 alone writes the run.
     """
 
     def __init__(self, config: Config, run_dir: str | Path, model: nn.Module | None = None,
                  force: bool = False, progress: bool = True, _resuming: bool = False):
-        self.config, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.processes = distributed.current()
+        self.config, self.run_dir, self.progress = config, Path(run_dir), progress and self.processes.is_main
         if not _resuming:
-            check_writable_folder(self.run_dir, "--run-dir")
-            if has_content(self.run_dir) and not force:
-                raise UserError(f"run directory {self.run_dir} already exists; use --force to overwrite or --resume to continue")
-        self.device = resolve_device(config.train.device, setting="train.device")
+            distributed.on_main(lambda: check_new_run_dir(self.run_dir, force), self.processes)
+        self.device = distributed.rank_device(resolve_device(config.train.device, setting="train.device"),
+                                              self.processes)
+        self.rows = distributed.batch_rows(config.train.batch_size, self.processes)  # this process's slice
         torch.manual_seed(config.train.seed)
         self.generator = torch.Generator().manual_seed(config.train.seed)  # data order, t, noise, flips
         self.train_data = load_dataset(config.data, "train")
@@ -65,6 +69,7 @@ class Trainer:
             raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
         self.model = build_method(config, self.train_data.channels, self.train_data.image_size, self.num_classes,
                                   backbone=model).to(self.device)
+        distributed.seed_other_ranks(config.train.seed, 0, self.processes)  # their own dropout
         self.ema = EMA(self.model, config.train.ema_decay)
         self.lr, betas = optimizer_settings(config)
         self.groups = self.model.parameter_groups()
@@ -75,6 +80,7 @@ class Trainer:
                                   for group in self.groups}
         self.grad_norms: dict[str, float] = {}  # {column: the last step's norm}
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
+        self.saved_step: int | None = None  # the step of the newest checkpoint saved or loaded
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
         parameters = sum(p.numel() for p in self.model.parameters())
@@ -82,11 +88,16 @@ class Trainer:
                             f"{len(self.train_data):,} training images "
                             f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
                             f"of {config.data.name}")
+        self.log: MetricsLog | None = None  # rank 0's; None on the other processes
         if not _resuming:
-            prepare_run_dir(self.run_dir, force)  # only now, once everything above loaded without error
-            save_config(config, self.run_dir / "config.yaml")
-            self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
-            self.start_session_log()
+            distributed.on_main(lambda: self.start_run_dir(force), self.processes)  # once everything above loaded
+
+    def start_run_dir(self, force: bool) -> None:
+        """Prepare the run directory of a new run: its config, metrics.csv and run.log."""
+        prepare_run_dir(self.run_dir, force)
+        save_config(self.config, self.run_dir / "config.yaml")
+        self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
+        self.start_session_log()
 
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
@@ -104,10 +115,14 @@ class Trainer:
         resume_changes(saved, config, int(ckpt.read_progress(checkpoints[-1])["step"]))
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
         trainer.load_checkpoint(checkpoints[-1])
-        trainer.log = MetricsLog(run_dir / "metrics.csv", resume_step=trainer.step, columns=trainer.metric_columns())
-        save_config(config, run_dir / "config.yaml")  # after every file was read: a refused resume changes nothing
-        trainer.start_session_log(resumed_from=trainer.step)
+        distributed.on_main(trainer.continue_run_dir, trainer.processes)  # once every process has read the run
         return trainer
+
+    def continue_run_dir(self) -> None:
+        """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log."""
+        self.log = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.step, columns=self.metric_columns())
+        save_config(self.config, self.run_dir / "config.yaml")  # after metrics.csv was read: a refusal changes nothing
+        self.start_session_log(resumed_from=self.step)
 
     def start_session_log(self, resumed_from: int | None = None) -> None:
         """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise."""
@@ -135,7 +150,7 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
         self.session_start = time.perf_counter()
         with _stop_requested_on_signals() as stop:
-            while self.step < t.steps and not stop.requested:
+            while self.step < t.steps and not distributed.any_process(stop.requested, self.processes):
                 step_start = time.perf_counter()
                 x0, labels = self.next_batch()
                 lr = self.set_lr()
@@ -144,13 +159,15 @@ class Trainer:
                     optimizer = self.optimizers[phase.group]
                     optimizer.zero_grad(set_to_none=True)
                     phase.loss.backward()
+                    distributed.average_gradients(self.groups[phase.group], self.processes)
                     grad_norm = nn.utils.clip_grad_norm_(self.groups[phase.group], t.grad_clip or float("inf"))
                     optimizer.step()
                     self.grad_norms[self.grad_norm_columns[phase.group]] = float(grad_norm)
                     logs.update({name: value.item() for name, value in phase.logs.items()})
-                self.ema.update(self.model, self.step)
+                if self.processes.is_main:
+                    self.ema.update(self.model, self.step)
                 self.step += 1
-                self.window.add(logs, x0.shape[0], time.perf_counter() - step_start)
+                self.window.add(logs, t.batch_size, time.perf_counter() - step_start)
                 bar.update(1)
                 self.after_step(lr, bar)
         bar.close()
@@ -159,16 +176,18 @@ class Trainer:
         interrupted = self.step < t.steps
         if self.window.steps:  # the steps since the last log line (an interruption), not lost
             means, images_per_s = self.window.flush()
-            self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
-                            wall_s=self.wall_s)
-        newest = ckpt.list_checkpoints(self.run_dir)
-        if not newest or ckpt.read_progress(newest[-1])["step"] != self.step:
+            means = distributed.mean_over_processes(means, self.processes)
+            if self.processes.is_main:
+                self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
+                                wall_s=self.wall_s)
+        if self.saved_step != self.step:
             self.save_checkpoint()
-        if not interrupted and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
-            self.save_sample_grid()
-        plot_loss_curve(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
-        if interrupted:
-            self.run_log.note(f"interrupted at step {self.step} (signal {stop.signum}); checkpoint saved")
+        if self.processes.is_main:
+            if not interrupted and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
+                self.save_sample_grid()
+            plot_loss_curve(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
+            if interrupted:
+                self.run_log.note(f"interrupted at step {self.step} (signal {stop.signum}); checkpoint saved")
         return {"step": self.step, "interrupted": interrupted, "signal": stop.signum, "wall_s": self.wall_s,
                 "run_dir": str(self.run_dir)}
 
@@ -177,13 +196,15 @@ class Trainer:
         each when its interval comes round."""
         t = self.config.train
         if self.step % t.log_every == 0 or self.step == t.steps:
-            val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
             means, images_per_s = self.window.flush()
-            self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
-                            images_per_s=images_per_s, wall_s=self.wall_clock())
-            bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
-                            img_s=f"{images_per_s:.0f}")
-        if self.step % t.sample_every == 0:
+            means = distributed.mean_over_processes(means, self.processes)
+            if self.processes.is_main:
+                val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
+                self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
+                                images_per_s=images_per_s, wall_s=self.wall_clock())
+                bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
+                                img_s=f"{images_per_s:.0f}")
+        if self.step % t.sample_every == 0 and self.processes.is_main:
             self.save_sample_grid()
         if self.step % t.checkpoint_every == 0:
             self.save_checkpoint()
@@ -203,7 +224,7 @@ class Trainer:
     # -- pieces of a step --------------------------------------------------------------------------
     def phases(self, x0: torch.Tensor, labels: torch.Tensor | None):
         """The method's training phases for a batch, each phase's forward pass under autocast (its backward not)."""
-        phases = self.model.training_phases(x0, self.generator, labels)
+        phases = self.model.training_phases(x0, self.generator, labels, self.rows)
         while True:
             with self.autocast():
                 phase = next(phases, None)
@@ -212,7 +233,8 @@ class Trainer:
             yield phase
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The next batch of a seeded epoch permutation, as [-1, 1] floats on the device, with labels."""
+        """This process's slice of the next global batch of a seeded epoch permutation, as [-1, 1] floats on the
+        device, with labels."""
         size = self.config.train.batch_size
         indices = []
         while len(indices) < size:
@@ -224,7 +246,7 @@ class Trainer:
         index = torch.tensor(indices)
         x0 = to_model_batch(self.train_data.images[index], self.config.data.random_flip, self.generator)
         labels = self.training_labels(index)
-        return x0.to(self.device), labels
+        return self.rows.take(x0).to(self.device), self.rows.take(labels)
 
     def training_labels(self, index: torch.Tensor) -> torch.Tensor | None:
         """Class labels for a conditional model, replaced by the null label with probability class_dropout."""
@@ -273,11 +295,16 @@ class Trainer:
         return save_grid(images, self.run_dir / "samples" / f"step_{self.step:07d}.png", scale=2)
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        """RUN_DIR/checkpoints/step_XXXXXXX, written by rank 0 (None elsewhere); every process must call it."""
         rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
-               "order": self.order.clone(), "position": torch.tensor(self.position)}
+               "order": self.order.clone(), "position": torch.tensor(self.position),
+               **distributed.gather_rng_states(self.device, self.processes)}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        self.saved_step = self.step
+        if not self.processes.is_main:
+            return None
         spec = getattr(self.model, "spec", None)
         metadata = {"config": json.dumps(asdict(self.config)), "method": self.config.method,
                     "model_spec": json.dumps(asdict(spec)) if spec is not None else "",
@@ -315,6 +342,8 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.order, self.position = rng["order"], int(rng["position"])
         self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
+        self.saved_step = self.step
+        distributed.restore_rng_state(rng, self.config.train.seed, self.step, self.device, self.processes)
 
 
 class _Window:
@@ -337,21 +366,28 @@ class _Window:
         return result
 
 
+SAME_STOP_S = 1.0  # Ctrl-C under torchrun reaches a worker twice (from the terminal, then from torchrun): one request
+
+
 class _StopFlag:
     requested = False
     signum: int | None = None
+    at = 0.0
 
 
 @contextlib.contextmanager
 def _stop_requested_on_signals():
-    """While inside, the first SIGINT/SIGTERM sets `.requested` (the loop then saves and stops); a second one aborts."""
+    """While inside, the first SIGINT/SIGTERM sets `.requested` (the loop then saves and stops); a second one more
+    than SAME_STOP_S later aborts."""
     flag = _StopFlag()
     previous = {}
 
     def handler(signum, frame):
         if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested, flag.signum = True, signum
+            if time.monotonic() - flag.at > SAME_STOP_S:
+                raise KeyboardInterrupt
+            return
+        flag.requested, flag.signum, flag.at = True, signum, time.monotonic()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
