@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,8 @@ METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, o
 RECONSTRUCTIONS = ("pixel", "features")
 # A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
 Switch = Literal["auto", True, False]
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+BAD_IMAGE_POLICIES = ("error", "skip")  # data.on_bad_image: stop at an unreadable image file, or leave it out
 
 
 @dataclass
@@ -42,6 +45,7 @@ class DataConfig:
     synthetic_count: int = 2048
     synthetic_size: int = 16
     synthetic_channels: int = 3
+    on_bad_image: str = "error"  # folder: an unreadable image file stops the load ("error") or is left out ("skip")
 
 
 @dataclass
@@ -181,24 +185,52 @@ def preset_description(name: str) -> str:
     return first.lstrip("# ").strip()
 
 
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """The plain data (mappings, lists, strings, numbers, booleans, null) of a YAML document, read with the safe
+    loader only: a tag that would build a Python object (`!!python/object/apply:...`) is refused, never run.
+    UserError naming `source` for anything that is not UTF-8 YAML."""
+    try:
+        return yaml.safe_load(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: e.g. 2020-13-45
+        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); a config or suite holds plain "
+                        f"mappings, lists, strings and numbers") from None
+
+
+def read_yaml_file(path: str | Path, source: str | None = None) -> Any:
+    """`parse_yaml` of the file at `path`; UserError when it is missing or unreadable."""
+    path, source = Path(path), source or str(path)
+    try:
+        return parse_yaml(path.read_bytes(), source)
+    except FileNotFoundError:
+        raise UserError(f"file not found: {source}") from None
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_yaml(source: str) -> dict:
     """The mapping in a preset name or a YAML path."""
     path = Path(source)
     if source in preset_names():
-        text = (resources.files("ddpmlab") / "presets" / f"{source}.yaml").read_text()
+        data = parse_yaml((resources.files("ddpmlab") / "presets" / f"{source}.yaml").read_text(), source)
     elif path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"config file not found: {source}")
-        text = path.read_text()
+        data = read_yaml_file(path, source)
     else:
         raise UserError(f"unknown preset {source!r}; presets: {', '.join(preset_names())} (or give a YAML path)")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{source}: a config must be a mapping of sections")
+        raise UserError(f"{source}: a config must be a mapping of sections, got {shown(data)}")
     return data
+
+
+def shown(value: Any) -> str:
+    """`value`'s repr cut short (a hostile YAML can nest aliases into a structure whose full repr never ends)."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 4, 4
 
 
 # YAML 1.1 reads "1e-3" and "2E-4" (no dot) as strings; every number a user writes is accepted as a number
@@ -208,8 +240,10 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def _as_number(value: Any) -> Any:
     """`value` as an int or float when it is a numeric string ("1e-3", "2E-4", "1e2", "10"), else unchanged."""
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        number = float(value)
-        return int(number) if re.fullmatch(r"[-+]?\d+", value.strip()) else number
+        try:
+            return int(value) if re.fullmatch(r"[-+]?\d+", value.strip()) else float(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return value
     return value
 
 
@@ -229,30 +263,35 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         raise UserError(f"{key} must be one of {', '.join(_literal_text(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key} must be a list, got {value!r}")
+            raise UserError(f"{key} must be a list, got {shown(value)}")
         return [_coerce(v, args[0], f"{key}[]") for v in value]
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{key} must be true or false, got {value!r}")
+        raise UserError(f"{key} must be true or false, got {shown(value)}")
     if annotation in (int, float):
         value = _as_number(value)
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{key} must be a finite number, got {value!r}")
+            raise UserError(f"{key} must be a finite number, got {shown(value)}")
     if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"{key} must be an integer, got {value!r}")
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:  # every integer setting ends up in a torch int64 or a C long
+                raise UserError(f"{key} must be an integer in -2**63..2**63-1, got {shown(value)}")
+            return value
+        raise UserError(f"{key} must be an integer, got {shown(value)}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{key} must be a number, got {value!r}")
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                raise UserError(f"{key} must be a finite number, got {shown(value)}") from None
+        raise UserError(f"{key} must be a number, got {shown(value)}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{key} must be a string, got {value!r}")
+        raise UserError(f"{key} must be a string, got {shown(value)}")
     return value
 
 
@@ -270,7 +309,7 @@ def _merge(config: Config, data: dict, source: str) -> None:
             setattr(config, section_name, _coerce(values, top_level[section_name], section_name))
             continue
         if section_name not in sections:
-            raise UserError(f"{source}: unknown config section {section_name!r}; sections: {', '.join(sections)}; "
+            raise UserError(f"{source}: unknown config section {shown(section_name)}; sections: {', '.join(sections)}; "
                             f"top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
         if values is None:
             continue
@@ -280,9 +319,8 @@ def _merge(config: Config, data: dict, source: str) -> None:
         hints = get_type_hints(type(section))
         for key, value in values.items():
             if key not in hints:
-                raise UserError(
-                    f"{source}: unknown key {section_name}.{key}; keys: {', '.join(sorted(hints))}"
-                )
+                name = key if isinstance(key, str) else shown(key)
+                raise UserError(f"{source}: unknown key {section_name}.{name}; keys: {', '.join(sorted(hints))}")
             setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
 
 
@@ -297,7 +335,7 @@ def parse_overrides(overrides: list[str]) -> dict:
                             f"(or method=NAME)")
         try:
             value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a date like 2020-13-45): the text itself
             value = raw
         if key in TOP_LEVEL_KEYS:
             data[key] = value
@@ -386,6 +424,8 @@ def validate(config: Config) -> None:
     _check(d.synthetic_count > 0, "data.synthetic_count", "must be positive")
     _check(4 <= d.synthetic_size <= 256, "data.synthetic_size", "must be in 4..256")
     _check(d.synthetic_channels in (1, 3), "data.synthetic_channels", "must be 1 or 3")
+    _check(d.on_bad_image in BAD_IMAGE_POLICIES, "data.on_bad_image",
+           f"{d.on_bad_image!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
     if d.name in ("sprites", "folder"):
         _check(d.path is not None, "data.path", f"data.name={d.name} needs data.path")
 

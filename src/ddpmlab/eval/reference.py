@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 

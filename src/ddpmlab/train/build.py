@@ -73,11 +73,13 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     progress = ckpt.read_progress(folder)
     state, metadata = ckpt.read_weights(weights)
     try:
-        config = config_from_dict(json.loads(metadata["config"]), str(folder))
-        spec = json.loads(metadata["model_spec"])
-    except (KeyError, json.JSONDecodeError):
+        config, spec = json.loads(metadata["config"]), json.loads(metadata["model_spec"])
+        if not isinstance(config, dict) or not isinstance(spec, dict):
+            raise ValueError("not JSON objects")
+        config = config_from_dict(config, str(folder))
+        net = rebuild_method(metadata.get("method") or "ddpm", spec, config)
+    except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
         raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
-    net = rebuild_method(metadata.get("method") or "ddpm", spec, config)
     mismatch = ckpt.state_mismatch(net.state_dict(), state)
     if mismatch:
         raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
@@ -101,5 +103,10 @@ def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True)
     from safetensors.torch import safe_open
 
     with safe_open(str(weights_file(path, use_ema)), framework="pt") as handle:
-        names = json.loads((handle.metadata() or {}).get("class_names") or "null")
-    return names if isinstance(names, list) and len(names) == num_classes else [f"class {k}" for k in range(num_classes)]
+        try:
+            names = json.loads((handle.metadata() or {}).get("class_names") or "null")
+        except ValueError:  # not JSON: the names are unknown, the weights may still be fine
+            names = None
+    if isinstance(names, list) and len(names) == num_classes and all(isinstance(name, str) for name in names):
+        return names
+    return [f"class {k}" for k in range(num_classes)]

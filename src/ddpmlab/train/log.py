@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ddpmlab.errors import UserError
 from ddpmlab.paths import atomic_write_bytes
 
 # every run's (bad_steps: steps skipped for a non-finite loss or gradient since the last row); a method adds its own
@@ -40,11 +41,14 @@ class MetricsLog:
             self.columns = tuple(columns)
             atomic_write_bytes(self.path, (",".join(self.columns) + "\n").encode())
         else:
-            lines = self.path.read_text().splitlines(keepends=True)
+            try:
+                lines = self.path.read_text().splitlines(keepends=True)
+            except UnicodeDecodeError:
+                raise UserError(f"{self.path}: not a ddpmlab metrics table (not text); restore it or delete it") from None
             whole = [line for line in lines if line.endswith("\n")]  # a row cut short by a crash has no line end
             header = next(csv.reader(whole[:1]), None) or list(columns)
             self.columns = tuple(header) + tuple(c for c in columns if c not in header)
-            rows = [r for r in _parse_rows(whole) if r["step"] <= resume_step]
+            rows = [r for r in _parse_rows(whole, self.path) if r["step"] <= resume_step]
             text = io.StringIO(newline="")
             writer = csv.DictWriter(text, self.columns)
             writer.writeheader()
@@ -66,14 +70,22 @@ def _fmt(value) -> str:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.csv as dicts of floats (step as int; empty cells as None)."""
-    with Path(path).open() as handle:
-        return _parse_rows(handle)
+    """Rows of a metrics.csv as dicts of floats (step as int; empty cells as None); UserError naming the file when
+    it is not such a table (numbers only, a `step` in every row)."""
+    with Path(path).open(newline="") as handle:
+        return _parse_rows(handle, path)
 
 
-def _parse_rows(lines) -> list[dict]:
-    return [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v)) for k, v in row.items()}
-            for row in csv.DictReader(lines)]
+def _parse_rows(lines, path) -> list[dict]:
+    try:
+        rows = [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(lines)]
+    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, csv.Error) as exc:
+        raise UserError(f"{path}: not a ddpmlab metrics table ({exc.__class__.__name__}); restore it or delete it"
+                        ) from None
+    if any(row.get("step") is None for row in rows):
+        raise UserError(f"{path}: not a ddpmlab metrics table (a row without a step); restore it or delete it")
+    return rows
 
 
 def loss_columns(columns) -> list[str]:

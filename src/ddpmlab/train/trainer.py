@@ -11,11 +11,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpmlab.config import Config, apply_overrides, config_from_dict, resume_changes, save_config
+from ddpmlab.config import Config, apply_overrides, load_config, resume_changes, save_config
 from ddpmlab.data import ImageData, load_dataset, to_model_batch
 from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
@@ -137,10 +136,7 @@ class Trainer:
     def _resume_owned(cls, run_dir: Path, overrides: list[str] | None, model: nn.Module | None,
                       progress: bool) -> "Trainer":
         config_path = run_dir / "config.yaml"
-        try:
-            saved = config_from_dict(yaml.safe_load(config_path.read_text()) or {}, str(config_path))
-        except yaml.YAMLError:
-            raise UserError(f"{config_path}: corrupt config file") from None
+        saved = load_config(str(config_path))
         config = apply_overrides(saved, overrides or [])
         unfinished = distributed.on_main(lambda: remove_unfinished_writes(run_dir), distributed.current())
         newest, damaged = ckpt.newest_intact(run_dir)
@@ -156,8 +152,8 @@ class Trainer:
     def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
         """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log,
         noting the `unfinished` writes removed and moving the `damaged` checkpoints aside (warned about)."""
-        save_config(self.config, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.step, columns=self.metric_columns())
+        save_config(self.config, self.run_dir / "config.yaml")  # after metrics.csv was read: a refusal changes nothing
         self.start_session_log(resumed_from=self.step)
         if unfinished:
             self.run_log.note(f"removed {len(unfinished)} unfinished write(s) of an interrupted session: "
