@@ -6,7 +6,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import ddpmlab, torch, torchvision, pytest, safetensors, tensorboard" 2>/dev/null; then
+if ! .venv/bin/python -c "import ddpmlab, torch, torchvision, pytest, safetensors, hypothesis, tensorboard" 2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".[dev]"
 fi

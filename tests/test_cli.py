@@ -1,6 +1,7 @@
 """The command line end to end: train, interrupt, resume, sample; every user mistake is `error:` + exit 2."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ def test_sigterm_then_resume_samples_the_same_images(trained, tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err  # saved and stopped, but not a finished run
     assert "interrupted at step" in out and "Traceback" not in err
+    assert not (run / ".lock").exists()  # released on the way out
     stopped_at = int(out.split("interrupted at step ")[1].split()[0])
     assert 5 <= stopped_at < 40
 
@@ -110,6 +112,9 @@ def test_corrupt_and_foreign_checkpoints(capsys, trained, tmp_path):
     shutil.copytree(trained, broken)
     newest = sorted((broken / "checkpoints").iterdir())[-1]
     (newest / "ema.safetensors").write_bytes(b"garbage" * 10)
+    _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"],
+                       f"{newest / 'ema.safetensors'}: damaged (truncated), 70 bytes where")
+    (newest / "checksums.json").unlink()  # as checkpoints were written before checksums: the file's own checks
     _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"], "not a readable safetensors file")
     (newest / "model.safetensors").write_bytes(b"garbage")
     _expect_user_error(capsys, ["train", "--resume", broken], "not a readable safetensors file")
@@ -239,3 +244,46 @@ def test_every_sampler_runs_from_the_cli_and_its_labels_tell_the_truth(trained, 
         settings = json.loads(str(saved["settings"]))
         assert saved["images"].shape == (3, 16, 16, 3)
     assert (settings["sampler"], settings["steps"], settings["spacing"], settings["nfe"]) == (sampler, steps, spacing, nfe)
+
+
+# -- hostile input (issue 13): every mistake one line ----------------------------------------------------------
+@pytest.mark.parametrize("argv,line", [
+    (["sample", "run", "--n", "abc", "--out", "x.png"],
+     "error: argument --n: 'abc' is not an integer (see ddpmlab sample --help)"),
+    (["sample", "run", "--seed", str(2**64), "--out", "x.png"],
+     f"error: argument --seed: {2**64} is not an integer in -2**63..2**63-1 (see ddpmlab sample --help)"),
+    (["sample", "run"], "error: the following arguments are required: --out (see ddpmlab sample --help)"),
+    (["eval", "real", "synthetic", "--n", "1.5"],
+     "error: argument --n: '1.5' is not an integer (see ddpmlab eval real --help)"),
+    (["frobnicate"], "error: argument command: invalid choice: 'frobnicate' (choose from .*train.*bench.*) "
+                     "(see ddpmlab --help)"),  # Python 3.12 quotes the choices
+])
+def test_flags_argparse_cannot_read_are_one_line_errors(capsys, argv, line):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    pattern = re.escape(line).replace(r"\.\*", ".*") + "\n"
+    assert exit_.value.code == 2 and re.fullmatch(pattern, capsys.readouterr().err)
+
+
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(capsys, tmp_path):
+    # every boundary str.splitlines knows: a shell passes any of them in an argument
+    _expect_user_error(capsys, ["train", str(tmp_path / "two\nlines\x1eor\u2028more.yaml")],
+                       "two\\nlines\\x1eor\\u2028more.yaml")
+
+
+def test_out_of_memory_is_one_line_and_other_runtime_errors_stay_bugs(capsys):
+    from ddpmlab.cli import _handle
+
+    def allocate(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 3072000000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    assert _handle(allocate, None) == 2
+    assert capsys.readouterr().err == ("error: out of memory (tried to allocate 3072000000000000 bytes); use a smaller "
+                                       "--batch-size or --n, or train.batch_size and the model's size\n")
+
+    def bug(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        _handle(bug, None)

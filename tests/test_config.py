@@ -137,3 +137,46 @@ def test_baseline_presets_train_the_published_epochs(name, method, images, epoch
     assert (getattr(config, method).lr, getattr(config, method).beta1) == (lr, beta1)
     assert (config.train.warmup_steps, config.train.grad_clip, config.train.ema_decay) == (0, 0, 0)
     assert f"{epochs} epochs" in preset_description(name)
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("data.on_bad_image=maybe", "invalid config value data.on_bad_image: 'maybe' is not one of error, skip"),
+    ("train.steps=9223372036854775808", "train.steps must be an integer in -2**63..2**63-1"),  # 2**63
+    ("train.seed=-9223372036854775809", "train.seed must be an integer in -2**63..2**63-1"),
+    ("model.channels=1e300", "model.channels must be an integer in -2**63..2**63-1"),
+    ("train.lr=" + "9" * 400, "train.lr must be a finite number"),  # an int beyond float's range
+    ("train.steps='" + "9" * 5000 + "'", "train.steps must be an integer, got '99999"),  # more digits than int() reads
+    ("data.name=2020-13-45", "data.name: '2020-13-45' is not one of"),  # no date: the text itself
+])
+def test_values_beyond_what_the_code_can_hold_name_the_key(override, fragment):
+    with pytest.raises(UserError) as error:
+        load_config("tiny", [override])
+    assert fragment in str(error.value) and len(str(error.value)) < 400
+
+
+def test_the_largest_integers_pass(tmp_path):
+    assert load_config("tiny", ["train.seed=9223372036854775807"]).train.seed == 2**63 - 1
+    assert load_config("tiny", ["data.on_bad_image=skip"]).data.on_bad_image == "skip"
+
+
+def laughs(levels: int = 9) -> str:
+    """'Billion laughs' as one YAML flow list: level k holds nine aliases of level k-1, so its full repr or str()
+    holds 9**levels strings (9**9: a gigabyte)."""
+    items = ["&l0 [" + ", ".join(["lol"] * 9) + "]"]
+    items += [f"&l{k} [" + ", ".join([f"*l{k - 1}"] * 9) + "]" for k in range(1, levels + 1)]
+    return "[" + ", ".join(items) + "]"
+
+
+def test_a_yaml_of_nested_aliases_is_refused_at_once(tmp_path):
+    import time
+
+    path = tmp_path / "laughs.yaml"
+    start = time.perf_counter()
+    for section, key, fragment in (("train", "steps", "train.steps must be an integer, got [['lol', 'lol', "),
+                                   ("data", "name", "data.name must be a string, got [['lol', 'lol', "),
+                                   ("model", "channel_mult", "model.channel_mult[] must be an integer, got ['lol', ")):
+        path.write_text(f"{section}:\n  {key}: {laughs()}\n")
+        with pytest.raises(UserError) as error:
+            load_config(str(path))
+        assert fragment in str(error.value) and len(str(error.value)) < 250, str(error.value)
+    assert time.perf_counter() - start < 5

@@ -6,18 +6,58 @@ import argparse
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
+import warnings
 from pathlib import Path
 
-from ddpmlab.errors import UserError
+from ddpmlab.config import INT64_MAX, INT64_MIN
+from ddpmlab.errors import DdpmlabWarning, UserError
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its mistakes reported like every other: one line `error: ...` on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _int64(text: str) -> int:
+    """An integer flag's value: any integer torch can hold (int64); argparse names the flag when it is not."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is not an integer in -2**63..2**63-1")
+    return value
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True when `exc` says memory ran out: MemoryError, torch.OutOfMemoryError (CUDA), or the CPU allocator's
+    RuntimeError ("can't allocate memory"): a batch or model too large for the machine, not a bug."""
+    text = str(exc).lower()
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text or "out of memory" in text)
+
+
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}  # str.splitlines' boundaries
+
+
+def _one_line(message: str) -> str:
+    """`message` with every line break escaped (\\n, \\x1e, ...): an error is one line, even when it quotes a path
+    or a value that holds one."""
+    return message.translate(_LINE_BREAKS)
 
 
 def _parser() -> argparse.ArgumentParser:
     import ddpmlab
     from ddpmlab.samplers import SAMPLERS
 
-    parser = argparse.ArgumentParser(prog="ddpmlab", description="Train, sample and evaluate DDPMs.")
+    parser = _Parser(prog="ddpmlab", description="Train, sample and evaluate DDPMs.")
     parser.add_argument("--version", action="version", version=f"ddpmlab {ddpmlab.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -39,15 +79,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="FILE.png for a grid, FILE.npz for arrays (images, labels), DIR/ for one PNG per image")
     sample.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="default: the run's sample.sampler")
-    sample.add_argument("--steps", type=int, help="sampling steps (default: the run's sample.steps for its own sampler "
+    sample.add_argument("--steps", type=_int64, help="sampling steps (default: the run's sample.steps for its own sampler "
                                                   "and ddim, T for ddpm, 20 for dpm-solver++, 18 for heun)")
     sample.add_argument("--spacing", help="timestep spacing: ddim leading|trailing|linspace, dpm-solver++ "
                                           "time-quadratic|logSNR|time-uniform (default: each sampler's)")
     sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
-    sample.add_argument("--n", type=int, default=None, help="number of images (default: the run's sample.n)")
-    sample.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--class", dest="class_label", type=int, help="class index for a conditional model")
+    sample.add_argument("--n", type=_int64, default=None, help="number of images (default: the run's sample.n)")
+    sample.add_argument("--batch-size", type=_int64, default=None, help="images per batch (default: the run's)")
+    sample.add_argument("--seed", type=_int64, default=0)
+    sample.add_argument("--class", dest="class_label", type=_int64, help="class index for a conditional model")
     sample.add_argument("--guidance", type=float, help="classifier-free guidance scale w")
     sample.add_argument("--per-class", action="store_true",
                         help="conditional models: --n images of every class (default 8), a grid with one labelled row each")
@@ -97,7 +137,7 @@ def _add_compare_parser(commands) -> argparse.ArgumentParser:
     compare.add_argument("suite", metavar="SUITE", help="a shipped suite (cpu-demo, fashion-mnist, cifar10) or a YAML path")
     compare.add_argument("--runs-dir", default="runs/compare", help="where the suite's runs are trained (default runs/compare)")
     compare.add_argument("--out", metavar="REPORT_DIR", help="report folder (default reports/SUITE)")
-    compare.add_argument("--n", type=int, help="samples per model (default: the suite's n)")
+    compare.add_argument("--n", type=_int64, help="samples per model (default: the suite's n)")
     compare.add_argument("--metrics", help="comma-separated fd,fid,kid,pr,nll (default: the suite's; speed always)")
     compare.add_argument("--classifier", help="FD classifier file (default: the suite's, else the dataset's own)")
     compare.add_argument("--device", default="auto", help="cpu, cuda or auto (evaluation; training uses train.device)")
@@ -129,10 +169,10 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                           help="a run directory (its newest checkpoint is evaluated), one of its checkpoint folders, "
                                "or pretrained:NAME (results in eval/pretrained-NAME unless --out)")
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
-    evaluate.add_argument("--n", type=int, default=10000, help="images to sample (default 10000)")
-    evaluate.add_argument("--ref-n", type=int, default=10000, help="held-out real images to compare with (default 10000)")
+    evaluate.add_argument("--n", type=_int64, default=10000, help="images to sample (default 10000)")
+    evaluate.add_argument("--ref-n", type=_int64, default=10000, help="held-out real images to compare with (default 10000)")
     evaluate.add_argument("--sampler", choices=SAMPLERS, default=None, help="default ddim, the same for every run")
-    evaluate.add_argument("--steps", type=int, help="sampling steps (default: 50 for ddim, capped at T; T for ddpm; "
+    evaluate.add_argument("--steps", type=_int64, help="sampling steps (default: 50 for ddim, capped at T; T for ddpm; "
                                                     "20 for dpm-solver++; 18 for heun)")
     evaluate.add_argument("--spacing", help="the sampler's timestep spacing (default: its own)")
     evaluate.add_argument("--sweep", metavar="SPEC",
@@ -140,24 +180,24 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                                "samples --n images per point from the same x_T and writes RUN_DIR/eval/sweep-*.json, "
                                ".png and .npz (metrics fd, fid, kid, pr; --sampler/--steps are not used)")
     evaluate.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
-    evaluate.add_argument("--batch-size", type=int, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
-    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
+    evaluate.add_argument("--seed", type=_int64, default=0)
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda or auto")
     evaluate.add_argument("--name", help="name of the samples and results files (default e.g. ddim50-n10000-seed0); "
                                          "letters, digits, . _ - only, others are replaced")
     evaluate.add_argument("--out", help="folder for the results and samples (default RUN_DIR/eval), e.g. for a read-only run")
     evaluate.add_argument("--classifier", help="FD classifier file (default: the shipped or cached one for the dataset)")
-    evaluate.add_argument("--nll-n", type=int, default=1000, help="held-out images for NLL (default 1000)")
-    evaluate.add_argument("--nll-timesteps", type=int, help="NLL terms per image (default: all T; fewer is faster, noisier)")
-    evaluate.add_argument("--speed-repeats", type=int, default=3, help="timed sampling batches, median taken (default 3)")
+    evaluate.add_argument("--nll-n", type=_int64, default=1000, help="held-out images for NLL (default 1000)")
+    evaluate.add_argument("--nll-timesteps", type=_int64, help="NLL terms per image (default: all T; fewer is faster, noisier)")
+    evaluate.add_argument("--speed-repeats", type=_int64, default=3, help="timed sampling batches, median taken (default 3)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     return evaluate
 
 
 def _eval_tool_parser(tool: str) -> argparse.ArgumentParser:
     if tool == "train-classifier":
-        parser = argparse.ArgumentParser(
+        parser = _Parser(
             prog="ddpmlab eval train-classifier",
             description="Train the small classifier whose penultimate features give FD, and save it as safetensors "
                         "with a JSON of its test accuracy beside it.")
@@ -165,19 +205,19 @@ def _eval_tool_parser(tool: str) -> argparse.ArgumentParser:
         parser.add_argument("overrides", nargs="*", default=[], help="data.key=value, e.g. data.random_flip=true")
         parser.add_argument("--out", help="FILE.safetensors (default: ~/.cache/ddpmlab/classifiers/DATASET.safetensors, "
                                           "where `ddpmlab eval` looks)")
-        parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
-        parser.add_argument("--batch-size", type=int, default=128)
+        parser.add_argument("--steps", type=_int64, default=3000, help="optimizer steps (default 3000)")
+        parser.add_argument("--batch-size", type=_int64, default=128)
         parser.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay)")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=_int64, default=0)
     else:
-        parser = argparse.ArgumentParser(
+        parser = _Parser(
             prog="ddpmlab eval real",
             description="Distances between N training images and N held-out images of a dataset: the floor any model "
                         "is compared with.")
         parser.add_argument("dataset", metavar="DATASET", help="data.name, e.g. fashion-mnist")
         parser.add_argument("overrides", nargs="*", default=[], help="data.key=value, e.g. data.root=/data")
         parser.add_argument("--metrics", help="comma-separated: fd,fid,kid,pr (default: fd on a CPU, fd,fid on a GPU)")
-        parser.add_argument("--n", type=int, default=10000, help="images of each split (default 10000)")
+        parser.add_argument("--n", type=_int64, default=10000, help="images of each split (default 10000)")
         parser.add_argument("--classifier", help="FD classifier file (default: the shipped or cached one)")
         parser.add_argument("--out", help="results JSON (default runs/real/DATASET.json)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -260,28 +300,29 @@ def _add_bench_parser(commands) -> argparse.ArgumentParser:
     train = kinds.add_parser("train", help="full training steps of CONFIG's U-Net: images/s, FLOPs, matmul share")
     train.add_argument("config", help="preset name or YAML path")
     train.add_argument("overrides", nargs="*", help="section.key=value")
-    train.add_argument("--steps", type=int, default=5, help="timed steps, median taken (default 5)")
-    train.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    train.add_argument("--steps", type=_int64, default=5, help="timed steps, median taken (default 5)")
+    train.add_argument("--warmup", type=_int64, default=1, help="untimed steps first (default 1)")
     _add_bench_options(train, None, "the config's train.batch_size")
     sample = kinds.add_parser("sample", help="images/s and network evaluations/s of a sampler on CONFIG's U-Net")
     sample.add_argument("config", help="preset name or YAML path")
     sample.add_argument("overrides", nargs="*", help="section.key=value")
     sample.add_argument("--sampler", required=True, help="ddpm, ddim, dpm-solver++ or heun")
-    sample.add_argument("--steps", type=int, help="sampling steps (default: T for ddpm and ddim, 20 for dpm-solver++, "
+    sample.add_argument("--steps", type=_int64, help="sampling steps (default: T for ddpm and ddim, 20 for dpm-solver++, "
                                                   "18 for heun)")
-    sample.add_argument("--repeats", type=int, default=3, help="timed batches, median taken (default 3)")
+    sample.add_argument("--repeats", type=_int64, default=3, help="timed batches, median taken (default 3)")
     _add_bench_options(sample, None, "the config's sample.batch_size")
     peers = kinds.add_parser("peers", help="ours (cifar10 preset) against diffusers' UNet2DModel, paired rounds "
                                            "(needs pip install -e .[peers])")
-    peers.add_argument("--rounds", type=int, default=5, help="paired rounds, ours then theirs (default 5)")
-    peers.add_argument("--steps", type=int, default=1, help="timed steps per side per round (default 1)")
-    peers.add_argument("--warmup", type=int, default=1, help="untimed steps of each side first (default 1)")
+    peers.add_argument("overrides", nargs="*", help="train.key=value, applied to both sides (e.g. train.channels_last=true)")
+    peers.add_argument("--rounds", type=_int64, default=5, help="paired rounds, ours then theirs (default 5)")
+    peers.add_argument("--steps", type=_int64, default=1, help="timed steps per side per round (default 1)")
+    peers.add_argument("--warmup", type=_int64, default=1, help="untimed steps of each side first (default 1)")
     _add_bench_options(peers, 8, "8")
     return bench
 
 
 def _add_bench_options(parser: argparse.ArgumentParser, batch_size: int | None, batch_help: str) -> None:
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"images per step (default {batch_help})")
+    parser.add_argument("--batch-size", type=_int64, default=batch_size, help=f"images per step (default {batch_help})")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
 
@@ -301,7 +342,7 @@ def _bench(args) -> int:
     else:
         from ddpmlab.bench.peers import bench_peers, describe_peers
 
-        result = bench_peers(args.batch_size, args.steps, args.rounds, args.warmup, args.device)
+        result = bench_peers(args.batch_size, args.steps, args.rounds, args.warmup, args.device, args.overrides)
         text = describe_peers
     print(json.dumps(result) if args.json else text(result))
     return 0
@@ -523,9 +564,17 @@ def _config(args) -> int:
     return 0
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """A DdpmlabWarning as one line `warning: ...`; any other warning as Python prints it."""
+    if issubclass(category, DdpmlabWarning):
+        return f"warning: {_one_line(str(message))}\n"
+    return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes print `error: ...` on stderr and return 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    warnings.formatwarning = _format_warning
     if argv[:1] == ["--"]:  # `torchrun ... -m ddpmlab -- sample ... --n 64`: the `--` keeps torchrun off our options
         argv = argv[1:]
     if argv[:1] == ["eval"] and len(argv) > 1 and argv[1] in EVAL_TOOLS:
@@ -578,7 +627,14 @@ def _handle(handler, args, splits_over_processes: bool = False) -> int:
         with group:
             return handler(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # RuntimeError: torch's allocators (torch.OutOfMemoryError included)
+        if not out_of_memory(exc):
+            raise
+        size = re.search(r"tried to allocate ([\d.]+ ?\w+)", str(exc), re.IGNORECASE)
+        print(f"error: out of memory{f' (tried to allocate {size.group(1)})' if size else ''}; use a smaller "
+              f"--batch-size or --n, or train.batch_size and the model's size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

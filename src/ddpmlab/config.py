@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -24,6 +25,10 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
 METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
+# A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
+Switch = Literal["auto", True, False]
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+BAD_IMAGE_POLICIES = ("error", "skip")  # data.on_bad_image: stop at an unreadable image file, or leave it out
 EVAL_METRICS = ("fd", "fid")  # train.eval_metrics: classifier FD (fast), Inception FID (slow on a CPU)
 
 
@@ -41,6 +46,7 @@ class DataConfig:
     synthetic_count: int = 2048
     synthetic_size: int = 16
     synthetic_channels: int = 3
+    on_bad_image: str = "error"  # folder: an unreadable image file stops the load ("error") or is left out ("skip")
 
 
 @dataclass
@@ -82,6 +88,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     bf16: bool = True  # autocast to bfloat16 on CUDA
+    # speed switches (ddpmlab.train.hotpath); none changes the maths, auto means on for CUDA
+    data_on_device: Switch = "auto"  # the uint8 dataset on the device, batches gathered and flipped there
+    fused_adam: Switch = "auto"  # AdamW's fused kernel (on the CPU it rounds differently from the default)
+    channels_last: Switch = "auto"  # NHWC weights and batches
+    compile: bool = False  # torch.compile the networks
     log_every: int = 50
     val_every: int = 1000
     val_batches: int = 4
@@ -89,6 +100,7 @@ class TrainConfig:
     sample_n: int = 64
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) that stop the run
     # evaluation during training (ddpmlab.eval.during_training): every eval_every steps (0: never) the EMA
     # network draws eval_n samples (fixed seed) with eval_sampler at eval_steps (diffusion models only), scored
     # against the held-out split's cached statistics; the first of eval_metrics ranks checkpoints for keep_best
@@ -166,9 +178,10 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # (`method` and the baseline sections included) defines the model, the data or the process that the saved
 # weights were trained for.
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
+                    "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
-                    "train.checkpoint_every", "train.keep_checkpoints", "train.eval_every", "train.eval_n",
-                    "train.eval_metrics", "train.eval_sampler", "train.eval_steps", "train.keep_best",
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.eval_every",
+                    "train.eval_n", "train.eval_metrics", "train.eval_sampler", "train.eval_steps", "train.keep_best",
                     "train.tensorboard", "data.root", "data.download", "sample.*")
 
 
@@ -185,24 +198,52 @@ def preset_description(name: str) -> str:
     return first.lstrip("# ").strip()
 
 
+def parse_yaml(text: str | bytes, source: str) -> Any:
+    """The plain data (mappings, lists, strings, numbers, booleans, null) of a YAML document, read with the safe
+    loader only: a tag that would build a Python object (`!!python/object/apply:...`) is refused, never run.
+    UserError naming `source` for anything that is not UTF-8 YAML."""
+    try:
+        return yaml.safe_load(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: e.g. 2020-13-45
+        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__}); a config or suite holds plain "
+                        f"mappings, lists, strings and numbers") from None
+
+
+def read_yaml_file(path: str | Path, source: str | None = None) -> Any:
+    """`parse_yaml` of the file at `path`; UserError when it is missing or unreadable."""
+    path, source = Path(path), source or str(path)
+    try:
+        return parse_yaml(path.read_bytes(), source)
+    except FileNotFoundError:
+        raise UserError(f"file not found: {source}") from None
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read ({exc.strerror or exc})") from None
+
+
 def _read_yaml(source: str) -> dict:
     """The mapping in a preset name or a YAML path."""
     path = Path(source)
     if source in preset_names():
-        text = (resources.files("ddpmlab") / "presets" / f"{source}.yaml").read_text()
+        data = parse_yaml((resources.files("ddpmlab") / "presets" / f"{source}.yaml").read_text(), source)
     elif path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"config file not found: {source}")
-        text = path.read_text()
+        data = read_yaml_file(path, source)
     else:
         raise UserError(f"unknown preset {source!r}; presets: {', '.join(preset_names())} (or give a YAML path)")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{source}: a config must be a mapping of sections")
+        raise UserError(f"{source}: a config must be a mapping of sections, got {shown(data)}")
     return data
+
+
+def shown(value: Any) -> str:
+    """`value`'s repr cut short (a hostile YAML can nest aliases into a structure whose full repr never ends)."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 4, 4
 
 
 # YAML 1.1 reads "1e-3" and "2E-4" (no dot) as strings; every number a user writes is accepted as a number
@@ -212,8 +253,10 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def _as_number(value: Any) -> Any:
     """`value` as an int or float when it is a numeric string ("1e-3", "2E-4", "1e2", "10"), else unchanged."""
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        number = float(value)
-        return int(number) if re.fullmatch(r"[-+]?\d+", value.strip()) else number
+        try:
+            return int(value) if re.fullmatch(r"[-+]?\d+", value.strip()) else float(value)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return value
     return value
 
 
@@ -227,33 +270,47 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if args and type(None) in args:  # X | None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
+    if origin is Literal:  # a Switch: exactly one of its values (1 is not true)
+        if any(value == choice and type(value) is type(choice) for choice in args):
+            return value
+        raise UserError(f"{key} must be one of {', '.join(_literal_text(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{key} must be a list, got {value!r}")
+            raise UserError(f"{key} must be a list, got {shown(value)}")
         return [_coerce(v, args[0], f"{key}[]") for v in value]
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{key} must be true or false, got {value!r}")
+        raise UserError(f"{key} must be true or false, got {shown(value)}")
     if annotation in (int, float):
         value = _as_number(value)
         if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{key} must be a finite number, got {value!r}")
+            raise UserError(f"{key} must be a finite number, got {shown(value)}")
     if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise UserError(f"{key} must be an integer, got {value!r}")
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not INT64_MIN <= value <= INT64_MAX:  # every integer setting ends up in a torch int64 or a C long
+                raise UserError(f"{key} must be an integer in -2**63..2**63-1, got {shown(value)}")
+            return value
+        raise UserError(f"{key} must be an integer, got {shown(value)}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise UserError(f"{key} must be a number, got {value!r}")
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond float's range
+                raise UserError(f"{key} must be a finite number, got {shown(value)}") from None
+        raise UserError(f"{key} must be a number, got {shown(value)}")
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise UserError(f"{key} must be a string, got {value!r}")
+        raise UserError(f"{key} must be a string, got {shown(value)}")
     return value
+
+
+def _literal_text(choice: Any) -> str:
+    """A Literal's value as a user writes it in YAML: true, false, auto."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
 def _merge(config: Config, data: dict, source: str) -> None:
@@ -265,7 +322,7 @@ def _merge(config: Config, data: dict, source: str) -> None:
             setattr(config, section_name, _coerce(values, top_level[section_name], section_name))
             continue
         if section_name not in sections:
-            raise UserError(f"{source}: unknown config section {section_name!r}; sections: {', '.join(sections)}; "
+            raise UserError(f"{source}: unknown config section {shown(section_name)}; sections: {', '.join(sections)}; "
                             f"top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
         if values is None:
             continue
@@ -275,9 +332,8 @@ def _merge(config: Config, data: dict, source: str) -> None:
         hints = get_type_hints(type(section))
         for key, value in values.items():
             if key not in hints:
-                raise UserError(
-                    f"{source}: unknown key {section_name}.{key}; keys: {', '.join(sorted(hints))}"
-                )
+                name = key if isinstance(key, str) else shown(key)
+                raise UserError(f"{source}: unknown key {section_name}.{name}; keys: {', '.join(sorted(hints))}")
             setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
 
 
@@ -292,7 +348,7 @@ def parse_overrides(overrides: list[str]) -> dict:
                             f"(or method=NAME)")
         try:
             value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or a date like 2020-13-45): the text itself
             value = raw
         if key in TOP_LEVEL_KEYS:
             data[key] = value
@@ -334,7 +390,9 @@ def config_to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from ddpmlab.paths import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
 
 
 def flatten(config: Config) -> dict[str, Any]:
@@ -389,6 +447,8 @@ def validate(config: Config) -> None:
     _check(d.synthetic_count > 0, "data.synthetic_count", "must be positive")
     _check(4 <= d.synthetic_size <= 256, "data.synthetic_size", "must be in 4..256")
     _check(d.synthetic_channels in (1, 3), "data.synthetic_channels", "must be 1 or 3")
+    _check(d.on_bad_image in BAD_IMAGE_POLICIES, "data.on_bad_image",
+           f"{d.on_bad_image!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
     if d.name in ("sprites", "folder"):
         _check(d.path is not None, "data.path", f"data.name={d.name} needs data.path")
 
@@ -427,7 +487,8 @@ def validate(config: Config) -> None:
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            "must be auto, cpu, cuda or cuda:N")
-    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints"):
+    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints",
+                "max_bad_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
 
     from ddpmlab.samplers import SAMPLERS

@@ -1,4 +1,5 @@
-"""The one exception type for user mistakes; the CLI prints it as `error: ...` and exits 2."""
+"""The one exception type for user mistakes, printed by the CLI as `error: ...` (exit 2), and the one warning type
+for what a user should know but need not fix, printed by the CLI as `warning: ...`."""
 
 
 class UserError(Exception):
@@ -6,3 +7,8 @@ class UserError(Exception):
 
     The message names the thing and the fix. Bugs stay ordinary exceptions.
     """
+
+
+class DdpmlabWarning(UserWarning):
+    """Something the user should know that does not stop the work, e.g. images skipped as unreadable (issued with
+    `warnings.warn`, so the same message from the same place is shown once per process)."""

@@ -140,3 +140,22 @@ def test_batch_without_the_official_keys_is_refused(tmp_path):
 def test_missing_batches_without_download(tmp_path):
     with pytest.raises(UserError, match="cifar-10-python.tar.gz.*data.download=true"):
         load_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=False), "test")
+
+
+def test_a_download_uses_torchvisions_downloader_only_and_reads_with_the_safe_unpickler(tmp_path, monkeypatch):
+    """torchvision's CIFAR10 class would pickle.load the batches; only its MD5-checked downloader is called."""
+    import torchvision.datasets.utils as tv_utils
+    from torchvision.datasets import CIFAR10
+
+    calls = []
+
+    def download(url, download_root, filename, md5):  # offline: what the archive would extract to
+        calls.append((url, download_root, filename, md5))
+        folder = Path(download_root) / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        (folder / "test_batch").write_bytes(python2_pickle({b"data": np.full((2, 3072), 9, np.uint8), b"labels": [4, 2]}))
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", download)
+    data = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), download=True), "test")
+    assert calls == [(CIFAR10.url, str(tmp_path), CIFAR10.filename, CIFAR10.tgz_md5)]
+    assert data.labels.tolist() == [4, 2] and data.images.unique().tolist() == [9]

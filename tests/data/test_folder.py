@@ -75,3 +75,76 @@ def test_folder_has_no_test_split(tmp_path):
     save(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(UserError, match="folder has no test split"):
         load_dataset(folder_cfg(tmp_path), "test")
+
+
+# -- unreadable files: data.on_bad_image ------------------------------------------------------------------------
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+BAD_FILES = {  # name: bytes that are no readable image
+    "truncated.png": _png_bytes(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))[:60],
+    "empty.jpg": b"",
+    "text.png": b"this is a text file, not an image\n",
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_FILES))
+def test_an_unreadable_image_is_an_error_naming_it_by_default(tmp_path, bad):
+    save(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / bad).write_bytes(BAD_FILES[bad])
+    with pytest.raises(UserError, match=rf"{bad}: (not a readable image|cannot decode the image).*data.on_bad_image=skip"):
+        load_dataset(folder_cfg(tmp_path))
+
+
+def test_skip_leaves_unreadable_images_out_and_counts_them_in_one_warning(tmp_path):
+    from ddpmlab.errors import DdpmlabWarning
+
+    rng = np.random.default_rng(0)
+    kept = {"cats/a.png": save(tmp_path / "cats" / "a.png", rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+            "dogs/b.png": save(tmp_path / "dogs" / "b.png", rng.integers(0, 256, (8, 8), dtype=np.uint8)),
+            "dogs/c.png": save(tmp_path / "dogs" / "c.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))}
+    for name, data in BAD_FILES.items():  # the truncated PNG is RGB: skipped, it does not make the dataset RGB
+        (tmp_path / ("cats" if name.startswith("t") else "dogs") / name).write_bytes(data)
+    with pytest.warns(DdpmlabWarning) as caught:
+        data = load_dataset(folder_cfg(tmp_path, on_bad_image="skip"))
+    assert [str(w.message) for w in caught] == [
+        f"skipped 3 unreadable images of 6 in {tmp_path}: cats/text.png, cats/truncated.png, dogs/empty.jpg "
+        f"(data.on_bad_image=skip)"]
+    assert (data.class_names, data.labels.tolist(), data.channels) == (["cats", "dogs"], [0, 1, 1], 1)
+    assert torch.equal(data.images[:, 0], torch.from_numpy(np.stack(list(kept.values()))))
+
+
+def test_skip_warns_once_per_process_and_the_cli_prints_one_line(tmp_path):
+    import warnings
+
+    from ddpmlab.cli import _format_warning
+    from ddpmlab.errors import DdpmlabWarning
+
+    for i in range(6):
+        save(tmp_path / f"{i}.png", np.full((4, 4), i, np.uint8))
+    (tmp_path / "x.png").write_bytes(b"")
+    cfg = DataConfig(name="folder", path=str(tmp_path), val_fraction=0.5, on_bad_image="skip")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's own setting outside tests: a message is shown once per place
+        train, val = load_dataset(cfg, "train"), load_dataset(cfg, "val")
+    assert len(train) + len(val) == 6 and len([w for w in caught if w.category is DdpmlabWarning]) == 1
+    assert _format_warning(caught[0].message, DdpmlabWarning, "folder.py", 1) == f"warning: {caught[0].message}\n"
+
+
+def test_nothing_readable_is_an_error_even_when_skipping(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "b.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=r"none of its 2 image files could be read"):
+        load_dataset(folder_cfg(tmp_path, on_bad_image="skip"))
+
+
+def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
+    save(tmp_path / "a.png", np.zeros((64, 64), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # 64×64 is now above twice the limit
+    with pytest.raises(UserError, match=r"a.png: not a readable image \(Image size .* exceeds limit"):
+        load_dataset(folder_cfg(tmp_path))

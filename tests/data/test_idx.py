@@ -121,33 +121,49 @@ def test_missing_fashion_mnist_suggests_the_debian_package(tmp_path, monkeypatch
         load_dataset(DataConfig(name="fashion-mnist", root=str(tmp_path), download=False), "test")
 
 
-def fake_torchvision(monkeypatch, mnist) -> None:
-    """Replace torchvision for the code under test, so no test touches the network."""
-    datasets = types.SimpleNamespace(MNIST=mnist)
+MNIST_RESOURCES = [("train-images-idx3-ubyte.gz", "md5-1"), ("train-labels-idx1-ubyte.gz", "md5-2"),
+                   ("t10k-images-idx3-ubyte.gz", "md5-3"), ("t10k-labels-idx1-ubyte.gz", "md5-4")]
+
+
+def fake_torchvision(monkeypatch, download_and_extract_archive) -> None:
+    """Replace torchvision for the code under test, so no test touches the network: its MNIST class (only its
+    mirrors and resources are read) and its downloader."""
+    mnist = types.SimpleNamespace(mirrors=["https://mirror-a/", "https://mirror-b/"], resources=MNIST_RESOURCES)
+    utils = types.SimpleNamespace(download_and_extract_archive=download_and_extract_archive)
+    datasets = types.SimpleNamespace(MNIST=mnist, utils=utils)
     monkeypatch.setitem(sys.modules, "torchvision", types.SimpleNamespace(datasets=datasets))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets.utils", utils)
 
 
 def test_download_reads_what_torchvision_leaves_in_raw(tmp_path, monkeypatch):
     images, labels = random_split(2, 30)
     calls = []
 
-    def mnist(root, train, download):
-        calls.append((root, train, download))
-        write_split(Path(root) / "MNIST" / "raw", "train" if train else "t10k", images, labels, gz=False)
+    def download(url, download_root, filename, md5):  # what torchvision's downloader leaves: the files gunzipped
+        calls.append((url, download_root, filename, md5))
+        if filename.startswith("t10k-images"):
+            write_split(Path(download_root), "t10k", images, labels, gz=False)
 
-    fake_torchvision(monkeypatch, mnist)
+    fake_torchvision(monkeypatch, download)
     data = load_dataset(DataConfig(name="mnist", root=str(tmp_path), download=True), "test")
-    assert calls == [(str(tmp_path), False, True)]
+    raw = str(tmp_path / "MNIST" / "raw")
+    assert calls == [(f"https://mirror-a/{name}", raw, name, md5) for name, md5 in MNIST_RESOURCES]
     assert torch.equal(data.images[:, 0], torch.from_numpy(images))
 
 
-def test_failed_download_is_a_user_error(tmp_path, monkeypatch):
-    def offline(root, train, download):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+def test_failed_download_is_a_user_error_after_every_mirror(tmp_path, monkeypatch):
+    tried = []
+
+    def offline(url, download_root, filename, md5):
+        tried.append(url)
+        raise RuntimeError(f"Error downloading {filename}")
 
     fake_torchvision(monkeypatch, offline)
-    with pytest.raises(UserError, match="downloading mnist into .* failed"):
+    with pytest.raises(UserError, match="downloading mnist into .* failed .*Error downloading train-images-idx3-ubyte.gz; "
+                                        "Error downloading"):
         load_dataset(DataConfig(name="mnist", root=str(tmp_path), download=True))
+    assert tried == ["https://mirror-a/train-images-idx3-ubyte.gz", "https://mirror-b/train-images-idx3-ubyte.gz"]
 
 
 @pytest.mark.skipif(not idx.DEBIAN_FASHION_MNIST.is_dir(),

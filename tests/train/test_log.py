@@ -27,8 +27,21 @@ def test_columns_are_per_run_and_the_header_survives_resume(tmp_path):
 
 def test_the_default_columns_are_every_runs(tmp_path):
     MetricsLog(tmp_path / "metrics.csv").append(step=1, loss=0.5)
-    assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(COLUMNS), "1,0.5,,,,,"]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(COLUMNS), "1,0.5,,,,,,"]
     assert plot_loss_curve(tmp_path / "metrics.csv", tmp_path / "loss.png") is not None
+
+
+def test_resume_adds_new_columns_and_drops_a_row_cut_short(tmp_path):
+    """A metrics.csv written before a column existed gains it on resume; a last row a crash cut short is dropped."""
+    path = tmp_path / "metrics.csv"
+    old = COLUMNS[:-1]  # before bad_steps
+    path.write_text(",".join(old) + "\n5,0.5,,0.001,1.5,100,2.0\n10,0.25,0.3,0.001,1.25,100,4.0\n15,0.2")
+    log = MetricsLog(path, resume_step=12, columns=COLUMNS)
+    assert log.columns == COLUMNS
+    log.append(step=12, loss=0.125, bad_steps=2)
+    rows = read_metrics(path)
+    assert [(r["step"], r["loss"], r["val_loss"], r["bad_steps"]) for r in rows] == [
+        (5, 0.5, None, None), (10, 0.25, 0.3, None), (12, 0.125, None, 2.0)]
 
 
 def test_resume_adds_the_columns_the_file_lacks_at_its_end(tmp_path):
@@ -36,7 +49,8 @@ def test_resume_adds_the_columns_the_file_lacks_at_its_end(tmp_path):
     MetricsLog(path).append(step=5, loss=0.5)
     resumed = MetricsLog(path, resume_step=5, columns=COLUMNS + ("fd",))  # evaluation switched on at resume
     resumed.append(step=10, loss=0.25, fd=12.5)
-    assert path.read_text().splitlines() == [",".join(COLUMNS) + ",fd", "5,0.5,,,,,,", "10,0.25,,,,,,12.5"]
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS) + ",fd"
+    assert [(r["step"], r["loss"], r["fd"]) for r in read_metrics(path)] == [(5, 0.5, None), (10, 0.25, 12.5)]
 
 
 def test_smoke_the_loss_plot_takes_the_scores_on_a_second_axis(tmp_path):

@@ -68,7 +68,7 @@ _SOURCES: dict[str, Callable[[DataConfig, str], Loaded]] = {
     "mnist": lambda cfg, split: load_idx("mnist", _root(cfg), split, cfg.download),
     "cifar10": lambda cfg, split: load_cifar10(_root(cfg), split, cfg.download),
     "sprites": lambda cfg, split: load_array(cfg.path, cfg.labels_path),
-    "folder": lambda cfg, split: load_folder(cfg.path, cfg.image_size),
+    "folder": lambda cfg, split: load_folder(cfg.path, cfg.image_size, cfg.on_bad_image),
     "synthetic": lambda cfg, split: synthetic_shapes(cfg.synthetic_count, cfg.synthetic_size,
                                                      cfg.synthetic_channels, SYNTHETIC_SEED),
 }

@@ -89,10 +89,12 @@ def _read_batches(root: Path, names: list[str], download: bool) -> dict[str, tup
     archive = root / ARCHIVE
     folder = _extracted_folder(root, names)
     if folder is None and not archive.is_file() and download:
-        import torchvision
+        # torchvision's downloader only (MD5-checked): its CIFAR10 class would read the batches with pickle.load
+        from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
 
         try:
-            torchvision.datasets.CIFAR10(str(root), download=True)  # leaves the archive and its extracted folder
+            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
         except (OSError, RuntimeError) as exc:
             raise UserError(f"downloading cifar10 into {root} failed ({exc}); put {ARCHIVE} in data.root") from None
         folder = _extracted_folder(root, names)

@@ -50,16 +50,25 @@ def _first_folder_with(folders: list[Path], *filenames: str) -> Path | None:
     return next((f for f in folders if all(_find(f, name) for name in filenames)), None)
 
 
-def _download(name: str, root: Path, split: str) -> None:
-    """Let torchvision fetch the IDX files into root/Dataset/raw."""
+def _download(name: str, root: Path) -> None:
+    """Fetch the IDX files into root/Dataset/raw with torchvision's MD5-checked downloader. Only the downloader:
+    torchvision's dataset class would also torch.load a root/Dataset/processed/*.pt it finds there."""
     import torchvision
+    from torchvision.datasets.utils import download_and_extract_archive
 
     dataset_class = getattr(torchvision.datasets, _TORCHVISION_NAMES[name])
-    try:
-        dataset_class(str(root), train=split == "train", download=True)
-    except (OSError, RuntimeError) as exc:
-        raise UserError(f"downloading {name} into {root} failed ({exc}); "
-                        f"put the IDX files in data.root instead") from None
+    raw = root / _TORCHVISION_NAMES[name] / "raw"
+    for filename, md5 in dataset_class.resources:
+        errors = []
+        for mirror in dataset_class.mirrors:
+            try:
+                download_and_extract_archive(f"{mirror}{filename}", str(raw), filename=filename, md5=md5)
+                break
+            except (OSError, RuntimeError) as exc:  # URLError is an OSError; a wrong MD5 a RuntimeError
+                errors.append(str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__)
+        else:
+            raise UserError(f"downloading {name} into {root} failed ({'; '.join(errors)}); "
+                            f"put the IDX files in data.root instead")
 
 
 def load_idx(name: str, root: Path, split: str, download: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -75,7 +84,7 @@ def load_idx(name: str, root: Path, split: str, download: bool) -> tuple[torch.T
         folders.append(DEBIAN_FASHION_MNIST)
     found = _first_folder_with(folders, images_file, labels_file)
     if found is None and download:
-        _download(name, root, split)
+        _download(name, root)
         found = _first_folder_with(folders, images_file, labels_file)
     if found is None:
         debian = "run `apt-get install dataset-fashion-mnist`, " if name == "fashion-mnist" else ""

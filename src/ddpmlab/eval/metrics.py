@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ class FeatureStats:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return cls.from_dict({key: data[key] for key in ("count", "sum", "sum_outer", "extractor")})
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as error:
             raise UserError(f"cannot read feature statistics {path}: {error}; "
                             "recompute them (delete the file to rebuild the cache)") from error
 
@@ -157,6 +158,9 @@ def knn_radii(feats: torch.Tensor, k: int, batch_size: int) -> torch.Tensor:
     return torch.cat([torch.cdist(batch, feats).kthvalue(k + 1, dim=1).values for batch in feats.split(batch_size)])
 
 
+PR_NEIGHBOURS = 3  # k of Kynkäänniemi et al. (2019): an image's manifold radius is its 3rd nearest neighbour's distance
+
+
 def fraction_in_manifold(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor,
                          batch_size: int) -> float:
     """Fraction of queries within radii[j] of some support[j]: the k-NN manifold test."""
@@ -165,7 +169,7 @@ def fraction_in_manifold(queries: torch.Tensor, support: torch.Tensor, radii: to
     return torch.cat(inside).double().mean().item()
 
 
-def precision_recall(real_feats, fake_feats, k: int = 3, batch_size: int = 1000,
+def precision_recall(real_feats, fake_feats, k: int = PR_NEIGHBOURS, batch_size: int = 1000,
                      device: str | torch.device = "cpu") -> tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019), each in [0, 1].
 

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import check_classifier_fits, classifier_features, held_out_split
 from ddpmlab.eval.features import INCEPTION_ID, FeatureExtractor, InceptionFeatures
-from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
+from ddpmlab.eval.metrics import (PR_NEIGHBOURS, FeatureStats, frechet_distance, kernel_inception_distance,
+                                  precision_recall)
 from ddpmlab.eval.reference import feature_stats, reference_features, subset_indices
 from ddpmlab.eval.speed import sampling_speed, training_cost
 from ddpmlab.images import model_to_uint8
@@ -61,6 +63,17 @@ def parse_metrics(text: str | None, device: torch.device, allowed=METRICS) -> li
     return [m for m in allowed if m in names]
 
 
+def check_pr_counts(metrics: list[str], **counts: int) -> None:
+    """With "pr" among `metrics`, UserError naming the first count (flag=value, "ref_n" for --ref-n) at or below
+    PR_NEIGHBOURS: precision/recall measure each image's distance to its k-th nearest neighbour."""
+    if "pr" not in metrics:
+        return
+    for name, count in counts.items():
+        if count <= PR_NEIGHBOURS:
+            raise UserError(f"--metrics pr needs --{name.replace('_', '-')} of at least {PR_NEIGHBOURS + 1} (precision "
+                            f"and recall look at each image's {PR_NEIGHBOURS}rd nearest neighbour), got {count}")
+
+
 def fd_between(a: FeatureStats, b: FeatureStats) -> float:
     """Fréchet distance between two sets of statistics of the same extractor."""
     if a.extractor != b.extractor:
@@ -78,6 +91,9 @@ def inception_scores(metrics: list[str], real: np.ndarray, fake: np.ndarray, dev
     if "pr" in metrics:
         # k-NN radii depend on the set size, so both sets are cut to the same size
         size = min(len(real), len(fake))
+        if size <= PR_NEIGHBOURS:
+            raise UserError(f"precision/recall need more than {PR_NEIGHBOURS} images on each side (each image's "
+                            f"{PR_NEIGHBOURS}rd nearest neighbour), got {len(fake)} samples, {len(real)} real images")
         scores["precision_inception"], scores["recall_inception"] = precision_recall(real[:size], fake[:size],
                                                                                      device=device)
         scores["pr_n"] = size
@@ -197,12 +213,15 @@ def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, 
 def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
     """uint8 N×C×H×W images saved at `path` with exactly these settings; None when absent or different."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path, allow_pickle=False) as data:  # never pickles: a planted object array is refused
             if json.loads(str(data["settings"])) != json.loads(json.dumps(settings, sort_keys=True)):
                 return None
-            return torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()
-    except (OSError, KeyError, ValueError, EOFError):
+            images = data["images"]
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile):
         return None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) != settings["n"]:
+        return None  # not what this file's settings promise: draw the samples again
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
 def safe_name(name: str) -> str:
@@ -257,7 +276,7 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
 
     metrics: comma-separated subset of METRICS (default: CPU_DEFAULTS on a CPU, all on a GPU). FD/FID/KID/PR
     compare `n` samples with min(ref_n, split size) held-out images; NLL is the bound in bits/dim on min(nll_n, …)
-    held-out images; speed times `speed_repeats` batches of `batch_size` on the warm model and reads training
+    held-out images; speed times `speed_repeats` batches of min(batch_size, n) on the warm model and reads training
     cost from metrics.csv. UserError for a missing run, unknown metric, absent extractor or n < 2.
     A single-pass run (VAE, GAN) is sampled in one pass (sampler, steps and eta do not apply: the CLI refuses them)
     and has no NLL: asking for nll is a UserError, and a GPU's default metrics leave it out.
@@ -269,6 +288,7 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
     requested, metrics = metrics, parse_metrics(metrics, device)
     if n < 2 or ref_n < 2 or nll_n < 1:
         raise UserError("--n and --ref-n must be at least 2 (a covariance needs two images), --nll-n at least 1")
+    check_pr_counts(metrics, n=n, ref_n=ref_n)
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     if (batch_size is not None and batch_size <= 0) or speed_repeats <= 0:
@@ -367,8 +387,9 @@ def evaluate_run(run_dir: str | Path, metrics: str | None = None, n: int = 10000
         results["nll"] = {"n": len(index), "split": split, "timesteps": nll_timesteps or schedule.T}
 
     if "speed" in metrics:
-        labels = class_labels(batch_size, model.num_classes)
-        speed = sampling_speed(model, schedule, (batch_size, channels, image_size, image_size), sampler, steps,
+        speed_batch = min(batch_size, n)  # the batches sampling itself runs: never more than --n images
+        labels = class_labels(speed_batch, model.num_classes)
+        speed = sampling_speed(model, schedule, (speed_batch, channels, image_size, image_size), sampler, steps,
                                speed_repeats, device, eta=eta, labels=labels,
                                guidance_scale=guidance if labels is not None else None,
                                clip_denoised=config.sample.clip_denoised, prediction=config.diffusion.prediction,
@@ -415,6 +436,7 @@ def evaluate_real(data_cfg: DataConfig, metrics: str | None = None, n: int = 100
         ["fd"] if device.type == "cpu" else ["fd", "fid"])
     if n < 2:
         raise UserError("--n must be at least 2 (a covariance needs two images)")
+    check_pr_counts(metrics, n=n)
     from ddpmlab.data import load_dataset
 
     probe = load_dataset(data_cfg, "train")

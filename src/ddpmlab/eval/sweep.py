@@ -104,9 +104,9 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
                    progress: bool = True, out: str | Path | None = None) -> dict:
     """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict."""
     from ddpmlab.eval.reference import reference_features
-    from ddpmlab.eval.run import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, distance_scores,
-                                  eval_folder, extractor_ids, generate_samples, load_samples, needed_extractors,
-                                  parse_metrics, run_of, safe_name, save_samples)
+    from ddpmlab.eval.run import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, check_pr_counts,
+                                  distance_scores, eval_folder, extractor_ids, generate_samples, load_samples,
+                                  needed_extractors, parse_metrics, run_of, safe_name, save_samples)
     from ddpmlab.eval.classifier import held_out_split
     from ddpmlab.eval.speed import machine_load
     from ddpmlab.paths import check_writable_folder
@@ -120,6 +120,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
         raise UserError("--sweep measures fd, fid, kid and pr (speed is measured for every point anyway)")
     if n < 2 or ref_n < 2:
         raise UserError("--n and --ref-n must be at least 2")
+    check_pr_counts(metrics, n=n, ref_n=ref_n)
     source = resolve_source(run_dir)
     run_dir = run_of(source)
     out_dir = Path(out) if out is not None else eval_folder(run_dir)

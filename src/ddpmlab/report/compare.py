@@ -25,8 +25,7 @@ from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
+from ddpmlab.config import INT64_MAX, INT64_MIN, shown
 from ddpmlab.errors import UserError
 
 SUITE_KEYS = ("description", "runs", "n", "metrics", "seed", "sweep", "classifier", "ref_n")
@@ -72,22 +71,28 @@ def suite_names() -> list[str]:
 
 def read_suite_file(source: str) -> tuple[str, dict]:
     """(suite name, the mapping) of a shipped suite name or a YAML path; UserError for anything else."""
+    from ddpmlab.config import parse_yaml, read_yaml_file
+
     path = Path(source)
     if source in suite_names():
-        text, name = (resources.files("ddpmlab") / "suites" / f"{source}.yaml").read_text(), source
+        data, name = parse_yaml((resources.files("ddpmlab") / "suites" / f"{source}.yaml").read_text(), source), source
     elif path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UserError(f"suite file not found: {source}")
-        text, name = path.read_text(), path.stem
+        data, name = read_yaml_file(path, source), path.stem
     else:
         raise UserError(f"unknown suite {source!r}; suites: {', '.join(suite_names())} (or give a YAML path)")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source}: not valid YAML ({exc.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise UserError(f"{source}: a suite must be a mapping with a `runs` list")
     return name, data
+
+
+def _text(value, what: str) -> str:
+    """A YAML scalar (string or number) as text; UserError naming `what` for a mapping, list, boolean or null (whose
+    str() a YAML of nested aliases can make endless)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise UserError(f"{what} must be a string, got {shown(value)}")
 
 
 def parse_suite(name: str, data: dict, source: str) -> Suite:
@@ -96,7 +101,7 @@ def parse_suite(name: str, data: dict, source: str) -> Suite:
 
     unknown = set(data) - set(SUITE_KEYS)
     if unknown:
-        raise UserError(f"{source}: unknown suite key {sorted(unknown)[0]!r}; keys: {', '.join(SUITE_KEYS)}")
+        raise UserError(f"{source}: unknown suite key {sorted(map(str, unknown))[0]!r}; keys: {', '.join(SUITE_KEYS)}")
     entries = data.get("runs")
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{source}: `runs` must be a non-empty list of {{name, config, overrides}} or {{name, run}}")
@@ -105,31 +110,34 @@ def parse_suite(name: str, data: dict, source: str) -> Suite:
         where = f"{source}: runs[{i}]"
         if not isinstance(entry, dict) or set(entry) - set(RUN_KEYS) or not entry.get("name"):
             raise UserError(f"{where} must be a mapping with a name and either run or config (keys: "
-                            f"{', '.join(RUN_KEYS)}), got {entry!r}")
-        run_name = str(entry["name"])
+                            f"{', '.join(RUN_KEYS)}), got {shown(entry)}")
+        overrides = entry.get("overrides") or []
+        overrides = overrides.split() if isinstance(overrides, str) else overrides
+        if not isinstance(overrides, list):
+            raise UserError(f"{where}: overrides must be a list of key=value, got {shown(overrides)}")
+        run_name = _text(entry["name"], f"{where}: name")
         if safe_name(run_name) != run_name:
             raise UserError(f"{where}: name {run_name!r} becomes a folder name: use letters, digits, . _ - only")
         if ("run" in entry) == ("config" in entry):
             raise UserError(f"{where} ({run_name}): give either `run` (an existing run directory) or `config`")
-        overrides = entry.get("overrides") or []
-        if isinstance(overrides, str):
-            overrides = overrides.split()
         if "run" in entry and overrides:
             raise UserError(f"{where} ({run_name}): overrides apply to a `config` entry, not to an existing run")
-        runs.append(SuiteRun(run_name, str(entry["run"]) if "run" in entry else None,
-                             str(entry["config"]) if "config" in entry else None, [str(o) for o in overrides]))
+        runs.append(SuiteRun(run_name, _text(entry["run"], f"{where}: run") if "run" in entry else None,
+                             _text(entry["config"], f"{where}: config") if "config" in entry else None,
+                             [_text(o, f"{where}: overrides[]") for o in overrides]))
     names = [r.name for r in runs]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate:
         raise UserError(f"{source}: two runs are named {duplicate!r}; names must differ")
-    suite = Suite(name, source, runs, description=str(data.get("description") or ""))
+    suite = Suite(name, source, runs, description=_text(data.get("description") or "", f"{source}: description"))
     for key, kind in (("n", int), ("seed", int), ("ref_n", int), ("metrics", str), ("sweep", str),
                       ("classifier", str)):
         if data.get(key) is not None:
             value = data[key]
-            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-                raise UserError(f"{source}: {key} must be an integer, got {value!r}")
-            setattr(suite, key, kind(value))
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)
+                                or not INT64_MIN <= value <= INT64_MAX):
+                raise UserError(f"{source}: {key} must be an integer in -2**63..2**63-1, got {shown(value)}")
+            setattr(suite, key, value if kind is int else _text(value, f"{source}: {key}"))
     return suite
 
 
@@ -161,13 +169,9 @@ def config_differences(saved, requested) -> list[str]:
 
 def read_run_config(run_dir: Path):
     """The Config saved in RUN_DIR/config.yaml; UserError when it is corrupt."""
-    from ddpmlab.config import config_from_dict
+    from ddpmlab.config import load_config
 
-    path = Path(run_dir) / "config.yaml"
-    try:
-        return config_from_dict(yaml.safe_load(path.read_text()) or {}, str(path))
-    except yaml.YAMLError:
-        raise UserError(f"{path}: corrupt config file") from None
+    return load_config(str(Path(run_dir) / "config.yaml"))
 
 
 def reference_key(plan: PlannedRun) -> str:

@@ -4,10 +4,13 @@ sample grids from saved .npz samples."""
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ddpmlab.errors import UserError
 
 # method -> family: the runs whose losses share a figure (their losses mean the same thing)
 FAMILIES = {"ddpm": "diffusion", "vae": "vae", "dcgan": "gan", "vaegan": "gan"}
@@ -64,9 +67,16 @@ def samples_grid(npz_path: Path, out_path: Path, count: int = GRID_IMAGES) -> Pa
     """The first `count` images of a samples .npz (uint8 N×H×W×C, as `ddpmlab eval` writes) as a PNG grid."""
     from ddpmlab.images import save_grid
 
-    with np.load(npz_path, allow_pickle=False) as data:
-        images = torch.from_numpy(data["images"][:count]).permute(0, 3, 1, 2).contiguous()
-    return save_grid(images, out_path, scale=2)
+    try:
+        with np.load(npz_path, allow_pickle=False) as data:  # never pickles
+            images = data["images"][:count]
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{npz_path}: not a samples file ({exc.__class__.__name__}); delete it to sample again"
+                        ) from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise UserError(f"{npz_path}: not a samples file (images {images.dtype} {images.shape}); "
+                        f"delete it to sample again")
+    return save_grid(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), out_path, scale=2)
 
 
 def evenly_spaced(items: list, count: int) -> list:

@@ -78,7 +78,8 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
     others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
     (VAE, DCGAN, VAE-GAN), which has no schedule (None). Draw images with ddpmlab.methods.sample_images.
-    Raises UserError for a missing, corrupt or foreign checkpoint.
+    Raises UserError for a missing, corrupt or foreign checkpoint, and for one whose progress or weights file differs
+    from the checksum recorded when it was written.
     """
     import json
 
@@ -88,16 +89,19 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
 
     from ddpmlab.train.pretrained import as_float32
 
-    folder = find_checkpoint(path)
+    folder, weights = find_checkpoint(path), weights_file(path, use_ema)
+    ckpt.verify_checkpoint(folder, [ckpt.PROGRESS_FILE] + ([weights.name] if weights.parent == folder else []))
     step = checkpoint_step(folder)
-    state, metadata = ckpt.read_weights(weights_file(path, use_ema))
+    state, metadata = ckpt.read_weights(weights)
     state = as_float32(state)
     try:
-        config = config_from_dict(json.loads(metadata["config"]), str(folder))
-        spec = json.loads(metadata["model_spec"])
-    except (KeyError, json.JSONDecodeError):
+        config, spec = json.loads(metadata["config"]), json.loads(metadata["model_spec"])
+        if not isinstance(config, dict) or not isinstance(spec, dict):
+            raise ValueError("not JSON objects")
+        config = config_from_dict(config, str(folder))
+        net = rebuild_method(metadata.get("method") or "ddpm", spec, config)
+    except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
         raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
-    net = rebuild_method(metadata.get("method") or "ddpm", spec, config)
     mismatch = ckpt.state_mismatch(net.state_dict(), state)
     if mismatch:
         raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
@@ -121,5 +125,10 @@ def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True)
     from safetensors.torch import safe_open
 
     with safe_open(str(weights_file(path, use_ema)), framework="pt") as handle:
-        names = json.loads((handle.metadata() or {}).get("class_names") or "null")
-    return names if isinstance(names, list) and len(names) == num_classes else [f"class {k}" for k in range(num_classes)]
+        try:
+            names = json.loads((handle.metadata() or {}).get("class_names") or "null")
+        except ValueError:  # not JSON: the names are unknown, the weights may still be fine
+            names = None
+    if isinstance(names, list) and len(names) == num_classes and all(isinstance(name, str) for name in names):
+        return names
+    return [f"class {k}" for k in range(num_classes)]

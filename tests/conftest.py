@@ -1,0 +1,42 @@
+"""Built once per session for the tests of hostile input (test_untrusted_files.py, test_bad_input.py)."""
+
+import pytest
+
+from ddpmlab.config import DataConfig, load_config
+from ddpmlab.train import Trainer
+
+TINY_DATA = {"name": "synthetic", "synthetic_count": 512, "synthetic_size": 16, "val_fraction": 0.1}  # tiny's images
+
+
+@pytest.fixture(scope="session")
+def short_tiny_run(tmp_path_factory):
+    """The tiny preset trained for 4 steps, with checkpoints at steps 2 and 4. Copy it before changing it."""
+    run = tmp_path_factory.mktemp("short") / "tiny"
+    config = load_config("tiny", ["train.steps=4", "train.checkpoint_every=2", "train.log_every=1",
+                                  "train.val_every=2", "train.sample_every=4"])
+    Trainer(config, run, progress=False).train()
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """The tiny preset's data config."""
+    return DataConfig(**TINY_DATA)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny_data):
+    """An FD classifier for the tiny preset's images, trained for 5 steps (its features only need to exist)."""
+    from ddpmlab.eval.classifier import train_classifier_to_file
+
+    path = tmp_path_factory.mktemp("classifier") / "tiny.safetensors"
+    train_classifier_to_file(tiny_data, path, steps=5, batch_size=16, progress=False)
+    return path
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """DDPMLAB_CACHE (reference statistics, default classifiers) in this test's own folder."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("DDPMLAB_CACHE", str(folder))
+    return folder
