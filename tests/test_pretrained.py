@@ -114,8 +114,8 @@ def root(exported, monkeypatch):
 
 def test_export_writes_the_folder_and_fp16_loads_as_float32(exported, root):
     run = exported["run"]
-    assert sorted(p.name for p in (root / "tiny").iterdir()) == ["config.yaml", "info.json", "metrics.csv",
-                                                                 "model.safetensors"]
+    assert sorted(p.name for p in (root / "tiny").iterdir()) == ["checksums.json", "config.yaml", "info.json",
+                                                                 "metrics.csv", "model.safetensors"]
     stored, _ = ckpt.read_weights(root / "tiny" / "model.safetensors")
     ema, _ = ckpt.read_weights(ckpt.list_checkpoints(run)[-1] / ckpt.EMA_FILE)
     assert {v.dtype for v in stored.values()} == {torch.float16}
@@ -219,3 +219,17 @@ def test_compare_evaluates_a_pretrained_entry_into_the_report_folder(exported, r
     assert Path(row["eval_json"]).parent == tmp_path / "report" / "pretrained" / "shipped"
     assert row["training"]["train_steps"] == 10 and row["metrics"]["fd_classifier"] > 0  # from the shipped metrics.csv
     assert not (root / "tiny32" / "eval").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_damaged_shipped_file_is_named_before_use(exported, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(exported["root"] / "tiny32", root / "tiny32")
+    monkeypatch.setenv(pretrained.ROOT_ENV, str(root))
+    weights = root / "tiny32" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10  # one bit of the last weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"model\.safetensors: damaged, its SHA-256 differs .*reinstall ddpmlab"):
+        load_trained("pretrained:tiny32", device="cpu")

@@ -87,10 +87,16 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     from ddpmlab.methods import rebuild_method
     from ddpmlab.train import checkpoint as ckpt
 
-    from ddpmlab.train.pretrained import as_float32
+    from ddpmlab.train.pretrained import as_float32, is_pretrained_folder
 
     folder, weights = find_checkpoint(path), weights_file(path, use_ema)
-    ckpt.verify_checkpoint(folder, [ckpt.PROGRESS_FILE] + ([weights.name] if weights.parent == folder else []))
+    try:
+        ckpt.verify_checkpoint(folder, [ckpt.PROGRESS_FILE] + ([weights.name] if weights.parent == folder else []))
+    except ckpt.DamagedCheckpoint as exc:
+        if not is_pretrained_folder(folder):
+            raise
+        raise UserError(f"{exc.reason}; reinstall ddpmlab (pip install --force-reinstall ddpmlab) or export the model "
+                        f"again") from None
     step = checkpoint_step(folder)
     state, metadata = ckpt.read_weights(weights)
     state = as_float32(state)

@@ -4,7 +4,8 @@ One folder per NAME in ddpmlab/pretrained/ (or in $DDPMLAB_PRETRAINED_DIR, which
 run's), `model.safetensors` (its EMA weights, float16 or float32 storage, with the checkpoint's metadata; always
 loaded as float32), `info.json` (training steps, wall-clock, machine, date, command, scores with their protocol)
 and, when the run had one, its `metrics.csv` up to the exported step (for the stability and cost columns of
-`ddpmlab compare`). `export_pretrained` writes such a folder from a run; nothing here needs a network connection.
+`ddpmlab compare`), with `checksums.json` (the SHA-256 and size of each, checked like a checkpoint's before the
+weights are used). `export_pretrained` writes such a folder from a run; nothing here needs a network connection.
 """
 
 from __future__ import annotations
@@ -289,6 +290,9 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
             with (tmp / METRICS_FILE).open("w", newline="") as handle:
                 csv.writer(handle).writerows([history[0], *history[1]])
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=1) + "\n")
+        checksums = {path.name: ckpt.file_checksum(path) for path in sorted(tmp.iterdir())}
+        (tmp / ckpt.CHECKSUMS_FILE).write_text(json.dumps({"format": ckpt.CHECKSUMS_FORMAT, "files": checksums},
+                                                          indent=1) + "\n")
         size = folder_bytes(tmp)
         if size > MAX_BYTES:
             raise UserError(f"pretrained model {name} would take {size / 1e6:.1f} MB, over the {MAX_BYTES / 1e6:g} MB "
