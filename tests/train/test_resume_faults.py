@@ -158,3 +158,23 @@ def test_a_read_only_checkpoint_folder_stops_the_run_and_keeps_the_previous(tmp_
     finally:
         run.chmod(0o755)
         (run / "checkpoints").chmod(0o755)
+
+
+def test_a_read_only_file_system_stops_the_run_and_keeps_the_previous(tmp_path, monkeypatch, capsys):
+    """The read-only case that also bites root: the file system refuses the write (EROFS), simulated."""
+    run = tmp_path / "run"
+    real_write = ckpt._write_synced
+
+    def read_only(path, data):
+        if "step_0000004" in path.parent.name:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_synced", read_only)
+    assert main(["train", "tiny", "--run-dir", str(run), "--quiet", "train.steps=6", "train.checkpoint_every=2",
+                 "train.sample_every=1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: cannot write checkpoint {run}/checkpoints/step_0000004")
+    assert "step_0000002 is intact" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002"]
+    ckpt.verify_checkpoint(run / "checkpoints" / "step_0000002")
