@@ -207,14 +207,15 @@ CHEAP_TRAINING = ["data.synthetic_count=64", "train.steps=2", "train.batch_size=
 
 
 def affordable(config: Config, steps: int = 3, images: int = 128) -> bool:
-    """A config that trains, validates and draws its grid in about a second on a CPU, reading no files."""
+    """A config that trains, validates and draws its grid in about a second on a CPU, reading no files (and compiles
+    nothing: torch.compile takes minutes)."""
     d, m, f, t, s = config.data, config.model, config.diffusion, config.train, config.sample
     baselines = [getattr(config, name) for name in ("vae", "dcgan", "vaegan")]
     return (d.name == "synthetic" and d.synthetic_count <= images and d.synthetic_size <= 32
             and (d.image_size or 0) <= 32 and t.steps <= steps and t.batch_size <= 64 and t.val_batches <= 2 and t.sample_n <= 16
             and m.channels <= 32 and len(m.channel_mult) <= 3 and max(m.channel_mult) <= 4 and m.num_res_blocks <= 2
             and all(b.latent_dim <= 256 and b.base_channels <= 64 for b in baselines)
-            and (f.timesteps <= 100 if s.sampler == "ddpm" else s.steps <= 20))
+            and (f.timesteps <= 100 if s.sampler == "ddpm" else s.steps <= 20) and t.compile is not True)
 
 
 @fuzz("train")

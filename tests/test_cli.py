@@ -43,6 +43,7 @@ def test_sigterm_then_resume_samples_the_same_images(trained, tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err  # saved and stopped, but not a finished run
     assert "interrupted at step" in out and "Traceback" not in err
+    assert not (run / ".lock").exists()  # released on the way out
     stopped_at = int(out.split("interrupted at step ")[1].split()[0])
     assert 5 <= stopped_at < 40
 
@@ -111,6 +112,9 @@ def test_corrupt_and_foreign_checkpoints(capsys, trained, tmp_path):
     shutil.copytree(trained, broken)
     newest = sorted((broken / "checkpoints").iterdir())[-1]
     (newest / "ema.safetensors").write_bytes(b"garbage" * 10)
+    _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"],
+                       f"{newest / 'ema.safetensors'}: damaged (truncated), 70 bytes where")
+    (newest / "checksums.json").unlink()  # as checkpoints were written before checksums: the file's own checks
     _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"], "not a readable safetensors file")
     (newest / "model.safetensors").write_bytes(b"garbage")
     _expect_user_error(capsys, ["train", "--resume", broken], "not a readable safetensors file")

@@ -288,6 +288,7 @@ def _add_bench_parser(commands) -> argparse.ArgumentParser:
     _add_bench_options(sample, None, "the config's sample.batch_size")
     peers = kinds.add_parser("peers", help="ours (cifar10 preset) against diffusers' UNet2DModel, paired rounds "
                                            "(needs pip install -e .[peers])")
+    peers.add_argument("overrides", nargs="*", help="train.key=value, applied to both sides (e.g. train.channels_last=true)")
     peers.add_argument("--rounds", type=_int64, default=5, help="paired rounds, ours then theirs (default 5)")
     peers.add_argument("--steps", type=_int64, default=1, help="timed steps per side per round (default 1)")
     peers.add_argument("--warmup", type=_int64, default=1, help="untimed steps of each side first (default 1)")
@@ -316,7 +317,7 @@ def _bench(args) -> int:
     else:
         from ddpmlab.bench.peers import bench_peers, describe_peers
 
-        result = bench_peers(args.batch_size, args.steps, args.rounds, args.warmup, args.device)
+        result = bench_peers(args.batch_size, args.steps, args.rounds, args.warmup, args.device, args.overrides)
         text = describe_peers
     print(json.dumps(result) if args.json else text(result))
     return 0

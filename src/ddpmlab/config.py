@@ -13,7 +13,7 @@ import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -25,6 +25,8 @@ PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
 METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
+# A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
+Switch = Literal["auto", True, False]
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
 BAD_IMAGE_POLICIES = ("error", "skip")  # data.on_bad_image: stop at an unreadable image file, or leave it out
 
@@ -85,6 +87,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     bf16: bool = True  # autocast to bfloat16 on CUDA
+    # speed switches (ddpmlab.train.hotpath); none changes the maths, auto means on for CUDA
+    data_on_device: Switch = "auto"  # the uint8 dataset on the device, batches gathered and flipped there
+    fused_adam: Switch = "auto"  # AdamW's fused kernel (on the CPU it rounds differently from the default)
+    channels_last: Switch = "auto"  # NHWC weights and batches
+    compile: bool = False  # torch.compile the networks
     log_every: int = 50
     val_every: int = 1000
     val_batches: int = 4
@@ -92,6 +99,7 @@ class TrainConfig:
     sample_n: int = 64
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) that stop the run
 
 
 @dataclass
@@ -159,8 +167,9 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # (`method` and the baseline sections included) defines the model, the data or the process that the saved
 # weights were trained for.
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
+                    "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
-                    "train.checkpoint_every", "train.keep_checkpoints", "data.root", "data.download", "sample.*")
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "data.root", "data.download", "sample.*")
 
 
 def preset_names() -> list[str]:
@@ -248,6 +257,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if args and type(None) in args:  # X | None
         inner = [a for a in args if a is not type(None)][0]
         return _coerce(value, inner, key)
+    if origin is Literal:  # a Switch: exactly one of its values (1 is not true)
+        if any(value == choice and type(value) is type(choice) for choice in args):
+            return value
+        raise UserError(f"{key} must be one of {', '.join(_literal_text(a) for a in args)}, got {value!r}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {shown(value)}")
@@ -280,6 +293,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return str(value)
         raise UserError(f"{key} must be a string, got {shown(value)}")
     return value
+
+
+def _literal_text(choice: Any) -> str:
+    """A Literal's value as a user writes it in YAML: true, false, auto."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
 def _merge(config: Config, data: dict, source: str) -> None:
@@ -359,7 +377,9 @@ def config_to_dict(config: Config) -> dict:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from ddpmlab.paths import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
 
 
 def flatten(config: Config) -> dict[str, Any]:
@@ -444,7 +464,8 @@ def validate(config: Config) -> None:
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            "must be auto, cpu, cuda or cuda:N")
-    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints"):
+    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints",
+                "max_bad_steps"):
         _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
 
     from ddpmlab.samplers import SAMPLERS

@@ -50,6 +50,12 @@ def model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A generator seeded with `seed` on `device` when that is a GPU (draws need no host-to-device copy), else
+    on the CPU."""
+    return torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+
+
 def randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype = torch.float32,
           rows: BatchSlice | None = None) -> torch.Tensor:
     """Standard normal noise drawn on the generator's device (the CPU by default), then moved to `device`.
@@ -59,7 +65,7 @@ def randn(shape, generator: torch.Generator | None, device, dtype: torch.dtype =
     """
     source = generator.device if generator is not None else torch.device("cpu")
     shape = _whole_batch(tuple(shape), rows)
-    return _slice(torch.randn(shape, generator=generator, device=source, dtype=dtype), rows).to(device)
+    return to_device(_slice(torch.randn(shape, generator=generator, device=source, dtype=dtype), rows), device)
 
 
 def randint(high: int, n: int, generator: torch.Generator | None, device, rows: BatchSlice | None = None
@@ -68,7 +74,16 @@ def randint(high: int, n: int, generator: torch.Generator | None, device, rows: 
     `device`; with `rows`, n == len(rows) and the draw covers the whole batch."""
     source = generator.device if generator is not None else torch.device("cpu")
     (n,) = _whole_batch((n,), rows)
-    return _slice(torch.randint(0, high, (n,), generator=generator, device=source), rows).to(device)
+    return to_device(_slice(torch.randint(0, high, (n,), generator=generator, device=source), rows), device)
+
+
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """`tensor` on `device`; a CPU tensor bound for a GPU goes through pinned memory without blocking, so the host
+    does not wait for the GPU's queue to drain (a plain copy from pageable memory would)."""
+    device = torch.device(device)
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def _whole_batch(shape: tuple, rows: BatchSlice | None) -> tuple:

@@ -38,15 +38,21 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Write images (uint8 or [-1, 1] floats, N×C×H×W) as one PNG grid; `scale` enlarges pixels."""
+    """Write images (uint8 or [-1, 1] floats, N×C×H×W) as one PNG grid, atomically; `scale` enlarges pixels."""
+    import io
+
     from PIL import Image
+
+    from ddpmlab.paths import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     picture = Image.fromarray(make_grid(images, nrow))
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    picture.save(path)
+    encoded = io.BytesIO()
+    picture.save(encoded, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    atomic_write_bytes(path, encoded.getvalue())
     return path
 
 

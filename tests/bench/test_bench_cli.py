@@ -52,3 +52,21 @@ def test_user_errors_are_one_line_and_exit_2(args, message, capsys, monkeypatch)
     assert main(["bench", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_train_runs_and_reports_the_speed_switches_it_was_given(capsys):
+    args = ["bench", "train", *TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu", "--json"]
+    assert main(args) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert (default["fused_adam"], default["channels_last"], default["compile"]) == (False, False, False)  # auto on a CPU
+    assert main([*args, "train.channels_last=true", "train.fused_adam=true"]) == 0
+    switched = json.loads(capsys.readouterr().out)
+    assert (switched["fused_adam"], switched["channels_last"], switched["compile"]) == (True, True, False)
+    assert switched["train_flops_per_image"] == default["train_flops_per_image"]  # the same maths
+
+
+def test_sample_reports_its_layout(capsys):
+    assert main(["bench", "sample", *TINY, "train.channels_last=true", "--sampler", "ddim", "--steps", "2",
+                 "--batch-size", "2", "--repeats", "1", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["channels_last"] is True and result["bf16"] is False and result["images_per_s"] > 0

@@ -57,3 +57,10 @@ def test_peers_smoke_one_round_reports_both_sides(capsys):
     assert train["ratio"] == pytest.approx(statistics.median(train["ratios"]))
     assert len(result["sample"]["ratios"]) == 2
     assert result["ours_parameters"] == result["theirs_parameters"] == 35_746_307
+
+
+def test_peers_take_only_train_overrides(capsys):
+    _require_diffusers()
+    assert main(["bench", "peers", "model.channels=64", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench peers takes train.* overrides only") and err.count("\n") == 1

@@ -1,5 +1,8 @@
 """Reference features: the cache round trip, its reuse and checks, and FD's floor on real images."""
 
+import io
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,8 @@ from ddpmlab.data import load_dataset
 from ddpmlab.eval.cache import cache_dir, dataset_key
 from ddpmlab.eval.classifier import classifier_features
 from ddpmlab.eval.features import ClassifierFeatures
-from ddpmlab.eval.reference import reference_features, reference_path, save_reference, subset_indices
+from ddpmlab.eval.reference import (load_reference, reference_features, reference_path, save_reference,
+                                    subset_indices)
 from ddpmlab.eval.run import fd_between
 from ddpmlab.eval.reference import feature_stats
 
@@ -113,3 +117,41 @@ def test_fd_of_real_images_is_zero_against_themselves_and_grows_with_noise(synth
     assert 1e-3 < distances[0] < distances[1] and shift > 1e-3
     with pytest.raises(ValueError, match="different extractors"):
         fd_between(stats, feature_stats(np.zeros((3, extractor.dim)), "other"))
+
+
+def test_a_damaged_cache_is_recomputed_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DDPMLAB_CACHE", str(tmp_path))
+    extractor = Counting()
+    features, _, info = reference_features(TINY, "val", extractor, 40, progress=False)
+    path = info["path"]
+    intact = open(path, "rb").read()
+    identity = json.loads(str(np.load(path)["identity"]))
+    # every single-bit flip and truncation: the original data or None with a note, never an error or other numbers
+    rng, flips = np.random.default_rng(0), 0
+    for position in [*rng.integers(0, len(intact), 48), len(intact) - 1]:
+        for damaged in (intact[:position] + bytes([intact[position] ^ 1 << rng.integers(8)]) + intact[position + 1:],
+                        intact[:position]):
+            with open(path, "wb") as handle:
+                handle.write(damaged)
+            loaded = load_reference(path, extractor.extractor_id, 40, identity)
+            note = capsys.readouterr().err
+            if loaded is None:
+                assert note.startswith(f"note: the cached reference statistics {path} are damaged") or not note
+                flips += bool(note)
+            else:
+                np.testing.assert_array_equal(loaded[0], features)  # a flip in what no one reads (zip timestamps)
+    assert flips >= 60
+    # altered consistently (a valid zip, its CRCs right): only the SHA-256 tells
+    with np.load(io.BytesIO(intact)) as data:
+        arrays = {key: data[key] for key in data.files}
+    np.savez(path, **{**arrays, "features": np.where(arrays["features"] > 0, 1.0, arrays["features"])})
+    assert load_reference(path, extractor.extractor_id, 40, identity) is None
+    assert "its SHA-256 differs from the one recorded" in capsys.readouterr().err
+    _, _, again = reference_features(TINY, "val", extractor, 40, progress=False)
+    assert not again["cached"] and extractor.calls == 2 and "recomputing them" in capsys.readouterr().err
+    assert reference_features(TINY, "val", extractor, 40, progress=False)[2]["cached"]  # the rewrite is intact
+    # a cache written before checksums (no sha256) is still read
+    del arrays["sha256"]
+    np.savez(path, **arrays)
+    np.testing.assert_array_equal(load_reference(path, extractor.extractor_id, 40, identity)[0], features)
+    assert capsys.readouterr().err == ""

@@ -53,3 +53,18 @@ def test_resblock_values_and_gradients_match_the_formula():
         expected_grads = torch.autograd.grad(expected.square().sum(), (x, emb, block.conv1.weight, block.conv2.weight))
         assert torch.allclose(out, expected, atol=1e-10)
         assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, expected_grads))
+
+
+def test_upsample_is_nearest_doubling_then_its_3x3_convolution():
+    from ddpmlab.nets.layers import Upsample
+
+    block = _randomised(Upsample(6)).double()
+    for size in (1, 4, 5):
+        x = torch.randn(2, 6, size, size + 2, dtype=torch.float64, requires_grad=True)
+        out = block(x)
+        expected = block.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        grads = torch.autograd.grad(out.square().sum(), (x, block.conv.weight, block.conv.bias))
+        expected_grads = torch.autograd.grad(expected.square().sum(), (x, block.conv.weight, block.conv.bias))
+        assert out.shape == (2, 6, 2 * size, 2 * size + 4) and torch.allclose(out, expected, atol=1e-12)
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected_grads))
+    assert list(block.state_dict()) == ["conv.weight", "conv.bias"]  # the taps are a constant, not a weight

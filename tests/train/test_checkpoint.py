@@ -1,8 +1,14 @@
+import errno
+import hashlib
+import json
+import os
+
 import pytest
 import torch
 
 from ddpmlab import UserError
 from ddpmlab.train import checkpoint as ckpt
+from ddpmlab.train.run_dir import remove_unfinished_writes
 
 
 def _save(run, step, keep=2):
@@ -56,3 +62,107 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="unsafe"):
         ckpt.read_tensors(tmp_path / "evil.pt")
+
+
+# -- integrity: every file's SHA-256 and size in checksums.json, checked before use -------------------------------
+def _flip_bit(path, position=-7):
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {  # kind -> (how, the words the error must contain)
+    "truncated": (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "damaged (truncated)"),
+    "bit flipped": (_flip_bit, "its SHA-256 differs"),
+    "zeroed": (lambda p: p.write_bytes(bytes(p.stat().st_size)), "its SHA-256 differs"),
+    "grown": (lambda p: p.write_bytes(p.read_bytes() + b"\0"), "damaged (grown)"),
+    "missing": (lambda p: p.unlink(), "missing from the checkpoint"),
+}
+FILES = (ckpt.MODEL_FILE, ckpt.EMA_FILE, ckpt.OPTIMIZER_FILE, ckpt.RNG_FILE, ckpt.PROGRESS_FILE)
+
+
+def test_checksums_record_every_file(tmp_path):
+    folder = _save(tmp_path, 10)
+    manifest = json.loads((folder / ckpt.CHECKSUMS_FILE).read_text())
+    assert set(manifest["files"]) == set(FILES)
+    for name, entry in manifest["files"].items():
+        data = (folder / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    ckpt.verify_checkpoint(folder)  # intact: no error
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+@pytest.mark.parametrize("name", FILES)
+def test_every_kind_of_damage_to_every_file_is_named(tmp_path, name, kind):
+    folder = _save(tmp_path, 10)
+    damage, words = DAMAGE[kind]
+    damage(folder / name)
+    with pytest.raises(ckpt.DamagedCheckpoint) as caught:
+        ckpt.verify_checkpoint(folder)
+    assert str(caught.value).startswith(f"{folder / name}: ") and words in str(caught.value)
+    assert isinstance(caught.value, UserError) and "earlier checkpoint" in str(caught.value)
+    others = [other for other in FILES if other != name]
+    ckpt.verify_checkpoint(folder, others)  # only the damaged file is blamed
+
+
+@pytest.mark.parametrize("kind", ["bit flipped", "truncated", "missing"])
+def test_a_damaged_checksum_file_is_named(tmp_path, kind):
+    folder = _save(tmp_path, 10)
+    DAMAGE[kind][0](folder / ckpt.CHECKSUMS_FILE)
+    if kind == "missing":  # a checkpoint without checksums.json is one written before them: loads unchecked
+        ckpt.verify_checkpoint(folder)
+        return
+    with pytest.raises(ckpt.DamagedCheckpoint, match="checksums.json: damaged checksum file"):
+        ckpt.verify_checkpoint(folder)
+
+
+def test_newest_intact_skips_damaged_checkpoints(tmp_path):
+    for step in (10, 20, 30):
+        _save(tmp_path, step, keep=3)
+    _flip_bit(ckpt.checkpoint_dir(tmp_path, 30) / ckpt.OPTIMIZER_FILE)
+    progress = ckpt.checkpoint_dir(tmp_path, 20) / ckpt.PROGRESS_FILE
+    written = progress.stat().st_size
+    progress.write_text("{")
+    newest, damaged = ckpt.newest_intact(tmp_path)
+    assert newest.name == "step_0000010"
+    assert [(folder.name, reason.split(": ", 1)[1]) for folder, reason in damaged] == [
+        ("step_0000030", "damaged, its SHA-256 differs from the one recorded when it was written (altered or "
+                         "corrupted on disk)"),
+        ("step_0000020", f"damaged (truncated), 1 bytes where {written} were written")]
+
+
+# -- full disk, unfinished writes -----------------------------------------------------------------------------------
+def test_a_full_disk_is_a_user_error_that_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _save(tmp_path, 10)
+    real_write = ckpt._write_synced
+
+    def fills_the_disk(path, data):
+        if path.name == ckpt.OPTIMIZER_FILE:  # the model and EMA are written, the optimizer's state half
+            path.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_synced", fills_the_disk)
+    with pytest.raises(UserError) as caught:
+        _save(tmp_path, 20)
+    message = str(caught.value)
+    assert message.startswith(f"cannot write checkpoint {ckpt.checkpoint_dir(tmp_path, 20)}: the disk is full")
+    assert "step_0000010 is intact" in message and f"ddpmlab train --resume {tmp_path}" in message
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_0000010"]  # no temporary folder
+    ckpt.verify_checkpoint(ckpt.checkpoint_dir(tmp_path, 10))
+    assert ckpt.read_weights(ckpt.checkpoint_dir(tmp_path, 10) / ckpt.MODEL_FILE)[0]["w"].tolist() == [10.0, 10.0]
+
+
+def test_deleting_an_old_checkpoint_renames_it_first(tmp_path, monkeypatch):
+    """Pruning is a rename to a temporary name, then the deletion: a kill in between leaves no partial checkpoint
+    under a checkpoint's name, only a temporary folder that resume removes."""
+    for step in (10, 20):
+        _save(tmp_path, step)
+    monkeypatch.setattr(ckpt.shutil, "rmtree", lambda *args, **kwargs: None)  # the deletion never happens
+    _save(tmp_path, 30)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names[-2:] == ["step_0000020", "step_0000030"] and len(names) == 3
+    assert names[0].startswith(".step_0000010.") and names[0].endswith(".tmp")
+    monkeypatch.undo()
+    assert [p.name for p in remove_unfinished_writes(tmp_path)] == [names[0]]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_0000020", "step_0000030"]

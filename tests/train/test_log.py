@@ -27,5 +27,18 @@ def test_columns_are_per_run_and_the_header_survives_resume(tmp_path):
 
 def test_the_default_columns_are_every_runs(tmp_path):
     MetricsLog(tmp_path / "metrics.csv").append(step=1, loss=0.5)
-    assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(COLUMNS), "1,0.5,,,,,"]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [",".join(COLUMNS), "1,0.5,,,,,,"]
     assert plot_loss_curve(tmp_path / "metrics.csv", tmp_path / "loss.png") is not None
+
+
+def test_resume_adds_new_columns_and_drops_a_row_cut_short(tmp_path):
+    """A metrics.csv written before a column existed gains it on resume; a last row a crash cut short is dropped."""
+    path = tmp_path / "metrics.csv"
+    old = COLUMNS[:-1]  # before bad_steps
+    path.write_text(",".join(old) + "\n5,0.5,,0.001,1.5,100,2.0\n10,0.25,0.3,0.001,1.25,100,4.0\n15,0.2")
+    log = MetricsLog(path, resume_step=12, columns=COLUMNS)
+    assert log.columns == COLUMNS
+    log.append(step=12, loss=0.125, bad_steps=2)
+    rows = read_metrics(path)
+    assert [(r["step"], r["loss"], r["val_loss"], r["bad_steps"]) for r in rows] == [
+        (5, 0.5, None, None), (10, 0.25, 0.3, None), (12, 0.125, None, 2.0)]

@@ -161,7 +161,8 @@ def test_what_a_method_cannot_honour_is_a_one_line_error(capsys, cli_runs, tmp_p
 
 def _as_written_before_the_methods(folder):
     """Rewrite a DDPM checkpoint as ddpmlab wrote it before the methods: one optimizer's state, no `method` in the
-    weights' metadata, no `method` or baseline sections in its config."""
+    weights' metadata, no `method` or baseline sections in its config, no checksums.json."""
+    (folder / ckpt.CHECKSUMS_FILE).unlink()
     optimizers = torch.load(folder / ckpt.OPTIMIZER_FILE, weights_only=True)
     torch.save(optimizers["model"], folder / ckpt.OPTIMIZER_FILE)
     for name in (ckpt.MODEL_FILE, ckpt.EMA_FILE):

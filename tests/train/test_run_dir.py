@@ -92,3 +92,16 @@ def test_a_schedule_far_from_noise_is_warned_about_once_in_stderr_and_run_log(tm
     Trainer(tiny("train.steps=1"), tmp_path / "b", progress=False)  # the scaled default: no warning
     assert "warning" not in capsys.readouterr().err
     assert "parameters" in (tmp_path / "b" / "run.log").read_text()
+
+
+def test_force_takes_a_run_killed_while_writing_its_config(tmp_path):
+    """A run killed before its config.yaml was in place left only a stale lock and the config's temporary file."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text('{"pid": 1, "host": "elsewhere"}')
+    (run / ".config.yaml.0a1b2c3d.tmp").write_text("data:\n")
+    with pytest.raises(UserError, match="already exists; use --force"):
+        Trainer(tiny("train.steps=1"), run, progress=False)
+    Trainer(tiny("train.steps=1"), run, force=True, progress=False).train()
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "loss.png", "metrics.csv",
+                                                     "run.log", "samples"]

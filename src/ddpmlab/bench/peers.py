@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ddpmlab.bench.timing import check_positive, images_per_second, timed_calls
-from ddpmlab.bench.train import TrainingStep, random_batch
+from ddpmlab.bench.train import TrainingStep, random_batch, switch_text
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
@@ -53,10 +53,15 @@ class DiffusersEps(nn.Module):
         return self.net(x, t).sample
 
 
-def cifar10_networks():
+def cifar10_networks(overrides: list[str] | None = None):
     """(our `cifar10` preset's UNet, diffusers' UNet2DModel in the google/ddpm-cifar10-32 configuration wrapped as
-    DiffusersEps, the preset's Config), both freshly initialised on the CPU."""
-    config = load_config(PRESET)
+    DiffusersEps, the preset's Config with `train.*` overrides), both freshly initialised on the CPU. The
+    architecture is fixed: any other override is a UserError."""
+    other = [item for item in overrides or [] if not item.startswith("train.")]
+    if other:
+        raise UserError(f"bench peers takes train.* overrides only (they apply to both networks), got {other[0]!r}; "
+                        f"the architecture is google/ddpm-cifar10-32's")
+    config = load_config(PRESET, overrides)
     ours = build_unet(config.model, 3, 32, None, config.diffusion.prediction)
     theirs = DiffusersEps(diffusers_unet2d()(**DIFFUSERS_CIFAR10))
     return ours, theirs, config
@@ -85,11 +90,13 @@ def _paired(steps: dict, batch_size: int, rounds: int, steps_per_round: int, dev
             "ratios": ratios, "ratio": statistics.median(ratios)}
 
 
-def bench_peers(batch_size: int = 8, steps: int = 1, rounds: int = 5, warmup: int = 1, device: str = "auto") -> dict:
+def bench_peers(batch_size: int = 8, steps: int = 1, rounds: int = 5, warmup: int = 1, device: str = "auto",
+                overrides: list[str] | None = None) -> dict:
     """Training and sampling speed of ours (`cifar10` preset) against diffusers' UNet2DModel (google/ddpm-cifar10-32
     configuration) on the same random batch: a training step is `TrainingStep` (MSE on ε, AdamW, clipping, EMA, bf16
     autocast on CUDA) and a sampling step one DDIM step of `samplers.sample` (one network evaluation in eval mode).
-    `rounds` rounds, each timing `steps` calls of ours then of theirs after `warmup` untimed calls of each;
+    `rounds` rounds, each timing `steps` calls of ours then of theirs after `warmup` untimed calls of each; `overrides`
+    (train.* only, e.g. train.channels_last=true) set the speed switches of both sides alike;
     `images_per_s` is ours' median training throughput, `ratio` the median of the per-round ratios ours/theirs.
     UserError when diffusers is missing (with the install hint) or for bad input."""
     check_positive(batch_size=batch_size, steps=steps, rounds=rounds)
@@ -100,7 +107,7 @@ def bench_peers(batch_size: int = 8, steps: int = 1, rounds: int = 5, warmup: in
     import diffusers
 
     torch.manual_seed(0)
-    ours, theirs, config = cifar10_networks()
+    ours, theirs, config = cifar10_networks(overrides)
     schedule = build_schedule(config.diffusion)
     x0, _, _ = random_batch(config, batch_size, device)
     training = {side: TrainingStep(model.to(device), schedule, config, x0)
@@ -123,7 +130,8 @@ def bench_peers(batch_size: int = 8, steps: int = 1, rounds: int = 5, warmup: in
             "images_per_s": train["ours_images_per_s"], "train": train, "sample": sampling_result,
             "ours_parameters": parameter_count(ours), "theirs_parameters": parameter_count(theirs),
             "batch_size": batch_size, "steps": steps, "rounds": rounds, "warmup": warmup, "device": str(device),
-            "bf16": training["ours"].bf16, **peak_memory(device), **load, "torch": torch.__version__}
+            "bf16": training["ours"].bf16, **training["ours"].switches, "overrides": list(overrides or []),
+            **peak_memory(device), **load, "torch": torch.__version__}
 
 
 def describe_peers(result: dict) -> str:
@@ -132,7 +140,8 @@ def describe_peers(result: dict) -> str:
     lines.append(f"ours: ddpmlab UNet, `{PRESET}` preset, {r['ours_parameters']:,} parameters; theirs: {r['peer']}, "
                  f"{r['theirs_parameters']:,} parameters")
     lines.append(f"batch {r['batch_size']} on {r['device']}{' (bf16 autocast)' if r['bf16'] else ''}, {r['rounds']} "
-                 f"rounds of {r['steps']} step(s) per side, ours then theirs, after {r['warmup']} warm-up step(s)")
+                 f"rounds of {r['steps']} step(s) per side, ours then theirs, after {r['warmup']} warm-up step(s); "
+                 f"{switch_text(r)}")
     for name, what in (("train", "training step (loss, backward, clip, AdamW, EMA)"),
                        ("sample", "sampling step (one DDIM step, one network evaluation)")):
         part = r[name]

@@ -10,32 +10,42 @@ from torch import nn
 from ddpmlab.bench.timing import (check_positive, count_flops, data_shape, images_per_second, matmul_rate,
                                   timed_calls)
 from ddpmlab.config import Config, load_config
+from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
 from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.train import hotpath
 from ddpmlab.train.ema import EMA
 
 
 class TrainingStep:
     """One optimisation step as the Trainer runs it, on a fixed random batch: `diffusion_loss` (bf16 autocast on
-    CUDA when train.bf16), backward, gradient clipping, AdamW, EMA. Calling it runs one step; `model` may be any
-    nn.Module with the `(x_t, t, labels=None)` signature, so a peer's network runs the very same step."""
+    CUDA when train.bf16), backward, gradient clipping, AdamW, EMA, with the config's speed switches
+    (train.fused_adam, channels_last, compile; the batch is on the device already). Calling it runs one step;
+    `model` may be any nn.Module with the `(x_t, t, labels=None)` signature, so a peer's network runs the very
+    same step. The model is moved to x0's device and, with channels_last, to that layout, in place."""
 
     def __init__(self, model: nn.Module, schedule: NoiseSchedule, config: Config, x0: torch.Tensor,
                  labels: torch.Tensor | None = None):
-        t = config.train
-        self.model, self.schedule, self.x0, self.labels = model.train(), schedule, x0, labels
+        t, device = config.train, x0.device
+        self.switches = {"fused_adam": hotpath.resolve_switch(t.fused_adam, device),
+                         "channels_last": hotpath.resolve_switch(t.channels_last, device), "compile": t.compile}
+        layout = hotpath.memory_format(t.channels_last, device)
+        self.model = model.to(device, memory_format=layout).train()
+        self.schedule, self.x0, self.labels = schedule, x0.contiguous(memory_format=layout), labels
         self.diffusion = config.diffusion
         self.grad_clip = t.grad_clip or float("inf")
-        self.bf16 = x0.device.type == "cuda" and t.bf16
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.bf16 = device.type == "cuda" and t.bf16
+        self.optimizer = hotpath.adamw(model.parameters(), t.lr, (0.9, 0.999), t.weight_decay, self.switches["fused_adam"])
         self.ema = EMA(model, t.ema_decay)
-        self.generator = torch.Generator().manual_seed(t.seed)  # t and ε, as the Trainer draws them
+        if t.compile:
+            self.model.compile()
+        self.generator = seeded_generator(device, t.seed)  # t and ε, as the Trainer draws them
         self.steps = 0
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        return hotpath.autocast(self.x0.device, self.bf16)
 
     def loss(self) -> torch.Tensor:
         """The training loss of the batch, as a scalar tensor with its graph."""
@@ -54,8 +64,10 @@ class TrainingStep:
 
     def flops(self) -> tuple[int, int]:
         """(forward, forward + backward) FLOPs of the batch, counted on one pass each; the weights are not updated."""
-        forward = count_flops(lambda: self.loss())
-        both = count_flops(lambda: self.loss().backward())
+        # a compiled network runs its kernels past the counter: count on the eager one
+        with torch.compiler.set_stance("force_eager") if self.switches["compile"] else contextlib.nullcontext():
+            forward = count_flops(lambda: self.loss())
+            both = count_flops(lambda: self.loss().backward())
         self.optimizer.zero_grad(set_to_none=True)
         return forward, both
 
@@ -101,10 +113,15 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
             "images_per_s": images_per_s, "seconds_per_step": batch_size / images_per_s, "seconds": seconds,
             "batch_size": batch_size, "steps": steps, "warmup": warmup, "device": str(device),
             "image_shape": list(x0.shape[1:]), "parameters": sum(p.numel() for p in model.parameters()),
-            "bf16": step.bf16, "forward_flops_per_image": forward_flops / batch_size,
+            "bf16": step.bf16, **step.switches, "forward_flops_per_image": forward_flops / batch_size,
             "train_flops_per_image": flops_per_image, "achieved_tflops": flops_per_image * images_per_s / 1e12,
             **rate, "matmul_fraction": flops_per_image * images_per_s / 1e12 / rate["matmul_tflops"],
             **peak_memory(device), **load, "torch": torch.__version__}
+
+
+def switch_text(result: dict) -> str:
+    """The speed switches a result ran with, e.g. "fused_adam off, channels_last on, compile off"."""
+    return ", ".join(f"{name} {'on' if result.get(name) else 'off'}" for name in ("fused_adam", "channels_last", "compile"))
 
 
 def describe_train(result: dict) -> str:
@@ -113,6 +130,7 @@ def describe_train(result: dict) -> str:
     return "\n".join([
         f"{r['config']}: {r['parameters']:,} parameters, batch {r['batch_size']} of {'×'.join(map(str, r['image_shape']))}"
         f" on {r['device']}{' (bf16 autocast)' if r['bf16'] else ''}, {r['steps']} timed steps after {r['warmup']} warm-up",
+        f"  switches: {switch_text(r)}",
         f"  {r['images_per_s']:.2f} images/s (median), {r['seconds_per_step']:.3f} s per step; "
         f"steps {', '.join(f'{s:.3f}' for s in r['seconds'])} s",
         f"  FLOPs per image: forward {r['forward_flops_per_image'] / 1e9:.2f} G, forward+backward "

@@ -91,10 +91,12 @@ def diffusion_loss(
 ) -> torch.Tensor:
     """Ho et al. (2020) L_simple = E_{t,x0,ε} ‖target − net(x_t, t)‖², t ~ U{0..T−1}; a scalar on x0's device.
 
-    `loss_weighting="min-snr"` weights each example by Hang et al.'s min-SNR-γ. Random draws come
-    from `generator` (on the CPU), so a seeded run is reproducible. With `rows`, x0 is that slice of a batch
-    split over processes, and t and ε are the slice's share of the whole batch's draws.
+    `loss_weighting="min-snr"` weights each example by Hang et al.'s min-SNR-γ. t and ε are drawn from
+    `generator` on its device (the global CPU generator when None), so a seeded run is reproducible; with the
+    generator and the schedule's tables on x0's device, a step waits for nothing on the host. With `rows`, x0 is
+    that slice of a batch split over processes, and t and ε are the slice's share of the whole batch's draws.
     """
+    schedule = schedule.to(x0.device)
     t = randint(schedule.T, x0.shape[0], generator, x0.device, rows)
     noise = randn(x0.shape, generator, x0.device, x0.dtype, rows)
     xt = q_sample(schedule, x0, t, noise)
@@ -102,5 +104,5 @@ def diffusion_loss(
     target = training_target(schedule, prediction, x0, t, noise)
     per_example = (output.float() - target.float()).pow(2).flatten(1).mean(1)
     if loss_weighting == "min-snr":
-        per_example = per_example * min_snr_weight(schedule, prediction, t, min_snr_gamma).to(x0.device)
+        per_example = per_example * min_snr_weight(schedule, prediction, t, min_snr_gamma)
     return per_example.mean()

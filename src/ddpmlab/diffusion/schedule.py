@@ -24,10 +24,12 @@ def linear_beta_range(T: int) -> tuple[float, float]:
 class NoiseSchedule:
     """The variances β_t of q(x_t | x_{t−1}) and the derived float64 buffers (CPU) used everywhere else.
 
-    Index t = 0..T−1 stands for the paper's timestep t+1. Use `gather` to read values for a batch.
+    Index t = 0..T−1 stands for the paper's timestep t+1. Use `gather` to read values for a batch, from
+    `schedule.to(device)` where the batch lives on a GPU.
     """
 
     def __init__(self, betas: torch.Tensor):
+        self._copies: dict[torch.device, NoiseSchedule] = {}  # this schedule on other devices, made by `to`
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu().flatten()
         _validate_betas(betas)
         self.betas = betas
@@ -75,18 +77,33 @@ class NoiseSchedule:
             raise UserError("betas must be a list of numbers in (0, 1)") from None
         return cls(tensor)
 
+    def to(self, device) -> "NoiseSchedule":
+        """This schedule with its buffers (still float64) on `device`, so that `gather` for a batch there copies
+        nothing between host and device; itself when already there. Made once per device, then reused."""
+        device = torch.device(device)
+        if device == self.betas.device:
+            return self
+        if device not in self._copies:
+            copy = object.__new__(NoiseSchedule)
+            copy.__dict__.update({name: value.to(device) if isinstance(value, torch.Tensor) else value
+                                  for name, value in self.__dict__.items()})
+            copy._copies = {}
+            self._copies[device] = copy
+        return self._copies[device]
+
     @property
     def final_alpha_cumprod(self) -> float:
         """ᾱ_T: how much of the image is left at the last step (samplers start from N(0, I) there)."""
         return float(self.alphas_cumprod[-1])
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
-        """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at integer timesteps t (float64, CPU)."""
-        a = self.alphas_cumprod[t.cpu()]
+        """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at integer timesteps t (float64, on the schedule's device)."""
+        a = self.alphas_cumprod[t.to(self.alphas_cumprod.device)]
         return a / (1.0 - a)
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
-        """Lu et al. (2022)'s λ_t = log(α_t/σ_t) = ½ log(ᾱ_t/(1 − ᾱ_t)) at integer timesteps t (float64, CPU)."""
+        """Lu et al. (2022)'s λ_t = log(α_t/σ_t) = ½ log(ᾱ_t/(1 − ᾱ_t)) at integer timesteps t (float64, on the
+        schedule's device)."""
         return 0.5 * self.snr(t).log()
 
     def __repr__(self) -> str:
@@ -94,8 +111,11 @@ class NoiseSchedule:
 
 
 def gather(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """values[t] as like's dtype and device, shaped (N, 1, 1, ...) to broadcast over a batch like `like`."""
-    out = values[t.cpu()].to(device=like.device, dtype=like.dtype)
+    """values[t] as like's dtype and device, shaped (N, 1, 1, ...) to broadcast over a batch like `like`.
+
+    With `values` on like's device (a `NoiseSchedule.to(device)` buffer) nothing is copied between host and device.
+    """
+    out = values[t.to(values.device)].to(device=like.device, dtype=like.dtype)
     return out.reshape(-1, *([1] * (like.dim() - 1)))
 
 

@@ -2,13 +2,17 @@
 
 One .npz per (images, split, extractor, count) in <cache>/stats/ holds the features themselves (KID
 and precision/recall need them) and their FeatureStats sums (FD/FID need only those), with the
-extractor id, the count and the images' identity, all checked before a file is reused.
+extractor id, the count and the images' identity, all checked before a file is reused, and the SHA-256 of all of
+it: a damaged file (truncated, bits flipped) is recomputed, with a note on stderr.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -21,6 +25,7 @@ from ddpmlab.data import load_dataset
 from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity
 from ddpmlab.eval.features import FeatureExtractor
 from ddpmlab.eval.metrics import FeatureStats
+from ddpmlab.paths import atomic_write_bytes
 
 SUBSET_SEED = 0
 FORMAT = "ddpmlab-reference-1"
@@ -46,39 +51,57 @@ def feature_stats(features: np.ndarray, extractor_id: str) -> FeatureStats:
     return FeatureStats(extractor_id).update(features)
 
 
-def _write_atomically(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def content_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 (hex) over the names, dtypes, shapes and bytes of `arrays`, sorted by name."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape}:".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def save_reference(path: Path, features: np.ndarray, stats: FeatureStats, identity: dict) -> Path:
-    """Write features, their statistics and the images' identity to `path` (no pickles)."""
-    _write_atomically(Path(path), {"format": np.str_(FORMAT), "features": features.astype(np.float32),
-                                   "count": np.int64(stats.count), "sum": stats.sum, "sum_outer": stats.sum_outer,
-                                   "extractor": np.str_(stats.extractor), "identity": np.str_(json.dumps(identity))})
+    """Write features, their statistics, the images' identity and the SHA-256 of all of them to `path`, atomically
+    (no pickles)."""
+    arrays = {"format": np.str_(FORMAT), "features": features.astype(np.float32), "count": np.int64(stats.count),
+              "sum": stats.sum, "sum_outer": stats.sum_outer, "extractor": np.str_(stats.extractor),
+              "identity": np.str_(json.dumps(identity))}
+    encoded = io.BytesIO()
+    np.savez(encoded, **arrays, sha256=np.str_(content_checksum(arrays)))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(Path(path), encoded.getvalue())
     return Path(path)
 
 
 def load_reference(path: Path, extractor_id: str, count: int, identity: dict) -> tuple[np.ndarray, FeatureStats] | None:
-    """(features, stats) stored at `path` if it exists and matches extractor, count and identity; else None."""
+    """(features, stats) stored at `path` if it exists, is intact and matches extractor, count and identity; else None
+    (then the caller recomputes and overwrites it). A damaged file, unreadable or not matching its recorded SHA-256
+    (files written before checksums have none and are only read), is noted on stderr."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if (str(data["format"]) != FORMAT or str(data["extractor"]) != extractor_id or int(data["count"]) != count
-                    or json.loads(str(data["identity"])) != identity):
-                return None
-            features = data["features"]
-            stats = FeatureStats.from_dict({key: data[key] for key in ("count", "sum", "sum_outer", "extractor")})
-    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile):  # absent or unreadable (a pickle
-        # is refused, never loaded): recompute and overwrite
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        return _damaged(path, f"unreadable: {str(exc).splitlines()[0][:80] or exc.__class__.__name__}")
+    recorded = arrays.pop("sha256", None)
+    if recorded is not None and str(recorded) != content_checksum(arrays):
+        return _damaged(path, "its SHA-256 differs from the one recorded when it was written")
+    try:
+        if (str(arrays["format"]) != FORMAT or str(arrays["extractor"]) != extractor_id
+                or int(arrays["count"]) != count or json.loads(str(arrays["identity"])) != identity):
+            return None
+        features = arrays["features"]
+        stats = FeatureStats.from_dict({key: arrays[key] for key in ("count", "sum", "sum_outer", "extractor")})
+    except (KeyError, ValueError, TypeError):  # another layout: recompute and overwrite
         return None
     return (features, stats) if features.shape[0] == count else None
+
+
+def _damaged(path: Path, why: str) -> None:
+    print(f"note: the cached reference statistics {path} are damaged ({why}); recomputing them", file=sys.stderr)
+    return None
 
 
 def reference_features(data_cfg: DataConfig, split: str, extractor: FeatureExtractor, n: int,

@@ -55,9 +55,10 @@ class MethodNet(Protocol):
         """Yield the phases of one training iteration in order, for a batch x0 in [-1, 1] (N×C×H×W on the module's
         device) and, for a conditional model, its labels.
 
-        All latents and noise are drawn from `generator` (a CPU torch.Generator) with ddpmlab.devices.randn and
-        randint, passing `rows`: with it, x0 is that slice of a batch split over processes, and each draw is the
-        slice's share of the whole batch's (every process holds the same generator). Losses are means over x0's rows.
+        All latents and noise are drawn from `generator` (on the CPU, or on the GPU in a CUDA run) with
+        ddpmlab.devices.randn and randint, on the generator's device, passing `rows`: with it, x0 is that slice of a
+        batch split over processes, and each draw is the slice's share of the whole batch's (every process holds the
+        same generator). Losses are means over x0's rows.
         """
         ...
 

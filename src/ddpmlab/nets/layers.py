@@ -78,12 +78,26 @@ class Downsample(nn.Module):
         return self.conv(x)
 
 
+def upsampling_taps() -> torch.Tensor:
+    """(16, 9) 0/1 matrix taking a 3×3 kernel's taps to those of the 4×4 stride-2 transposed convolution that equals
+    nearest ×2 upsampling followed by that 3×3 convolution (padding 1). Along each axis an output row reads two input
+    rows, with the taps (w2, w1 + w2, w0 + w1, w0) at transposed-kernel positions 0..3."""
+    per_axis = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    return torch.kron(per_axis, per_axis)
+
+
 class Upsample(nn.Module):
-    """Nearest-neighbour ×2 then a 3×3 convolution."""
+    """Nearest-neighbour ×2 then a 3×3 convolution (Ho et al.), computed as the equal 4×4 stride-2 transposed
+    convolution: the same weights and maths, 4 instead of 9 multiply-adds per output, no upsampled copy."""
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.register_buffer("taps", upsampling_taps(), persistent=False)  # a constant, kept beside the weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        weight = self.conv.weight
+        out_ch, in_ch = weight.shape[:2]
+        with torch.autocast("cuda", enabled=False):  # the summed taps in float32 under bf16 training (CUDA only)
+            kernel = (weight.reshape(out_ch * in_ch, 9) @ self.taps.T).view(out_ch, in_ch, 4, 4)
+        return F.conv_transpose2d(x, kernel.transpose(0, 1), self.conv.bias, stride=2, padding=1)

@@ -20,6 +20,9 @@ class Denoiser:
                  labels: torch.Tensor | None = None, guidance_scale: float | None = None, clip_denoised: bool = True):
         self.model = model
         self.schedule = schedule
+        # per-step coefficients as host numbers, read once: a sampler's loop then waits for nothing on the host
+        self.sqrt_alphas_cumprod = schedule.sqrt_alphas_cumprod.tolist()
+        self.sqrt_one_minus_alphas_cumprod = schedule.sqrt_one_minus_alphas_cumprod.tolist()
         self.prediction = prediction or getattr(model, "prediction", "eps")
         self.labels = labels
         self.guidance_scale = guidance_scale
@@ -43,11 +46,11 @@ class Denoiser:
     def x0_eps(self, xt: torch.Tensor, t_index: int):
         """(x̂_0, ε̂) at timestep t_index; x̂_0 clipped to [−1, 1] (and ε̂ made consistent) if clip_denoised."""
         t = torch.full((xt.shape[0],), t_index, device=xt.device, dtype=torch.long)
-        x0, eps = x0_and_eps(self.schedule, self.prediction, xt, t, self.output(xt, t_index).to(xt.dtype))
+        output = self.output(xt, t_index).to(xt.dtype)
+        x0, eps = x0_and_eps(self.schedule.to(xt.device), self.prediction, xt, t, output)
         if self.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
-            a = self.schedule.alphas_cumprod[t_index]
-            eps = (xt - a.sqrt().item() * x0) / (1 - a).sqrt().item()
+            eps = (xt - self.sqrt_alphas_cumprod[t_index] * x0) / self.sqrt_one_minus_alphas_cumprod[t_index]
         return x0, eps
 
 

@@ -49,11 +49,11 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, eta: float = 0.
     which for "trailing" and "linspace" is not always the next one it evaluates). With `rows`, x is that slice of a
     batch split over processes, and z the slice's share of the whole batch's draw.
     """
-    alphas_cumprod = denoiser.schedule.alphas_cumprod
+    alphas_cumprod = denoiser.schedule.alphas_cumprod.tolist()  # host numbers: no per-step reads
     timesteps = ddim_timesteps(denoiser.schedule.T, steps, spacing)
     for i in tqdm(range(len(timesteps) - 1, -1, -1), desc="ddim", disable=not progress, leave=False):
         t = timesteps[i]
-        a, a_prev = alphas_cumprod[t].item(), (alphas_cumprod[timesteps[i - 1]].item() if i > 0 else 1.0)
+        a, a_prev = alphas_cumprod[t], (alphas_cumprod[timesteps[i - 1]] if i > 0 else 1.0)
         x0, eps = denoiser.x0_eps(x, t)
         sigma = ddim_sigma(a, a_prev, eta)
         # Eq. 12: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z

@@ -38,10 +38,11 @@ def ddpm_sample(denoiser: Denoiser, x: torch.Tensor, variance: str = "posterior"
         raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
     timesteps = ddim_timesteps(denoiser.schedule.T, steps or denoiser.schedule.T, spacing)
     schedule = respaced_schedule(denoiser.schedule, timesteps)
-    sigmas = (schedule.posterior_variance if variance == "posterior" else schedule.betas).sqrt()
+    sigmas = (schedule.posterior_variance if variance == "posterior" else schedule.betas).sqrt().tolist()
+    schedule = schedule.to(x.device)  # its tables beside x: the loop copies nothing between host and device
     for i in tqdm(range(schedule.T - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
         x0, _ = denoiser.x0_eps(x, timesteps[i])
         index = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
         mean, _, _ = q_posterior(schedule, x0, x, index)  # μ_θ(x_t, t) = μ̃_t(x̂_0(x_t), x_t) of the respaced process
-        x = mean + sigmas[i].item() * randn(x.shape, generator, x.device, rows=rows) if i > 0 else mean
+        x = mean + sigmas[i] * randn(x.shape, generator, x.device, rows=rows) if i > 0 else mean
     return x

@@ -59,7 +59,8 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
     others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
     (VAE, DCGAN, VAE-GAN), which has no schedule (None). Draw images with ddpmlab.methods.sample_images.
-    Raises UserError for a missing, corrupt or foreign checkpoint.
+    Raises UserError for a missing, corrupt or foreign checkpoint, and for one whose progress or weights file differs
+    from the checksum recorded when it was written.
     """
     import json
 
@@ -67,9 +68,10 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     from ddpmlab.methods import rebuild_method
     from ddpmlab.train import checkpoint as ckpt
 
-    folder = find_checkpoint(path)
+    folder, weights = find_checkpoint(path), weights_file(path, use_ema)
+    ckpt.verify_checkpoint(folder, [ckpt.PROGRESS_FILE] + ([weights.name] if weights.parent == folder else []))
     progress = ckpt.read_progress(folder)
-    state, metadata = ckpt.read_weights(weights_file(path, use_ema))
+    state, metadata = ckpt.read_weights(weights)
     try:
         config, spec = json.loads(metadata["config"]), json.loads(metadata["model_spec"])
         if not isinstance(config, dict) or not isinstance(spec, dict):

@@ -1,26 +1,47 @@
-"""Checkpoints: weights as safetensors, optimizer and RNG state as tensors-only torch files, progress as JSON.
+"""Checkpoints: weights as safetensors, optimizer and RNG state as tensors-only torch files, progress as JSON, and
+the SHA-256 and size of each of them in checksums.json.
 
-A checkpoint is a folder RUN_DIR/checkpoints/step_XXXXXXX/ built under a temporary name and renamed into
-place, so a crash never leaves a half-written checkpoint where a loader would look.
+A checkpoint is a folder RUN_DIR/checkpoints/step_XXXXXXX/ built under a temporary name (.step_XXXXXXX.*.tmp), its
+files synced, and renamed into place, so a crash never leaves a half-written checkpoint where a loader would look;
+a file damaged later (truncated, bits flipped) is caught by `verify_checkpoint` before it is used.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from ddpmlab.errors import UserError
+from ddpmlab.paths import atomic_write_bytes  # noqa: F401  (its home before paths.py)
+from ddpmlab.paths import storage_error, temporary_sibling
 
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, RNG_FILE, PROGRESS_FILE = (
     "model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "progress.json")
+CHECKSUMS_FILE = "checksums.json"  # absent from checkpoints written before checksums; those load unchecked
 FORMAT = "ddpmlab-checkpoint-1"
+CHECKSUMS_FORMAT = "ddpmlab-checksums-1"
+CHECKPOINT_NAME = re.compile(r"step_\d{7}")
+DAMAGED_SUFFIX = ".damaged"  # a damaged checkpoint that --resume moved aside: step_XXXXXXX.damaged
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint file that is missing, truncated, altered or unreadable; `Trainer.resume` falls back past it.
+    `reason` names the file and what is wrong with it; the message adds the fix."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason}; use an earlier checkpoint folder (`ddpmlab train --resume` falls back to one by "
+                         f"itself)")
+        self.reason = reason
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -32,46 +53,150 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_") and (p / PROGRESS_FILE).is_file())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return sorted(p for p in folder.iterdir()
+                  if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and (p / PROGRESS_FILE).is_file())
 
 
 def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict, optimizer_state: dict,
                     rng_state: dict, progress: dict, metadata: dict[str, str], keep: int) -> Path:
-    """Write one checkpoint atomically and delete all but the newest `keep`; returns its folder."""
+    """Write one checkpoint atomically, with the checksums of its files, and delete all but the newest `keep`;
+    returns its folder. A write refused for lack of space or permission is a UserError that names the checkpoint
+    and the fix; it leaves the earlier checkpoints as they were and no temporary folder."""
     final = checkpoint_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    meta = {"format": FORMAT, "step": str(step), **metadata}
+    files = {MODEL_FILE: lambda: safetensors_bytes(_contiguous(model_state), metadata=meta),
+             EMA_FILE: lambda: safetensors_bytes(_contiguous(ema_state), metadata=meta),
+             OPTIMIZER_FILE: lambda: _torch_bytes(optimizer_state), RNG_FILE: lambda: _torch_bytes(rng_state),
+             PROGRESS_FILE: lambda: json.dumps({"format": FORMAT, "step": step, **progress}, indent=1).encode()}
     try:
-        meta = {"format": FORMAT, "step": str(step), **metadata}
-        save_file(_contiguous(model_state), tmp / MODEL_FILE, metadata=meta)
-        save_file(_contiguous(ema_state), tmp / EMA_FILE, metadata=meta)
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        torch.save(rng_state, tmp / RNG_FILE)
-        (tmp / PROGRESS_FILE).write_text(json.dumps({"format": FORMAT, "step": step, **progress}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(final)
+        tmp.mkdir()
+        try:
+            checksums = {name: _write_synced(tmp / name, data()) for name, data in files.items()}
+            _write_synced(tmp / CHECKSUMS_FILE, json.dumps({"format": CHECKSUMS_FORMAT, "files": checksums},
+                                                           indent=1).encode())
+            _sync_folder(tmp)
+            if final.exists():
+                _discard(final)
+            os.replace(tmp, final)
+            _sync_folder(final.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for old in list_checkpoints(run_dir)[:-keep]:
+            _discard(old)
+    except OSError as exc:
+        error = storage_error(exc, f"checkpoint {final}", _resume_fix(run_dir), name_file=False)  # not its temporary
+        if error is None:
+            raise
+        raise error from None
     return final
+
+
+def _resume_fix(run_dir: Path) -> str:
+    """What to do after a checkpoint could not be written: which checkpoint is intact, and how to continue."""
+    kept = list_checkpoints(run_dir)
+    intact = f"its newest checkpoint {kept[-1].name} is intact" if kept else "it has no checkpoint yet"
+    return f"the run stopped and {intact}; free space or make {run_dir} writable, then `ddpmlab train --resume {run_dir}`"
+
+
+def _torch_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _write_synced(path: Path, data: bytes) -> dict:
+    """Write `data` to a new file and sync it to disk; returns its {"sha256", "bytes"}."""
+    with open(path, "xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a folder's entries (a rename into it) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(folder: Path) -> None:
+    """Delete a checkpoint folder: first renamed to a temporary name, so that an interrupted deletion never leaves a
+    partial checkpoint under a checkpoint's name (`remove_interrupted_writes` finishes it)."""
+    aside = temporary_sibling(folder)
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def file_checksum(path: Path) -> dict:
+    """{"sha256", "bytes"} of a file, read in 1 MiB blocks."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return {"sha256": digest.hexdigest(), "bytes": size}
+
+
+def verify_checkpoint(folder: Path, names: list[str] | None = None) -> None:
+    """Check the files `names` of a checkpoint folder (default: all; a name its checksums.json does not list is not
+    checked) against the SHA-256 and size recorded when they were written. DamagedCheckpoint naming the first file
+    that is missing, truncated or altered; a checkpoint written before checksums (no checksums.json) passes."""
+    folder = Path(folder)
+    manifest_path = folder / CHECKSUMS_FILE
+    if not manifest_path.exists():
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        recorded = manifest.get("files") if manifest.get("format") == CHECKSUMS_FORMAT else None
+        readable = isinstance(recorded, dict) and all(isinstance(entry, dict) and set(entry) == {"sha256", "bytes"}
+                                                      for entry in recorded.values())
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not a JSON object
+        readable = False
+    if not readable:
+        raise DamagedCheckpoint(f"{manifest_path}: damaged checksum file")
+    for name in recorded if names is None else [name for name in names if name in recorded]:
+        path, expected = folder / name, recorded[name]
+        try:
+            found = file_checksum(path)
+        except FileNotFoundError:
+            raise DamagedCheckpoint(f"{path}: missing from the checkpoint") from None
+        if found["bytes"] != expected["bytes"]:
+            what = "truncated" if found["bytes"] < expected["bytes"] else "grown"
+            raise DamagedCheckpoint(f"{path}: damaged ({what}), {found['bytes']:,} bytes where {expected['bytes']:,} "
+                                    f"were written")
+        if found["sha256"] != expected["sha256"]:
+            raise DamagedCheckpoint(f"{path}: damaged, its SHA-256 differs from the one recorded when it was written "
+                                    f"(altered or corrupted on disk)")
+
+
+def newest_intact(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest checkpoint that passes `verify_checkpoint` and has a readable progress file, or None;
+    [(newer damaged checkpoint, why)])."""
+    damaged = []
+    for folder in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(folder)
+            read_progress(folder)
+            return folder, damaged
+        except DamagedCheckpoint as exc:
+            damaged.append((folder, exc.reason))
+    return None, damaged
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename a damaged checkpoint to step_XXXXXXX.damaged (replacing an earlier one of that name), out of the way of
+    loading and of pruning; returns the new path."""
+    target = folder.with_name(folder.name + DAMAGED_SUFFIX)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(folder, target)
+    return target
 
 
 def _contiguous(state: dict) -> dict:
@@ -130,8 +255,8 @@ def read_progress(folder: Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{folder}: not a ddpmlab checkpoint (no {PROGRESS_FILE})") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: corrupt progress file") from None
-    if not isinstance(progress, dict) or progress.get("format") != FORMAT:
+        raise DamagedCheckpoint(f"{path}: corrupt progress file") from None
+    if not isinstance(progress, dict) or progress.get("format") != FORMAT or not isinstance(progress.get("step"), int):
         raise UserError(f"{path}: not a ddpmlab checkpoint")
     return progress
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ddpmlab.errors import UserError
+from ddpmlab.paths import atomic_write_bytes
 
-COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s")  # every run's; a method adds its own
+# every run's (bad_steps: steps skipped for a non-finite loss or gradient since the last row); a method adds its own
+COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s", "bad_steps")
 
 
 class RunLog:
@@ -29,21 +32,28 @@ class RunLog:
 
 class MetricsLog:
     """Appends rows to RUN_DIR/metrics.csv, whose columns are fixed per run: `columns` when the file is new; on
-    resume the file's own header is kept and rows past the resumed step are dropped."""
+    resume the file's own header is kept (with any of `columns` it lacks added at the end) and rows past the resumed
+    step, or a last row a crash cut short, are dropped; the file is rewritten atomically."""
 
     def __init__(self, path: Path, resume_step: int | None = None, columns: tuple[str, ...] = COLUMNS):
         self.path = Path(path)
         if resume_step is None or not self.path.exists():
             self.columns = tuple(columns)
-            self.path.write_text(",".join(self.columns) + "\n")
+            atomic_write_bytes(self.path, (",".join(self.columns) + "\n").encode())
         else:
-            rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]  # first: a corrupt file raises
-            with self.path.open(newline="") as handle:
-                self.columns = tuple(next(csv.reader(handle), None) or columns)
-            with self.path.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, self.columns)
-                writer.writeheader()
-                writer.writerows({k: _fmt(r.get(k)) for k in self.columns} for r in rows)
+            try:
+                lines = self.path.read_text().splitlines(keepends=True)
+            except UnicodeDecodeError:
+                raise UserError(f"{self.path}: not a ddpmlab metrics table (not text); restore it or delete it") from None
+            whole = [line for line in lines if line.endswith("\n")]  # a row cut short by a crash has no line end
+            header = next(csv.reader(whole[:1]), None) or list(columns)
+            self.columns = tuple(header) + tuple(c for c in columns if c not in header)
+            rows = [r for r in _parse_rows(whole, self.path) if r["step"] <= resume_step]
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, self.columns)
+            writer.writeheader()
+            writer.writerows({k: _fmt(r.get(k)) for k in self.columns} for r in rows)
+            atomic_write_bytes(self.path, text.getvalue().encode())
 
     def append(self, **row) -> None:
         unknown = set(row) - set(self.columns)
@@ -62,10 +72,14 @@ def _fmt(value) -> str:
 def read_metrics(path: Path) -> list[dict]:
     """Rows of a metrics.csv as dicts of floats (step as int; empty cells as None); UserError naming the file when
     it is not such a table (numbers only, a `step` in every row)."""
+    with Path(path).open(newline="") as handle:
+        return _parse_rows(handle, path)
+
+
+def _parse_rows(lines, path) -> list[dict]:
     try:
-        with Path(path).open(newline="") as handle:
-            rows = [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v))
-                     for k, v in row.items()} for row in csv.DictReader(handle)]
+        rows = [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(lines)]
     except (UnicodeDecodeError, ValueError, TypeError, OverflowError, csv.Error) as exc:
         raise UserError(f"{path}: not a ddpmlab metrics table ({exc.__class__.__name__}); restore it or delete it"
                         ) from None

@@ -9,20 +9,41 @@ from pathlib import Path
 
 from ddpmlab.errors import UserError
 from ddpmlab.paths import check_writable_folder
+from ddpmlab.train.lock import LOCK_FILE
 
-# what a run writes: top-level files, and per folder the names it gives its entries
+# what a run writes: top-level files, and per folder the names it gives its entries (besides UNFINISHED's)
 RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "run.log")
 RUN_FOLDERS = {
     "samples": re.compile(r"step_\d{7}\.png"),
-    "checkpoints": re.compile(r"\.?step_\d{7}(\..*\.tmp)?"),
+    "checkpoints": re.compile(r"step_\d{7}(\.damaged)?"),
     "eval": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.(json|npz|png)"),
 }
+# the temporary names of writes a killed process left unfinished: .NAME.*.tmp (files and checkpoint folders)
+UNFINISHED = {".": re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[0-9a-f]{8}\.tmp"),
+              "checkpoints": re.compile(r"\.step_\d{7}\..*\.tmp"), "samples": re.compile(r"\.step_\d{7}\.png\..*\.tmp")}
 
 
 def has_content(run_dir: Path) -> bool:
-    """True when `run_dir` exists and is a file or a non-empty folder."""
+    """True when `run_dir` exists and is a file or a folder holding more than a run lock."""
     run_dir = Path(run_dir)
-    return run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir()))
+    return run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_FILE for p in run_dir.iterdir()))
+
+
+def unfinished_writes(run_dir: Path) -> list[Path]:
+    """The temporary files and folders that writes interrupted by a crash or kill left in `run_dir`."""
+    found = []
+    for folder, pattern in UNFINISHED.items():
+        if (Path(run_dir) / folder).is_dir():
+            found += sorted(p for p in (Path(run_dir) / folder).iterdir() if pattern.fullmatch(p.name))
+    return found
+
+
+def remove_unfinished_writes(run_dir: Path) -> list[Path]:
+    """Delete `unfinished_writes(run_dir)` (call it only as the run's owner); returns what was deleted."""
+    found = unfinished_writes(run_dir)
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return found
 
 
 def check_new_run_dir(run_dir: Path, force: bool) -> None:
@@ -33,15 +54,18 @@ def check_new_run_dir(run_dir: Path, force: bool) -> None:
 
 
 def owned_entries(run_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(entries ddpmlab wrote, entries it did not) directly in `run_dir` and in its own sub-folders."""
+    """(entries ddpmlab wrote, entries it did not) directly in `run_dir` and in its own sub-folders; the run lock is
+    neither."""
     owned, foreign = [], []
     for entry in sorted(Path(run_dir).iterdir()):
-        if entry.name in RUN_FILES and entry.is_file():
+        if entry.name == LOCK_FILE:  # its owner's, never removed by another process
+            continue
+        if (entry.name in RUN_FILES and entry.is_file()) or UNFINISHED["."].fullmatch(entry.name):
             owned.append(entry)
         elif entry.name in RUN_FOLDERS and entry.is_dir():
-            pattern = RUN_FOLDERS[entry.name]
+            patterns = (RUN_FOLDERS[entry.name], UNFINISHED.get(entry.name, RUN_FOLDERS[entry.name]))
             for child in sorted(entry.iterdir()):
-                (owned if pattern.fullmatch(child.name) else foreign).append(child)
+                (owned if any(p.fullmatch(child.name) for p in patterns) else foreign).append(child)
         else:
             foreign.append(entry)
     return owned, foreign
@@ -55,7 +79,8 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
         if not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir} is a file, not a folder")
         owned, foreign = owned_entries(run_dir)
-        if not any(p.name == "config.yaml" or p.parent.name == "checkpoints" for p in owned):
+        if not any(p.name == "config.yaml" or p.parent.name == "checkpoints" or UNFINISHED["."].fullmatch(p.name)
+                   for p in owned):  # a run killed while writing its config.yaml has only the temporary file
             raise UserError(f"{run_dir} is not empty and not a ddpmlab run; refusing to touch it, choose another --run-dir")
         for entry in owned:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

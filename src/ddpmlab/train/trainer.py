@@ -16,16 +16,20 @@ from tqdm.auto import tqdm
 
 from ddpmlab.config import Config, apply_overrides, load_config, resume_changes, save_config
 from ddpmlab.data import ImageData, load_dataset, to_model_batch
+from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.images import save_grid
 from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
 from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train import distributed
+from ddpmlab.train import distributed, hotpath
 from ddpmlab.train.build import resolve_device
 from ddpmlab.train.ema import EMA
+from ddpmlab.paths import storage_errors_as_user_errors
+from ddpmlab.train.health import StepHealth, copy_buffers, restore_buffers
+from ddpmlab.train.lock import RunLock
 from ddpmlab.train.log import COLUMNS, MetricsLog, RunLog, loss_columns, plot_loss_curve
-from ddpmlab.train.run_dir import check_new_run_dir, prepare_run_dir
+from ddpmlab.train.run_dir import check_new_run_dir, prepare_run_dir, remove_unfinished_writes
 
 VALIDATION_SEED = 1234
 
@@ -52,11 +56,11 @@ class Trainer:
         self.config, self.run_dir, self.progress = config, Path(run_dir), progress and self.processes.is_main
         if not _resuming:
             distributed.on_main(lambda: check_new_run_dir(self.run_dir, force), self.processes)
-        self.device = distributed.rank_device(resolve_device(config.train.device, setting="train.device"),
-                                              self.processes)
-        self.rows = distributed.batch_rows(config.train.batch_size, self.processes)  # this process's slice
-        torch.manual_seed(config.train.seed)
-        self.generator = torch.Generator().manual_seed(config.train.seed)  # data order, t, noise, flips
+        t = config.train
+        self.device = distributed.rank_device(resolve_device(t.device, setting="train.device"), self.processes)
+        self.rows = distributed.batch_rows(t.batch_size, self.processes)  # this process's slice
+        torch.manual_seed(t.seed)
+        self.generator = seeded_generator(self.device, t.seed)  # data order, t, noise, flips: on the GPU for CUDA
         self.train_data = load_dataset(config.data, "train")
         self.val_data = load_dataset(config.data, "val") if config.data.val_fraction > 0 else None
         if len(self.train_data) == 0:
@@ -67,33 +71,41 @@ class Trainer:
         self.num_classes = self.train_data.num_classes if config.model.conditional else None
         if config.model.conditional and not self.num_classes:
             raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
+        self.images, self.labels = self.place_training_data()
+        self.layout = hotpath.memory_format(t.channels_last, self.device)  # of the weights and batches
         self.model = build_method(config, self.train_data.channels, self.train_data.image_size, self.num_classes,
-                                  backbone=model).to(self.device)
-        distributed.seed_other_ranks(config.train.seed, 0, self.processes)  # their own dropout
-        self.ema = EMA(self.model, config.train.ema_decay)
+                                  backbone=model).to(self.device, memory_format=self.layout)
+        distributed.seed_other_ranks(t.seed, 0, self.processes)  # their own dropout
+        self.ema = EMA(self.model, t.ema_decay)
         self.lr, betas = optimizer_settings(config)
         self.groups = self.model.parameter_groups()
-        self.optimizers = {group: torch.optim.AdamW(params, lr=self.lr, betas=betas, weight_decay=config.train.weight_decay)
+        fused = hotpath.resolve_switch(t.fused_adam, self.device)
+        self.optimizers = {group: hotpath.adamw(params, self.lr, betas, t.weight_decay, fused)
                            for group, params in self.groups.items()}
+        if t.compile:
+            hotpath.compile_networks(self.model)  # after EMA's copy: the averaged network stays uncompiled
         # metrics.csv's column of each group's gradient norm: grad_norm for a single group, grad_norm_<group> for several
         self.grad_norm_columns = {group: "grad_norm" if len(self.groups) == 1 else f"grad_norm_{group}"
                                   for group in self.groups}
-        self.grad_norms: dict[str, float] = {}  # {column: the last step's norm}
+        self.grad_norms: dict[str, torch.Tensor] = {}  # {column: the last step's norm, on the device}
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.saved_step: int | None = None  # the step of the newest checkpoint saved or loaded
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
         self.stop_signal: int | None = None
+        self.health, self.lock = StepHealth(config.train.max_bad_steps), None
         parameters = sum(p.numel() for p in self.model.parameters())
         self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
                             f"{len(self.train_data):,} training images "
                             f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
-                            f"of {config.data.name}")
+                            f"of {config.data.name}; "
+                            + hotpath.describe(self.images.device, self.layout, fused, t.compile))
         self.log: MetricsLog | None = None  # rank 0's; None on the other processes
         if not _resuming:
             distributed.on_main(lambda: self.start_run_dir(force), self.processes)  # once everything above loaded
 
     def start_run_dir(self, force: bool) -> None:
-        """Prepare the run directory of a new run: its config, metrics.csv and run.log."""
+        """Take the run's lock, then prepare the run directory of a new run: its config, metrics.csv and run.log."""
+        self.lock = RunLock(self.run_dir)  # before --force removes anything: never under a live run
         prepare_run_dir(self.run_dir, force)
         save_config(self.config, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
@@ -102,27 +114,54 @@ class Trainer:
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
                progress: bool = True) -> "Trainer":
-        """A Trainer restored from the newest checkpoint of `run_dir`, with `key=value` overrides applied."""
+        """A Trainer restored from the newest intact checkpoint of `run_dir`, with `key=value` overrides applied.
+
+        It takes the run's lock first (UserError while another process trains the run), removes the temporary files
+        of writes an interrupted session left, and falls back past damaged checkpoints (warning which, and moving
+        them aside to step_XXXXXXX.damaged)."""
         run_dir = Path(run_dir)
-        config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
+        if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a ddpmlab run directory (no config.yaml)")
-        saved = load_config(str(config_path))
-        config = apply_overrides(saved, overrides or [])
-        checkpoints = ckpt.list_checkpoints(run_dir)
-        if not checkpoints:
-            raise UserError(f"{run_dir}: no checkpoint to resume from")
-        resume_changes(saved, config, int(ckpt.read_progress(checkpoints[-1])["step"]))
-        trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
-        trainer.load_checkpoint(checkpoints[-1])
-        distributed.on_main(trainer.continue_run_dir, trainer.processes)  # once every process has read the run
+        lock = distributed.on_main(lambda: RunLock(run_dir), distributed.current())  # rank 0 owns the run
+        try:
+            trainer = cls._resume_owned(run_dir, overrides, model, progress)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        trainer.lock = lock
         return trainer
 
-    def continue_run_dir(self) -> None:
-        """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log."""
+    @classmethod
+    def _resume_owned(cls, run_dir: Path, overrides: list[str] | None, model: nn.Module | None,
+                      progress: bool) -> "Trainer":
+        config_path = run_dir / "config.yaml"
+        saved = load_config(str(config_path))
+        config = apply_overrides(saved, overrides or [])
+        unfinished = distributed.on_main(lambda: remove_unfinished_writes(run_dir), distributed.current())
+        newest, damaged = ckpt.newest_intact(run_dir)
+        if newest is None:
+            raise UserError(f"{run_dir}: no checkpoint to resume from"
+                            + "".join(f"; {folder.name} is damaged: {reason}" for folder, reason in damaged))
+        resume_changes(saved, config, int(ckpt.read_progress(newest)["step"]))
+        trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
+        trainer.load_checkpoint(newest)
+        distributed.on_main(lambda: trainer.continue_run_dir(unfinished, damaged), trainer.processes)  # all have read
+        return trainer
+
+    def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
+        """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log,
+        noting the `unfinished` writes removed and moving the `damaged` checkpoints aside (warned about)."""
         self.log = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.step, columns=self.metric_columns())
         save_config(self.config, self.run_dir / "config.yaml")  # after metrics.csv was read: a refusal changes nothing
         self.start_session_log(resumed_from=self.step)
+        if unfinished:
+            self.run_log.note(f"removed {len(unfinished)} unfinished write(s) of an interrupted session: "
+                              + ", ".join(str(path.relative_to(self.run_dir)) for path in unfinished))
+        for folder, reason in damaged:
+            aside = ckpt.move_aside(folder)
+            self.run_log.note(f"checkpoint {folder.name} is damaged ({reason}); resumed from step_{self.step:07d} "
+                              f"instead and moved the damaged one to {aside.relative_to(self.run_dir)}", warning=True)
 
     def start_session_log(self, resumed_from: int | None = None) -> None:
         """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise."""
@@ -144,7 +183,23 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> dict:
-        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary."""
+        """Train until train.steps; a SIGINT/SIGTERM saves a checkpoint and returns early. Returns a summary.
+
+        Holds the run's lock until it returns or raises. A write refused for lack of space or permission, or
+        train.max_bad_steps non-finite steps in a row, stop the run with a UserError."""
+        self.lock = distributed.on_main(lambda: self.lock if self.lock and self.lock.held else RunLock(self.run_dir),
+                                        self.processes)  # rank 0 holds it
+        try:
+            with storage_errors_as_user_errors(f"to the run directory {self.run_dir}",
+                                               f"free space or make it writable, then `ddpmlab train --resume "
+                                               f"{self.run_dir}`"):
+                return self.train_loop()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def train_loop(self) -> dict:
+        """`train` without the lock and the storage errors' translation around it."""
         t = self.config.train
         self.window = _Window()
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress, dynamic_ncols=True)
@@ -154,16 +209,23 @@ class Trainer:
                 step_start = time.perf_counter()
                 x0, labels = self.next_batch()
                 lr = self.set_lr()
-                logs = {}
+                logs, buffers = {}, copy_buffers(self.model)
                 for phase in self.phases(x0, labels):
                     optimizer = self.optimizers[phase.group]
                     optimizer.zero_grad(set_to_none=True)
                     phase.loss.backward()
                     distributed.average_gradients(self.groups[phase.group], self.processes)
                     grad_norm = nn.utils.clip_grad_norm_(self.groups[phase.group], t.grad_clip or float("inf"))
+                    grad_norm = self.health.checked_grad_norm(phase.loss, grad_norm, phase.group, self.processes)
+                    if grad_norm is None:
+                        break
                     optimizer.step()
-                    self.grad_norms[self.grad_norm_columns[phase.group]] = float(grad_norm)
-                    logs.update({name: value.item() for name, value in phase.logs.items()})
+                    self.grad_norms[self.grad_norm_columns[phase.group]] = grad_norm
+                    logs.update(phase.logs)  # tensors, read back only at log intervals
+                if grad_norm is None:
+                    self.skip_bad_step(buffers)
+                    continue
+                self.health.good_step()
                 if self.processes.is_main:
                     self.ema.update(self.model, self.step)
                 self.step += 1
@@ -178,8 +240,8 @@ class Trainer:
             means, images_per_s = self.window.flush()
             means = distributed.mean_over_processes(means, self.processes)
             if self.processes.is_main:
-                self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
-                                wall_s=self.wall_s)
+                self.log.append(step=self.step, **means, lr=lr, **self.last_grad_norms(), images_per_s=images_per_s,
+                                wall_s=self.wall_s, bad_steps=self.health.flush())
         if self.saved_step != self.step:
             self.save_checkpoint()
         if self.processes.is_main:
@@ -196,18 +258,38 @@ class Trainer:
         each when its interval comes round."""
         t = self.config.train
         if self.step % t.log_every == 0 or self.step == t.steps:
-            means, images_per_s = self.window.flush()
+            means, images_per_s = self.window.flush()  # first: its wait for the device counts as training time
             means = distributed.mean_over_processes(means, self.processes)
             if self.processes.is_main:
                 val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
-                self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
-                                images_per_s=images_per_s, wall_s=self.wall_clock())
+                self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.last_grad_norms(),
+                                images_per_s=images_per_s, wall_s=self.wall_clock(), bad_steps=self.health.flush())
                 bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
                                 img_s=f"{images_per_s:.0f}")
         if self.step % t.sample_every == 0 and self.processes.is_main:
             self.save_sample_grid()
         if self.step % t.checkpoint_every == 0:
             self.save_checkpoint()
+
+    def last_grad_norms(self) -> dict[str, float]:
+        """The last step's gradient norm of each parameter group, as metrics.csv's columns."""
+        return {column: float(norm) for column, norm in self.grad_norms.items()}
+
+    def skip_bad_step(self, buffers: list[torch.Tensor]) -> None:
+        """A step whose loss or gradient was not finite: its phase took no optimizer step (earlier phases' steps,
+        taken on finite values, stand), the rest of the step is skipped, the forward passes' batch-norm statistics
+        are undone and there is no EMA update. Noted on its first in a row; UserError at train.max_bad_steps."""
+        restore_buffers(self.model, buffers)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        try:
+            note = self.health.bad_step(self.step + 1)
+        except UserError as exc:
+            if self.processes.is_main:
+                self.run_log.note(f"stopped: {exc}")
+            raise
+        if self.health.in_a_row == 1 and self.processes.is_main:
+            self.run_log.note(note, warning=True)
 
     def wall_clock(self) -> float:
         """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
@@ -234,33 +316,39 @@ class Trainer:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This process's slice of the next global batch of a seeded epoch permutation, as [-1, 1] floats on the
-        device, with labels."""
+        device (converted and flipped there, in the weights' memory layout), with labels."""
         size = self.config.train.batch_size
-        indices = []
-        while len(indices) < size:
+        parts, count = [], 0
+        while count < size:
             if self.position >= len(self.order):
-                self.order, self.position = torch.randperm(len(self.train_data), generator=self.generator), 0
-            take = self.order[self.position:self.position + size - len(indices)]
-            indices.extend(take.tolist())
-            self.position += len(take)
-        index = torch.tensor(indices)
-        x0 = to_model_batch(self.train_data.images[index], self.config.data.random_flip, self.generator)
+                self.order = torch.randperm(len(self.train_data), generator=self.generator, device=self.generator.device)
+                self.position = 0
+            take = self.order[self.position:self.position + size - count]
+            parts.append(take)
+            count, self.position = count + len(take), self.position + len(take)
+        index = torch.cat(parts)
+        images = self.images[index.to(self.images.device)].to(self.device)
+        x0 = to_model_batch(images, self.config.data.random_flip, self.generator)
         labels = self.training_labels(index)
-        return self.rows.take(x0).to(self.device), self.rows.take(labels)
+        return self.rows.take(x0).contiguous(memory_format=self.layout), self.rows.take(labels)
 
     def training_labels(self, index: torch.Tensor) -> torch.Tensor | None:
         """Class labels for a conditional model, replaced by the null label with probability class_dropout."""
         if not self.num_classes:
             return None
-        labels = self.train_data.labels[index].clone()
-        drop = torch.rand(len(labels), generator=self.generator) < self.config.model.class_dropout
-        labels[drop] = self.num_classes
-        return labels.to(self.device)
+        labels = self.labels[index.to(self.labels.device)].to(self.device)
+        drop = torch.rand(len(labels), generator=self.generator, device=self.generator.device)
+        return torch.where(drop.to(self.device) < self.config.model.class_dropout, self.num_classes, labels)
+
+    def place_training_data(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The uint8 training images and their labels where batches are gathered from: on the GPU when
+        train.data_on_device says so (hotpath.data_device), else on the CPU."""
+        where = hotpath.data_device(self.train_data, self.device, self.config.train.data_on_device)
+        labels = self.train_data.labels
+        return self.train_data.images.to(where), labels.to(where) if labels is not None else None
 
     def autocast(self):
-        if self.device.type == "cuda" and self.config.train.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return hotpath.autocast(self.device, self.config.train.bf16)
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -297,8 +385,8 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path | None:
         """RUN_DIR/checkpoints/step_XXXXXXX, written by rank 0 (None elsewhere); every process must call it."""
-        rng = {"generator": self.generator.get_state(), "torch": torch.get_rng_state(),
-               "order": self.order.clone(), "position": torch.tensor(self.position),
+        rng = {generator_key(self.generator): self.generator.get_state(), "torch": torch.get_rng_state(),
+               "order": self.order.cpu(), "position": torch.tensor(self.position),
                **distributed.gather_rng_states(self.device, self.processes)}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -332,36 +420,51 @@ class Trainer:
             self.model.load_state_dict(model_state)
             self.ema.shadow.load_state_dict(ema_state)
             for group, optimizer in self.optimizers.items():
-                optimizer.load_state_dict(optimizers[group])
+                optimizer.load_state_dict(hotpath.with_kernel_choice(optimizer, optimizers[group]))
+                hotpath.match_parameter_layouts(optimizer)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"{folder}: checkpoint does not fit this model ({str(exc).splitlines()[0][:150]})") from None
         rng = ckpt.read_tensors(folder / ckpt.RNG_FILE)
-        self.generator.set_state(rng["generator"])
+        self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
+        if generator_key(self.generator) in rng:
+            self.generator.set_state(rng[generator_key(self.generator)])
+        else:  # saved on another kind of device (train.device changed): a new stream, seeded by the step
+            self.generator.manual_seed(self.config.train.seed + self.step)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.order, self.position = rng["order"], int(rng["position"])
-        self.step, self.wall_s = int(progress["step"]), float(progress.get("wall_s", 0.0))
+        self.order, self.position = rng["order"].to(self.generator.device), int(rng["position"])
         self.saved_step = self.step
         distributed.restore_rng_state(rng, self.config.train.seed, self.step, self.device, self.processes)
 
 
+def generator_key(generator: torch.Generator) -> str:
+    """The name of a run's generator state in rng.pt: "generator" for the CPU's, "device_generator" for a GPU's."""
+    return "generator" if generator.device.type == "cpu" else "device_generator"
+
+
 class _Window:
     """The mean of every logged value and pure training throughput (no validation, grids or checkpoints) since the
-    last log line."""
+    last log line. The sums stay on the device (float64, adding as Python floats would) until `flush` reads them,
+    so a step never waits for the device."""
 
     def __init__(self):
-        self.sums, self.steps, self.images, self.seconds = {}, 0, 0, 0.0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.seconds = 0, 0, 0.0
 
-    def add(self, logs: dict[str, float], images: int, seconds: float) -> None:
+    def add(self, logs: dict[str, torch.Tensor], images: int, seconds: float) -> None:
         for name, value in logs.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
+            value = value.detach().double()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.steps, self.images, self.seconds = self.steps + 1, self.images + images, self.seconds + seconds
 
     def flush(self) -> tuple[dict[str, float], float]:
-        """({name: mean over the window}, images per second) of the window, then start a new one."""
-        result = ({name: total / max(self.steps, 1) for name, total in self.sums.items()},
-                  self.images / max(self.seconds, 1e-9))
+        """({name: mean over the window}, images per second) of the window, then start a new one. Reading the sums
+        waits for the window's queued steps, and that wait counts as their time."""
+        start = time.perf_counter()
+        totals = {name: total.item() for name, total in self.sums.items()}
+        seconds = self.seconds + time.perf_counter() - start
+        result = ({name: total / max(self.steps, 1) for name, total in totals.items()}, self.images / max(seconds, 1e-9))
         self.__init__()
         return result
 
