@@ -8,14 +8,18 @@ from ddpmlab.train import Trainer
 TINY_DATA = {"name": "synthetic", "synthetic_count": 512, "synthetic_size": 16, "val_fraction": 0.1}  # tiny's images
 
 
+def trained_tiny(tmp_path_factory, name: str, overrides: list[str]):
+    """The tiny preset with `overrides`, trained into a fresh folder named `name`; returns the run directory."""
+    run = tmp_path_factory.mktemp(name) / "tiny"
+    Trainer(load_config("tiny", overrides), run, progress=False).train()
+    return run
+
+
 @pytest.fixture(scope="session")
 def short_tiny_run(tmp_path_factory):
     """The tiny preset trained for 4 steps, with checkpoints at steps 2 and 4. Copy it before changing it."""
-    run = tmp_path_factory.mktemp("short") / "tiny"
-    config = load_config("tiny", ["train.steps=4", "train.checkpoint_every=2", "train.log_every=1",
-                                  "train.val_every=2", "train.sample_every=4"])
-    Trainer(config, run, progress=False).train()
-    return run
+    return trained_tiny(tmp_path_factory, "short", ["train.steps=4", "train.checkpoint_every=2", "train.log_every=1",
+                                                    "train.val_every=2", "train.sample_every=4"])
 
 
 @pytest.fixture(scope="session")

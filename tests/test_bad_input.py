@@ -26,6 +26,7 @@ import pytest
 import torch
 
 pytest.importorskip("hypothesis", reason="pip install -e .[dev] (scripts/setup.sh installs it)")
+from conftest import trained_tiny  # noqa: E402
 from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -263,13 +264,9 @@ def test_resume_overrides(short_tiny_run, tmp_path_factory, items):
 @pytest.fixture(scope="module")
 def conditional_run(tmp_path_factory):
     """The tiny preset, class-conditional, trained for 2 steps."""
-    from ddpmlab.train import Trainer
-
-    run = tmp_path_factory.mktemp("conditional") / "tiny-cond"
-    config = load_config("tiny", ["model.conditional=true", "train.steps=2", "train.sample_every=1000",
-                                  "train.val_every=1000", "train.checkpoint_every=1000"])
-    Trainer(config, run, progress=False).train()
-    return run
+    return trained_tiny(tmp_path_factory, "conditional", ["model.conditional=true", "train.steps=2",
+                                                          "train.sample_every=1000", "train.val_every=1000",
+                                                          "train.checkpoint_every=1000"])
 
 
 def flag_value(valid: st.SearchStrategy, valid_share: int = 3) -> st.SearchStrategy:
@@ -294,12 +291,17 @@ SAMPLE_FLAGS = {
 }
 
 
+def flags_argv(draw, flag_values: dict, max_size: int) -> list:
+    """Up to `max_size` distinct flags of `flag_values`, each followed by a value drawn from its strategy."""
+    argv = []
+    for flag in draw(st.dictionaries(st.sampled_from(sorted(flag_values)), st.just(None), max_size=max_size)):
+        argv += [flag, draw(flag_values[flag])]
+    return argv
+
+
 @st.composite
 def sample_argv(draw):
-    flags = draw(st.dictionaries(st.sampled_from(sorted(SAMPLE_FLAGS)), st.just(None), max_size=5))
-    argv = []
-    for flag in flags:
-        argv += [flag, draw(SAMPLE_FLAGS[flag])]
+    argv = flags_argv(draw, SAMPLE_FLAGS, 5)
     for switch in ("--per-class", "--no-ema"):
         if draw(st.sampled_from([False, False, True])):
             argv.append(switch)
@@ -390,11 +392,7 @@ EVAL_FLAGS = {
 
 @st.composite
 def eval_argv(draw):
-    flags = draw(st.dictionaries(st.sampled_from(sorted(EVAL_FLAGS)), st.just(None), max_size=4))
-    argv = []
-    for flag in flags:
-        argv += [flag, draw(EVAL_FLAGS[flag])]
-    return argv
+    return flags_argv(draw, EVAL_FLAGS, 4)
 
 
 @fuzz("eval")
