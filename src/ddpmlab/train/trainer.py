@@ -88,7 +88,7 @@ class Trainer:
         # metrics.csv's column of each group's gradient norm: grad_norm for a single group, grad_norm_<group> for several
         self.grad_norm_columns = {group: "grad_norm" if len(self.groups) == 1 else f"grad_norm_{group}"
                                   for group in self.groups}
-        self.grad_norms: dict[str, torch.Tensor] = {}  # {column: the last step's norm, on the device}
+        self.grad_norms: dict[str, float] = {}  # {column: the last step's norm, read by the finiteness check}
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.saved_step: int | None = None  # the step of the newest checkpoint saved or loaded
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
@@ -247,7 +247,7 @@ class Trainer:
             means, images_per_s = self.window.flush()
             means = distributed.mean_over_processes(means, self.processes)
             if self.processes.is_main:
-                self.log.append(step=self.step, **means, lr=lr, **self.last_grad_norms(), images_per_s=images_per_s,
+                self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
                                 wall_s=self.wall_s, bad_steps=self.health.flush())
         if self.saved_step != self.step:
             self.save_checkpoint()
@@ -273,7 +273,7 @@ class Trainer:
             if self.processes.is_main:
                 scores = self.evaluate_samples() if evaluating else {}
                 val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
-                self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.last_grad_norms(),
+                self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
                                 images_per_s=images_per_s, wall_s=self.wall_clock(), bad_steps=self.health.flush(),
                                 **scores)
                 bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
@@ -284,10 +284,6 @@ class Trainer:
             self.save_checkpoint()
         if evaluating and t.keep_best:
             self.keep_if_best(scores)
-
-    def last_grad_norms(self) -> dict[str, float]:
-        """The last step's gradient norm of each parameter group, as metrics.csv's columns."""
-        return {column: float(norm) for column, norm in self.grad_norms.items()}
 
     def skip_bad_step(self, buffers: list[torch.Tensor]) -> None:
         """A step whose loss or gradient was not finite: its phase took no optimizer step (earlier phases' steps,
