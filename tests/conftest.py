@@ -1,4 +1,4 @@
-"""Built once per session for the tests of hostile input (test_untrusted_files.py, test_bad_input.py)."""
+"""Tiny runs built once per session, shared by the tests of hostile input and of the CLI."""
 
 import pytest
 
@@ -20,6 +20,14 @@ def short_tiny_run(tmp_path_factory):
     """The tiny preset trained for 4 steps, with checkpoints at steps 2 and 4. Copy it before changing it."""
     return trained_tiny(tmp_path_factory, "short", ["train.steps=4", "train.checkpoint_every=2", "train.log_every=1",
                                                     "train.val_every=2", "train.sample_every=4"])
+
+
+@pytest.fixture(scope="session")
+def conditional_tiny_run(tmp_path_factory):
+    """The tiny preset, class-conditional, trained for 2 steps."""
+    return trained_tiny(tmp_path_factory, "conditional", ["model.conditional=true", "train.steps=2",
+                                                          "train.sample_every=1000", "train.val_every=1000",
+                                                          "train.checkpoint_every=1000"])
 
 
 @pytest.fixture(scope="session")

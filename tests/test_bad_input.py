@@ -26,7 +26,6 @@ import pytest
 import torch
 
 pytest.importorskip("hypothesis", reason="pip install -e .[dev] (scripts/setup.sh installs it)")
-from conftest import trained_tiny  # noqa: E402
 from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -261,14 +260,6 @@ def test_resume_overrides(short_tiny_run, tmp_path_factory, items):
 
 
 # -- `ddpmlab sample` --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory):
-    """The tiny preset, class-conditional, trained for 2 steps."""
-    return trained_tiny(tmp_path_factory, "conditional", ["model.conditional=true", "train.steps=2",
-                                                          "train.sample_every=1000", "train.val_every=1000",
-                                                          "train.checkpoint_every=1000"])
-
-
 def flag_value(valid: st.SearchStrategy, valid_share: int = 3) -> st.SearchStrategy:
     """A flag's value: from `valid` `valid_share` times in (valid_share + 1), else hostile text, a number or text."""
     hostile = st.one_of(st.sampled_from(BAD_TEXTS), NUMBERS, TEXT)
@@ -331,9 +322,9 @@ def _out_folder(tmp_path_factory) -> Path:
 
 @fuzz("sample")
 @given(drawn=sample_argv())
-def test_sample_flags(short_tiny_run, conditional_run, tmp_path_factory, drawn):
+def test_sample_flags(short_tiny_run, conditional_tiny_run, tmp_path_factory, drawn):
     argv, out, conditional = drawn
-    run = conditional_run if conditional else short_tiny_run
+    run = conditional_tiny_run if conditional else short_tiny_run
     assume(small_n(argv))
     folder = _out_folder(tmp_path_factory)
     before = files_of(run)
