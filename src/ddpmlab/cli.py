@@ -80,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="default: the run's sample.sampler")
     sample.add_argument("--steps", type=_int64, help="sampling steps (default: the run's sample.steps for its own sampler "
-                                                  "and ddim, T for ddpm, 20 for dpm-solver++, 18 for heun)")
+                                                  "and ddim, T for ddpm, 20 for the dpm-solvers, 18 for heun)")
     sample.add_argument("--spacing", help="timestep spacing: ddim leading|trailing|linspace, dpm-solver++ "
-                                          "time-quadratic|logSNR|time-uniform (default: each sampler's)")
+                                          "and sde-dpm-solver++ time-quadratic|logSNR|time-uniform (default: each sampler's)")
     sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
     sample.add_argument("--n", type=_int64, default=None, help="number of images (default: the run's sample.n)")
     sample.add_argument("--batch-size", type=_int64, default=None, help="images per batch (default: the run's)")
@@ -173,7 +173,7 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--ref-n", type=_int64, default=10000, help="held-out real images to compare with (default 10000)")
     evaluate.add_argument("--sampler", choices=SAMPLERS, default=None, help="default ddim, the same for every run")
     evaluate.add_argument("--steps", type=_int64, help="sampling steps (default: 50 for ddim, capped at T; T for ddpm; "
-                                                    "20 for dpm-solver++; 18 for heun)")
+                                                    "20 for the dpm-solvers; 18 for heun)")
     evaluate.add_argument("--spacing", help="the sampler's timestep spacing (default: its own)")
     evaluate.add_argument("--sweep", metavar="SPEC",
                           help="quality against cost: SPEC like ddpm:1000,ddim:10,20,50,dpm-solver++:10,20,heun:10 "
@@ -306,8 +306,8 @@ def _add_bench_parser(commands) -> argparse.ArgumentParser:
     sample = kinds.add_parser("sample", help="images/s and network evaluations/s of a sampler on CONFIG's U-Net")
     sample.add_argument("config", help="preset name or YAML path")
     sample.add_argument("overrides", nargs="*", help="section.key=value")
-    sample.add_argument("--sampler", required=True, help="ddpm, ddim, dpm-solver++ or heun")
-    sample.add_argument("--steps", type=_int64, help="sampling steps (default: T for ddpm and ddim, 20 for dpm-solver++, "
+    sample.add_argument("--sampler", required=True, help="ddpm, ddim, dpm-solver++, sde-dpm-solver++ or heun")
+    sample.add_argument("--steps", type=_int64, help="sampling steps (default: T for ddpm and ddim, 20 for the dpm-solvers, "
                                                   "18 for heun)")
     sample.add_argument("--repeats", type=_int64, default=3, help="timed batches, median taken (default 3)")
     _add_bench_options(sample, None, "the config's sample.batch_size")

@@ -1,12 +1,16 @@
-"""DPM-Solver++(2M) against the exact probability-flow solution of Gaussian data, DDIM, and diffusers."""
+"""DPM-Solver++(2M) against the exact probability-flow solution of Gaussian data, DDIM, and diffusers; its SDE variant
+against DDPM's posterior step, the data distribution and diffusers."""
+
+import math
 
 import pytest
 import torch
 
-from ddpmlab.diffusion import NoiseSchedule, gather
-from ddpmlab.samplers import ddim_timesteps, dpm_solver_timesteps, sample
+from ddpmlab.devices import randn
+from ddpmlab.diffusion import NoiseSchedule, gather, q_posterior
+from ddpmlab.samplers import ddim_timesteps, dpm_solver_timesteps, respaced_schedule, sample
 from ddpmlab.samplers.common import distinct_timesteps
-from ddpmlab.samplers.dpm_solver import DEFAULT_SPACING, SPACINGS
+from ddpmlab.samplers.dpm_solver import DEFAULT_SPACING, SPACINGS, sde_update
 
 # Mean |x_0 − exact x_0| on the shared x_T, linear T=1000, Gaussian N(0.1, 0.3²); DDIM: 0.0876 at 10, 0.0474 at 20.
 ODE_ERRORS = {
@@ -148,3 +152,71 @@ def test_with_one_or_two_steps_it_is_ddim_on_the_same_timesteps(gaussian, linear
         ddim = sample(gaussian, linear_schedule, x_T.shape, method="ddim", steps=steps, spacing="trailing", noise=x_T,
                       clip_denoised=False)
         assert torch.allclose(ours, ddim, atol=1e-6)
+
+
+# -- SDE-DPM-Solver++(2M) ------------------------------------------------------------------------------------------
+def test_sde_first_order_step_is_the_ddpm_posterior_step(linear_schedule):
+    """With D = x̂_0 the SDE step from s to t has the mean and variance of q(x_t | x_s, x̂_0) of the schedule
+    respaced to (t, s): the ancestral step of `ddpm --steps`."""
+    s, t = 600, 300
+    a_s, a_t = (linear_schedule.alphas_cumprod[i].item() for i in (s, t))
+    sigma_s, sigma_t, alpha_t = math.sqrt(1 - a_s), math.sqrt(1 - a_t), math.sqrt(a_t)
+    h = math.log(alpha_t / sigma_t) - math.log(math.sqrt(a_s) / sigma_s)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    coef_x = sde_update(one, zero, sigma_s, sigma_t, alpha_t, h, zero).item()
+    coef_x0 = sde_update(zero, one, sigma_s, sigma_t, alpha_t, h, zero).item()
+    std = sde_update(zero, zero, sigma_s, sigma_t, alpha_t, h, one).item()
+    respaced = respaced_schedule(linear_schedule, [t, s])
+    mean_x0, _, _ = q_posterior(respaced, one, zero, torch.tensor([1]))
+    mean_x, variance, _ = q_posterior(respaced, zero, one, torch.tensor([1]))
+    assert coef_x0 == pytest.approx(mean_x0.item(), rel=1e-12)
+    assert coef_x == pytest.approx(mean_x.item(), rel=1e-12)
+    assert std**2 == pytest.approx(variance.item(), rel=1e-12)
+
+
+# Standard deviation of 320,000 samples of N(0.1, 0.3²) (sampling error ±0.0004), linear T=1000, seed 0: the SDE's
+# discretisation error shrinks with the steps; DDPM respaced to the same steps gives 0.212 at 20 and 0.253 at 50.
+SDE_STDS = {("time-quadratic", 20): 0.3252, ("time-quadratic", 200): 0.3003, ("logSNR", 20): 0.3084,
+            ("logSNR", 200): 0.3004}
+
+
+@pytest.mark.parametrize("spacing,steps", sorted(SDE_STDS))
+def test_sde_converges_to_gaussian_data_whatever_x_T(gaussian, linear_schedule, spacing, steps):
+    """The SDE forgets x_T: from x_T = 0 too it ends near N(m, s²), within 0.01 of s at 20 NFE on the logSNR grid
+    (0.025 on the default grid: a stochastic step at large h adds noise the ODE would not), 0.001 at 200."""
+    for noise in (None, torch.zeros(20_000, 1, 4, 4)):
+        x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), method="sde-dpm-solver++", steps=steps,
+                   spacing=spacing, noise=noise, clip_denoised=False, generator=torch.Generator().manual_seed(0))
+        assert x.mean().item() == pytest.approx(gaussian.m, abs=0.002)
+        assert x.std().item() == pytest.approx(SDE_STDS[spacing, steps], abs=0.002)
+    ddpm = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), method="ddpm", steps=steps, clip_denoised=False,
+                  generator=torch.Generator().manual_seed(0))
+    assert abs(x.std().item() - gaussian.s) < abs(ddpm.std().item() - gaussian.s)
+
+
+def test_sde_is_a_function_of_x_T_and_the_seed(gaussian, linear_schedule, x_T):
+    def run(seed):
+        return sample(gaussian, linear_schedule, x_T.shape, method="sde-dpm-solver++", steps=10, noise=x_T,
+                      generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(1), run(1))
+    assert (run(1) - run(2)).abs().mean().item() > 0.05
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_sde_matches_diffusers_sde_dpm_solver_on_the_same_noise(gaussian, linear_schedule, x_T, spacing):
+    diffusers = pytest.importorskip("diffusers", reason="diffusers is the optional [peers] extra: pip install -e .[peers]")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, trained_betas=linear_schedule.betas.numpy(), algorithm_type="sde-dpmsolver++",
+        solver_order=2, solver_type="midpoint", prediction_type="epsilon", lower_order_final=True,
+        final_sigmas_type="zero")
+    steps = 10
+    scheduler.set_timesteps(timesteps=dpm_solver_timesteps(linear_schedule, steps, spacing))
+    generator = torch.Generator().manual_seed(3)
+    noises = [randn(x_T.shape, generator, "cpu") for _ in range(steps - 1)] + [torch.zeros_like(x_T)]
+    x = x_T.clone()
+    for t, noise in zip(scheduler.timesteps, noises):
+        x = scheduler.step(gaussian(x, t.repeat(len(x))), t, x, variance_noise=noise).prev_sample
+    ours = sample(gaussian, linear_schedule, x_T.shape, method="sde-dpm-solver++", steps=steps, spacing=spacing,
+                  noise=x_T, clip_denoised=False, generator=torch.Generator().manual_seed(3))
+    assert (ours - x).abs().max().item() < 1e-5

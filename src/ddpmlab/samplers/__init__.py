@@ -18,13 +18,15 @@ from ddpmlab.samplers.ddpm import ddpm_sample, respaced_schedule
 from ddpmlab.samplers.dpm_solver import dpm_solver_sample, dpm_solver_timesteps
 from ddpmlab.samplers.heun import heun_sample, heun_timesteps
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "heun")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++", "heun")
 # Each method's timestep spacings and its default (see each module).
-SPACINGS = {"ddpm": ddpm.SPACINGS, "ddim": ddim.SPACINGS, "dpm-solver++": dpm_solver.SPACINGS, "heun": heun.SPACINGS}
-DEFAULT_SPACINGS = {"ddpm": "linspace", "ddim": "leading", "dpm-solver++": dpm_solver.DEFAULT_SPACING, "heun": "karras"}
+SPACINGS = {"ddpm": ddpm.SPACINGS, "ddim": ddim.SPACINGS, "dpm-solver++": dpm_solver.SPACINGS,
+            "sde-dpm-solver++": dpm_solver.SPACINGS, "heun": heun.SPACINGS}
+DEFAULT_SPACINGS = {"ddpm": "linspace", "ddim": "leading", "dpm-solver++": dpm_solver.DEFAULT_SPACING,
+                    "sde-dpm-solver++": dpm_solver.DEFAULT_SPACING, "heun": "karras"}
 # Steps when none are given: every timestep for the ancestral chain and DDIM (as before); the few that
 # the ODE solvers are for otherwise (Karras et al. use 18 Heun steps = 35 evaluations on CIFAR-10).
-DEFAULT_STEPS = {"dpm-solver++": 20, "heun": 18}
+DEFAULT_STEPS = {"dpm-solver++": 20, "sde-dpm-solver++": 20, "heun": 18}
 
 
 def resolve_steps(method: str, steps: int | None, T: int) -> int:
@@ -79,8 +81,9 @@ def sample(
     """Generate a batch x_0 of `shape` (N, C, H, W) from `model(x_t, t, labels=None)`; float32 on `device`.
 
     method: "ddpm" (ancestral, σ² = β̃ or β by `variance`, respaced when steps < T), "ddim" (`eta` in [0, 1]),
-    "dpm-solver++" (DPM-Solver++(2M)) or "heun" (EDM Algorithm 1, 2·steps − 1 evaluations). steps: None
-    is T for ddpm and ddim, 20 for dpm-solver++, 18 for heun. spacing picks the timesteps, per method (see
+    "dpm-solver++" (DPM-Solver++(2M)), "sde-dpm-solver++" (its SDE variant, fresh noise from `generator` each
+    step) or "heun" (EDM Algorithm 1, 2·steps − 1 evaluations). steps: None is T for ddpm and ddim, 20 for
+    the dpm-solvers, 18 for heun. spacing picks the timesteps, per method (see
     SPACINGS; None: the method's default). noise fixes x_T; otherwise it is drawn from `generator`.
     `prediction` (eps|x0|v) defaults to `model.prediction`, else "eps". Values are in [−1, 1] when
     clip_denoised. An nn.Module is put in eval mode while sampling and restored after. UserError for
@@ -104,8 +107,8 @@ def sample(
             return ddpm_sample(denoiser, x, variance, generator, progress, steps, spacing, rows)
         if method == "ddim":
             return ddim_sample(denoiser, x, steps, eta, generator, progress, spacing, rows)
-        if method == "dpm-solver++":
-            return dpm_solver_sample(denoiser, x, steps, spacing, progress)
+        if method in ("dpm-solver++", "sde-dpm-solver++"):
+            return dpm_solver_sample(denoiser, x, steps, spacing, progress, method == "sde-dpm-solver++", generator, rows)
         return heun_sample(denoiser, x, steps, progress)
     finally:
         if was_training:

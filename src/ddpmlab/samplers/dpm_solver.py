@@ -1,4 +1,5 @@
-"""DPM-Solver++(2M), Lu et al. (2022b) "DPM-Solver++" Algorithm 2: second-order multistep in the data prediction x̂_0.
+"""DPM-Solver++(2M), Lu et al. (2022b) "DPM-Solver++" Algorithm 2: second-order multistep in the data prediction x̂_0,
+and its SDE variant SDE-DPM-Solver++(2M) (diffusers' algorithm_type="sde-dpmsolver++", solver_type="midpoint").
 
 Time grids from DPM-Solver (Lu et al. 2022a, §3.3).
 """
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ddpmlab.devices import BatchSlice, randn
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.samplers.common import Denoiser, distinct_timesteps, nearest_timesteps
 
@@ -58,14 +60,28 @@ def first_order_update(x: torch.Tensor, data: torch.Tensor, sigma: float, sigma_
     return (sigma_next / sigma) * x - (alpha_next * math.expm1(-h)) * data
 
 
+def sde_update(x: torch.Tensor, data: torch.Tensor, sigma: float, sigma_next: float, alpha_next: float, h: float,
+               noise: torch.Tensor | None) -> torch.Tensor:
+    """SDE-DPM-Solver++ step: x_t = (σ_t/σ_s) e^{−h} x_s + α_t (1 − e^{−2h}) D + σ_t √(1 − e^{−2h}) z.
+
+    With D = x̂_0 it is exactly DDPM's ancestral step from s to t: the posterior q(x_t | x_s, x̂_0)'s mean and
+    variance σ_t² β_{s|t}/σ_s² (tests/samplers/test_dpm_solver.py derives both); `noise` may be None when σ_t = 0.
+    """
+    decay = math.exp(-h)
+    x = (sigma_next / sigma * decay) * x + (alpha_next * -math.expm1(-2 * h)) * data
+    return x if sigma_next == 0 else x + (sigma_next * math.sqrt(-math.expm1(-2 * h))) * noise
+
+
 def multistep_data(x0: torch.Tensor, x0_prev: torch.Tensor, r: float) -> torch.Tensor:
     """Algorithm 2: D_i = (1 + 1/(2r_i)) x̂_0(t_{i−1}) − 1/(2r_i) x̂_0(t_{i−2}), r_i = h_{i−1}/h_i."""
     return (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
 
 
 def dpm_solver_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, spacing: str = DEFAULT_SPACING,
-                      progress: bool = False) -> torch.Tensor:
-    """Run x_T -> x_0 with `steps` network evaluations; deterministic; same dtype and device as x.
+                      progress: bool = False, sde: bool = False, generator: torch.Generator | None = None,
+                      rows: BatchSlice | None = None) -> torch.Tensor:
+    """Run x_T -> x_0 with `steps` network evaluations; same dtype and device as x. Deterministic (the ODE
+    solver) unless `sde`: then each step but the last, to σ = 0, adds fresh noise drawn from `generator`.
 
     The first step is first order (no history yet) and so is the last, to σ = 0, where h = ∞ makes the
     second-order correction undefined (diffusers' lower_order_final).
@@ -76,11 +92,16 @@ def dpm_solver_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, spacing: 
     sigmas = [math.sqrt(1 - a) for a in alphas_cumprod]
     lambdas = [math.log(a / s) if s > 0 else math.inf for a, s in zip(alphas, sigmas)]
     x0_prev = h_prev = None
-    for i, t in enumerate(tqdm(timesteps, desc="dpm-solver++", disable=not progress, leave=False)):
+    name = "sde-dpm-solver++" if sde else "dpm-solver++"
+    for i, t in enumerate(tqdm(timesteps, desc=name, disable=not progress, leave=False)):
         x0, _ = denoiser.x0_eps(x, t)
         h = lambdas[i + 1] - lambdas[i]
         last = i == len(timesteps) - 1
         data = x0 if x0_prev is None or last else multistep_data(x0, x0_prev, h_prev / h)
-        x = first_order_update(x, data, sigmas[i], sigmas[i + 1], alphas[i + 1], h)
+        if sde:
+            noise = None if last else randn(x.shape, generator, x.device, rows=rows)
+            x = sde_update(x, data, sigmas[i], sigmas[i + 1], alphas[i + 1], h, noise)
+        else:
+            x = first_order_update(x, data, sigmas[i], sigmas[i + 1], alphas[i + 1], h)
         x0_prev, h_prev = x0, h
     return x
