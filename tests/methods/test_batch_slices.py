@@ -51,7 +51,8 @@ def test_the_mean_over_equal_shares_is_the_whole_batch_loss_and_gradient(name, n
 
 
 @pytest.mark.parametrize("sampling", [DiffusionSampling("ddpm", 5), DiffusionSampling("ddim", 4, eta=1.0),
-                                      None], ids=["ddpm", "ddim-eta1", "vae"])
+                                      DiffusionSampling("sde-dpm-solver++", 4), None],
+                         ids=["ddpm", "ddim-eta1", "sde-dpm-solver++", "vae"])
 def test_shares_of_a_sampled_batch_are_the_rows_of_the_one_process_batch(sampling):
     if sampling is None:
         torch.manual_seed(0)

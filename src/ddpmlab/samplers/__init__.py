@@ -50,7 +50,7 @@ def resolve_spacing(method: str, spacing: str | None) -> str:
 
 
 def network_evaluations(method: str, steps: int | None, T: int) -> int:
-    """Network evaluations (NFE) of one `sample` call: `steps` for ddpm, ddim and dpm-solver++, 2·steps − 1 for heun.
+    """Network evaluations (NFE) of one `sample` call: `steps` for ddpm, ddim and the dpm-solvers, 2·steps − 1 for heun.
 
     Classifier-free guidance doubles the batch of each evaluation, not their number.
     """

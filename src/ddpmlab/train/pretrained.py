@@ -197,19 +197,21 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
                         f"weights of step {step}; evaluate this checkpoint (or pretrained:{name}) and pass that file")
     reference = next((info for info in results.get("reference", {}).values()), {})
     protocol = {key: settings.get(key) for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance",
-                                                   "device_type")}
+                                                   "batch_size", "device_type")}
     protocol.update(reference_split=results.get("reference_split"), reference_n=reference.get("count"),
                     extractors=results.get("extractors", {}))
     one_pass = settings.get("nfe") == 1 and settings.get("steps") is None
     sampling = "" if one_pass else f" --sampler {settings['sampler']} --steps {settings['steps']}"
     if not one_pass and settings.get("spacing") not in (None, DEFAULT_SPACINGS.get(settings["sampler"])):
         sampling += f" --spacing {settings['spacing']}"
+    # a stochastic sampler's noise, drawn batch by batch, depends on the batch size
+    batch = f" --batch-size {settings['batch_size']}" if settings.get("batch_size") else ""
     metrics_asked = ",".join(m for m in results.get("metrics_requested", []) if m != "speed") or "fd"
     quality = {k: v for k, v in metrics.items() if not k.startswith(("train_", "sampling_", "peak_"))}
     return {"metrics": quality,
             "protocol": protocol, "measured_on": measured_on, "created": results.get("created"),
             "command": f"ddpmlab eval pretrained:{name} --metrics {metrics_asked} --n {settings['n']}{sampling} "
-                       f"--seed {settings['seed']} --ref-n {reference.get('count', 10000)}"}
+                       f"--seed {settings['seed']}{batch} --ref-n {reference.get('count', 10000)}"}
 
 
 def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list[list[str]]] | None:
