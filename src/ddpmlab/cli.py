@@ -496,7 +496,9 @@ def _sample(args) -> int:
 
 def _weights_label(source: str, weights: Path) -> str:
     """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
-    return source if source.startswith("pretrained:") else weights.name
+    from ddpmlab.train.pretrained import pretrained_name
+
+    return source if pretrained_name(source) is not None else weights.name
 
 
 def _sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:

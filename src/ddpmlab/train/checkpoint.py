@@ -24,7 +24,6 @@ from safetensors.torch import load_file, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ddpmlab.errors import UserError
-from ddpmlab.paths import atomic_write_bytes  # noqa: F401  (its home before paths.py)
 from ddpmlab.paths import storage_error, temporary_sibling
 
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, RNG_FILE, PROGRESS_FILE = (

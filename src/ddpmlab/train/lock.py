@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ddpmlab.errors import UserError
-from ddpmlab.paths import storage_error
+from ddpmlab.paths import storage_errors_as_user_errors
 
 LOCK_FILE = ".lock"
 
@@ -28,18 +28,13 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK_FILE
-        try:
+        with storage_errors_as_user_errors(f"the lock file of {run_dir}", f"make {run_dir} writable"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, previous = _lock(self.path)
             owner = {"pid": os.getpid(), "host": socket.gethostname(),
                      "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(owner).encode(), 0)
-        except OSError as exc:
-            error = storage_error(exc, f"the lock file of {run_dir}", f"make {run_dir} writable")
-            if error is None:
-                raise
-            raise error from None
         if previous.get("pid") not in (None, os.getpid()):
             print(f"note: took over {self.path} from process {previous['pid']} on {previous.get('host', '?')}, "
                   f"which is no longer running (an interrupted run)", file=sys.stderr)

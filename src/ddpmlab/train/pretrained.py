@@ -127,15 +127,10 @@ def score_summary(score: dict) -> str:
             f"{how}, seed {protocol.get('seed')}{weights})")
 
 
-def duration(seconds: float | None) -> str:
-    """Seconds as "42 s", "7.3 min" or "2.5 h"."""
-    if seconds is None:
-        return "? s"
-    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
-
-
 def pretrained_table(root: str | Path | None = None) -> str:
     """`ddpmlab pretrained list`: one block per shipped model (method, classes, training, scores)."""
+    from ddpmlab.report.render import fmt_seconds
+
     names = pretrained_names(root)
     if not names:
         return f"no pretrained models in {pretrained_root(root)}"
@@ -147,7 +142,7 @@ def pretrained_table(root: str | Path | None = None) -> str:
         shape = "×".join(map(str, info.get("image_shape") or []))
         lines = [f"pretrained:{name}  {info.get('method')}{classes}, {shape} images, "
                  f"{info.get('parameters', 0):,} parameters, {info.get('weights', {}).get('dtype')} weights",
-                 f"  trained {training.get('steps')} steps in {duration(training.get('wall_s'))} on "
+                 f"  trained {training.get('steps')} steps in {fmt_seconds(training.get('wall_s'))} on "
                  f"{info.get('machine')}, finished {training.get('finished')}"]
         lines += [f"  {score_summary(score)}" for score in info.get("scores", [])] or ["  no scores recorded"]
         blocks.append("\n".join(lines))
