@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ddpmlab.cli import main  # noqa: E402
-from ddpmlab.config import (BAD_IMAGE_POLICIES, DATASETS, LOSS_WEIGHTINGS, METHODS, PREDICTIONS,  # noqa: E402
+from ddpmlab.config import (BAD_IMAGE_POLICIES, DATASETS, LOSS_WEIGHTINGS, LR_SCHEDULES, METHODS, PREDICTIONS,  # noqa: E402
                             RECONSTRUCTIONS, SCHEDULES, Config, apply_overrides, load_config)
 from ddpmlab.errors import UserError  # noqa: E402
 from ddpmlab.samplers import SAMPLERS, SPACINGS  # noqa: E402
@@ -100,6 +100,7 @@ TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_cat
 NUMBERS = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True)).map(str)
 CHOICES = {"method": METHODS, "data.name": DATASETS, "diffusion.schedule": SCHEDULES, "diffusion.prediction": PREDICTIONS,
            "diffusion.loss_weighting": LOSS_WEIGHTINGS, "sample.sampler": SAMPLERS, "train.device": ("auto", "cpu", "cuda"),
+           "train.lr_schedule": LR_SCHEDULES,
            "vaegan.reconstruction": RECONSTRUCTIONS, "data.on_bad_image": BAD_IMAGE_POLICIES}
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "method"]
 

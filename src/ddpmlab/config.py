@@ -23,6 +23,7 @@ DATASETS = ("fashion-mnist", "mnist", "cifar10", "sprites", "folder", "synthetic
 SCHEDULES = ("linear", "cosine", "custom")
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
 # A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
@@ -83,6 +84,8 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 5000
+    lr_schedule: str = "constant"  # after warm-up: constant, or a cosine/linear decay that ends at train.steps
+    lr_end_factor: float = 0.0  # where a decaying schedule ends, as a fraction of the peak rate
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     seed: int = 0
@@ -177,8 +180,8 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # What `--resume` may change: how long and how fast to train, where and how often to write. Everything else
 # (`method` and the baseline sections included) defines the model, the data or the process that the saved
 # weights were trained for.
-RESUME_SAFE_KEYS = ("train.steps", "train.lr", "vae.lr", "dcgan.lr", "vaegan.lr", "train.device", "train.bf16",
-                    "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
+RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.lr_schedule", "train.lr_end_factor", "vae.lr", "dcgan.lr",
+                    "vaegan.lr", "train.device", "train.bf16", "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
                     "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.eval_every",
                     "train.eval_n", "train.eval_metrics", "train.eval_sampler", "train.eval_steps", "train.keep_best",
@@ -483,6 +486,9 @@ def validate(config: Config) -> None:
     _check(t.lr > 0, "train.lr", "must be positive")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _check(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
+           f"{t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    _check(0.0 <= t.lr_end_factor <= 1.0, "train.lr_end_factor", "must be in [0, 1]")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from ddpmlab.config import load_config
-from ddpmlab.train import Trainer, warmup_lr
+import math
+
+from ddpmlab.train import Trainer, scheduled_lr, warmup_lr
 from ddpmlab.train.ema import EMA, ema_decay_at
 from ddpmlab.train.log import read_metrics
 
@@ -17,6 +19,32 @@ def test_warmup_lr_is_linear_then_constant():
     assert warmup_lr(4999, 2e-4, 5000) == pytest.approx(2e-4)
     assert warmup_lr(10**6, 2e-4, 5000) == 2e-4
     assert warmup_lr(0, 1e-3, 0) == 1e-3
+
+
+def test_scheduled_lr_warms_up_then_decays_to_its_end_factor():
+    # constant: the warm-up alone
+    assert [scheduled_lr(s, 1e-3, 10, 110) for s in (0, 9, 10, 109)] == [warmup_lr(s, 1e-3, 10) for s in (0, 9, 10, 109)]
+    # cosine over the 100 post-warm-up steps: peak at the first, half-way at p = 1/2, lr_min + (lr − lr_min)(1 + cos πp)/2
+    assert scheduled_lr(5, 1e-3, 10, 110, "cosine") == pytest.approx(6e-4)  # still warming up
+    assert scheduled_lr(10, 1e-3, 10, 110, "cosine") == pytest.approx(1e-3)
+    assert scheduled_lr(60, 1e-3, 10, 110, "cosine") == pytest.approx(5e-4)
+    assert scheduled_lr(35, 1e-3, 10, 110, "cosine", 0.1) == pytest.approx(1e-4 + 9e-4 * (1 + math.cos(math.pi / 4)) / 2)
+    assert scheduled_lr(109, 1e-3, 10, 110, "cosine") == pytest.approx(1e-3 * (1 + math.cos(math.pi * 0.99)) / 2)
+    assert scheduled_lr(10**6, 1e-3, 10, 110, "cosine", 0.1) == pytest.approx(1e-4)  # steps raised past: the floor
+    # linear, without warm-up
+    assert scheduled_lr(0, 2e-4, 0, 100, "linear") == pytest.approx(2e-4)
+    assert scheduled_lr(75, 2e-4, 0, 100, "linear", 0.2) == pytest.approx(2e-4 - 0.75 * 1.6e-4)
+
+
+def test_trainer_sets_the_scheduled_lr_on_every_optimizer(tmp_path):
+    trainer = Trainer(tiny(**{"train.steps": 8, "train.warmup_steps": 2, "train.lr_schedule": "cosine",
+                              "train.log_every": 1, "method": "dcgan"}), tmp_path / "run", progress=False)
+    trainer.train()
+    logged = {row["step"]: row["lr"] for row in read_metrics(tmp_path / "run" / "metrics.csv") if row.get("lr")}
+    expected = [scheduled_lr(s, trainer.lr, 2, 8, "cosine") for s in range(8)]  # row k: the lr of step k − 1
+    assert [logged[k] for k in range(1, 9)] == pytest.approx(expected, rel=1e-5)  # metrics.csv keeps 6 digits
+    rates = [g["lr"] for o in trainer.optimizers.values() for g in o.param_groups]
+    assert len(rates) == 2 and rates == pytest.approx([expected[-1]] * 2)
 
 
 def test_ema_follows_its_formula():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import time
 from dataclasses import asdict
@@ -38,6 +39,20 @@ VALIDATION_SEED = 1234
 def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     """Linear warm-up to `lr` over warmup_steps, then constant (Ho et al.)."""
     return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+
+
+def scheduled_lr(step: int, lr: float, warmup_steps: int, steps: int, schedule: str = "constant",
+                 end_factor: float = 0.0) -> float:
+    """The learning rate of `step` (0-based) of `steps`: warmup_lr, then constant, or decayed towards
+    lr_min = end_factor·lr by the fraction p of the post-warm-up steps done: cosine, lr_min + (lr − lr_min)(1 + cos πp)/2
+    (SGDR without restarts, Loshchilov & Hutter 2017), or linear, lr − (lr − lr_min)p."""
+    if schedule == "constant" or step < warmup_steps:
+        return warmup_lr(step, lr, warmup_steps)
+    lr_min = end_factor * lr
+    p = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    if schedule == "cosine":
+        return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr - (lr - lr_min) * p
 
 
 class Trainer:
@@ -306,8 +321,9 @@ class Trainer:
         return self.wall_s + (time.perf_counter() - self.session_start if self.session_start is not None else 0.0)
 
     def set_lr(self) -> float:
-        """The warmed-up learning rate of this step, set on every optimizer."""
-        lr = warmup_lr(self.step, self.lr, self.config.train.warmup_steps)
+        """This step's learning rate (warm-up, then train.lr_schedule), set on every optimizer."""
+        t = self.config.train
+        lr = scheduled_lr(self.step, self.lr, t.warmup_steps, t.steps, t.lr_schedule, t.lr_end_factor)
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr
