@@ -181,7 +181,8 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # (`method` and the baseline sections included) defines the model, the data or the process that the saved
 # weights were trained for.
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.lr_schedule", "train.lr_end_factor", "vae.lr", "dcgan.lr",
-                    "vaegan.lr", "train.device", "train.bf16", "train.data_on_device", "train.fused_adam", "train.channels_last", "train.compile",
+                    "vaegan.lr", "train.device", "train.bf16", "train.data_on_device", "train.fused_adam",
+                    "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
                     "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.eval_every",
                     "train.eval_n", "train.eval_metrics", "train.eval_sampler", "train.eval_steps", "train.keep_best",

@@ -1,9 +1,9 @@
+import math
+
 import pytest
 import torch
 
 from ddpmlab.config import load_config
-import math
-
 from ddpmlab.train import Trainer, scheduled_lr, warmup_lr
 from ddpmlab.train.ema import EMA, ema_decay_at
 from ddpmlab.train.log import read_metrics
@@ -30,7 +30,7 @@ def test_scheduled_lr_warms_up_then_decays_to_its_end_factor():
     assert scheduled_lr(60, 1e-3, 10, 110, "cosine") == pytest.approx(5e-4)
     assert scheduled_lr(35, 1e-3, 10, 110, "cosine", 0.1) == pytest.approx(1e-4 + 9e-4 * (1 + math.cos(math.pi / 4)) / 2)
     assert scheduled_lr(109, 1e-3, 10, 110, "cosine") == pytest.approx(1e-3 * (1 + math.cos(math.pi * 0.99)) / 2)
-    assert scheduled_lr(10**6, 1e-3, 10, 110, "cosine", 0.1) == pytest.approx(1e-4)  # steps raised past: the floor
+    assert scheduled_lr(10**6, 1e-3, 10, 110, "cosine", 0.1) == pytest.approx(1e-4)  # train.steps lowered below the step: the floor
     # linear, without warm-up
     assert scheduled_lr(0, 2e-4, 0, 100, "linear") == pytest.approx(2e-4)
     assert scheduled_lr(75, 2e-4, 0, 100, "linear", 0.2) == pytest.approx(2e-4 - 0.75 * 1.6e-4)

@@ -45,7 +45,8 @@ def scheduled_lr(step: int, lr: float, warmup_steps: int, steps: int, schedule: 
                  end_factor: float = 0.0) -> float:
     """The learning rate of `step` (0-based) of `steps`: warmup_lr, then constant, or decayed towards
     lr_min = end_factor·lr by the fraction p of the post-warm-up steps done: cosine, lr_min + (lr − lr_min)(1 + cos πp)/2
-    (SGDR without restarts, Loshchilov & Hutter 2017), or linear, lr − (lr − lr_min)p."""
+    (SGDR without restarts, Loshchilov & Hutter 2017), or linear, lr − (lr − lr_min)p. p reaches 1 at step `steps`,
+    one past the last step trained; a resume with other `steps` follows the new curve from where it is."""
     if schedule == "constant" or step < warmup_steps:
         return warmup_lr(step, lr, warmup_steps)
     lr_min = end_factor * lr
