@@ -1,12 +1,10 @@
 """The command line end to end: train, interrupt, resume, sample; every user mistake is `error:` + exit 2."""
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

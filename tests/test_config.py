@@ -11,7 +11,7 @@ import ddpmlab
 from ddpmlab.cli import main
 from ddpmlab.config import Config, load_config, preset_description, preset_names, resume_changes
 from ddpmlab.errors import UserError
-from ddpmlab.train.build import build_schedule
+from ddpmlab.methods.ddpm import build_schedule
 
 
 @pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("2E-4", 2e-4), ("1e2", 100.0), ("0.5", 0.5), ("3", 3.0),

@@ -223,6 +223,54 @@ def test_sweep_scores_every_point_from_the_same_x_T_and_plots_it(tiny_run, synth
     assert np.array_equal(saved[8:], model_to_uint8(expected).permute(0, 2, 3, 1).numpy())
 
 
+def test_sweep_table_gives_each_point_relative_to_the_longest_ddpm_chain():
+    from ddpmlab.eval.sweep import sweep_table
+
+    def point(sampler, steps, fd, seconds):
+        return {"sampler": sampler, "spacing": "s", "steps": steps, "nfe": steps, "seconds_per_1000": seconds,
+                "metrics": {"fd_classifier": fd}}
+
+    points = [point("ddpm", 100, 12.0, 500.0), point("ddpm", 1000, 10.25, 4923.0), point("dpm-solver++", 20, 13.37, 99.8),
+              point("ddim", 20, 9.0, None)]
+    results = {"metric_keys": ["fd_classifier"], "points": points}
+    lines = sweep_table(results).splitlines()
+    assert "vs ddpm 1000" in lines[0]
+    assert "+17.1 %" in lines[2] and "(reference)" in lines[3] and "+30.4 %" in lines[4]
+    assert "-12.2 %" in lines[5] and lines[5].endswith("reused")
+    assert "vs ddpm" not in sweep_table({"metric_keys": ["fd_classifier"], "points": points[2:]})
+
+
+def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_classifier, monkeypatch):
+    import torch
+
+    import ddpmlab.train.build as build
+
+    classifier, _ = synthetic_classifier
+    args = ["eval", str(tiny_run), "--sweep", "ddim:2", "--classifier", str(classifier), "--n", "8", "--device", "cpu",
+            "--quiet", "--name", "reuse"]
+
+    def points():
+        return json.loads((tiny_run / "eval" / "sweep-reuse.json").read_text())["points"]
+
+    assert main(args) == 0
+    first = points()[0]
+    assert main(args) == 0
+    assert points()[0]["reused"] and points()[0]["metrics"] == first["metrics"]
+    # other weights at the same checkpoint step (a run trained again in the same folder): drawn again, not reused
+    load_trained = build.load_trained
+
+    def perturbed(*a, **k):
+        model, schedule, config, step = load_trained(*a, **k)
+        with torch.no_grad():
+            next(model.parameters()).add_(0.5)
+        return model, schedule, config, step
+
+    monkeypatch.setattr(build, "load_trained", perturbed)
+    assert main(args) == 0
+    again = points()[0]
+    assert not again["reused"] and again["seconds_per_1000"] > 0 and again["metrics"] != first["metrics"]
+
+
 @pytest.mark.parametrize("spec,fragment", [("foo:3", "unknown sampler 'foo'"), ("3,4", "must start with a sampler"),
                                            ("ddim:x", "'x' is not a step count"), ("ddim:0", "ddim steps=0")])
 def test_bad_sweeps_are_one_line_errors(tiny_run, capsys, spec, fragment):

@@ -108,6 +108,24 @@ def test_second_invocation_reuses_the_trained_runs(compared, capsys):
     assert [row["name"] for row in results["rows"]] == ["ddpm", "vae"]
 
 
+def test_a_saved_sweep_is_reused_only_for_the_same_weights(tmp_path):
+    from ddpmlab.report.compare import saved_sweep
+
+    samples = tmp_path / "sweep-n16-seed0-ddim5-leading.npz"
+    samples.write_bytes(b"x")
+    (tmp_path / "sweep-n16-seed0.png").write_bytes(b"x")
+    path = tmp_path / "sweep-n16-seed0.json"
+    path.write_text(json.dumps({"checkpoint_step": 10, "weights": "ema", "weights_digest": "0123abcd",
+                                "points": [{"sampler": "ddim", "steps": 5, "samples": str(samples)}],
+                                "metric_keys": ["fd_classifier"], "extractors": {"fd_classifier": "c"}}))
+    args = ([("ddim", 5)], ["fd_classifier"], {"fd_classifier": "c"})
+    assert saved_sweep(path, 10, "0123abcd", *args)["plot"] == str(tmp_path / "sweep-n16-seed0.png")
+    assert saved_sweep(path, 10, "ffffffff", *args) is None  # retrained to the same step: other weights
+    assert saved_sweep(path, 11, "0123abcd", *args) is None
+    samples.unlink()
+    assert saved_sweep(path, 10, "0123abcd", *args) is None
+
+
 def test_an_unfinished_run_is_resumed_to_the_suites_steps(tmp_path, synthetic_classifier, capsys):
     runs = tmp_path / "runs"
     Trainer(load_config("tiny", TINY_VAE), runs / "vae", progress=False).train()  # 10 of the suite's 20 steps

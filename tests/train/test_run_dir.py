@@ -2,7 +2,6 @@
 config is known to work; resume refuses what would silently change the run."""
 
 import pytest
-import torch
 
 from ddpmlab.cli import main
 from ddpmlab.config import load_config

@@ -16,8 +16,9 @@ from ddpmlab.bench.train import TrainingStep, random_batch, switch_text
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
+from ddpmlab.methods.ddpm import build_schedule, build_unet
 from ddpmlab.samplers import sample
-from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.train.build import resolve_device
 
 PRESET = "cifar10"
 # google/ddpm-cifar10-32's config.json (diffusers' port of Ho et al.'s CIFAR-10 model), with Ho et al.'s dropout

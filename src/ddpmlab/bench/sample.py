@@ -8,9 +8,10 @@ from ddpmlab.bench.timing import check_positive, data_shape
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import sampling_speed
+from ddpmlab.methods.ddpm import build_schedule, build_unet
 from ddpmlab.samplers import SAMPLERS, resolve_steps
 from ddpmlab.train import hotpath
-from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.train.build import resolve_device
 
 
 def bench_sample(config_name: str, sampler: str, steps: int | None = None, overrides: list[str] | None = None,

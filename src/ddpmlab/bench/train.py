@@ -14,7 +14,8 @@ from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
-from ddpmlab.train.build import build_schedule, build_unet, resolve_device
+from ddpmlab.methods.ddpm import build_schedule, build_unet
+from ddpmlab.train.build import resolve_device
 from ddpmlab.train import hotpath
 from ddpmlab.train.ema import EMA
 

@@ -14,7 +14,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import ddpmlab
@@ -53,6 +52,12 @@ def point_name(method: str, steps: int, spacing: str) -> str:
     return f"{method}{steps}-{spacing}"
 
 
+def ddpm_reference(points: list[dict], metric: str) -> dict | None:
+    """The level the fast samplers are measured against: the sweep's longest `ddpm` chain scored on `metric`."""
+    ddpm = [p for p in points if p["sampler"] == "ddpm" and p["metrics"].get(metric) is not None]
+    return max(ddpm, key=lambda p: p["nfe"]) if ddpm else None
+
+
 def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
     """Two panels: `metric` against network evaluations (log scale) and against seconds per 1,000 images."""
     import matplotlib
@@ -72,6 +77,10 @@ def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
         axes[1].plot([p["seconds_per_1000"] for p in timed], [p["metrics"][metric] for p in timed], "o-", label=method)
         for p, value in zip(rows, values):
             axes[0].annotate(str(p["nfe"]), (p["nfe"], value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    reference = ddpm_reference(points, metric)
+    if reference is not None:
+        for ax in axes:
+            ax.axhline(reference["metrics"][metric], color="0.5", ls=":", lw=1, label=f"ddpm {reference['nfe']} level")
     axes[0].set(xscale="log", xlabel="network evaluations (NFE)", ylabel=metric)
     axes[1].set(xscale="log", xlabel="seconds per 1,000 images", ylabel=metric)
     for ax in axes:
@@ -84,12 +93,30 @@ def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
     return Path(path)
 
 
+def relative_change(value: float | None, reference: float) -> str:
+    """(value − reference)/reference as a signed percentage, e.g. "+30.4 %"; "n/a" without a value or reference."""
+    if value is None or reference == 0:
+        return "n/a"
+    return f"{100 * (value - reference) / reference:+.1f} %"
+
+
 def sweep_table(results: dict) -> str:
-    """The sweep as aligned text: sampler, steps, NFE, each metric, seconds per 1,000 images."""
+    """The sweep as aligned text: sampler, steps, NFE, each metric, the first metric relative to the longest ddpm
+    chain when the sweep has one, seconds per 1,000 images."""
     metrics = [m for m in results["metric_keys"]]
-    header = ["sampler", "spacing", "steps", "NFE", *metrics, "s/1000 img"]
+    reference = ddpm_reference(results["points"], metrics[0])
+
+    def against_reference(p: dict) -> list[str]:
+        if reference is None:
+            return []
+        return ["(reference)" if p is reference else relative_change(p["metrics"].get(metrics[0]),
+                                                                     reference["metrics"][metrics[0]])]
+
+    header = ["sampler", "spacing", "steps", "NFE", *metrics,
+              *([f"vs ddpm {reference['nfe']}"] if reference is not None else []), "s/1000 img"]
     rows = [[p["sampler"], p["spacing"], str(p["steps"]), str(p["nfe"]),
              *[f"{p['metrics'][m]:.4g}" if p["metrics"].get(m) is not None else "n/a" for m in metrics],
+             *against_reference(p),
              f"{p['seconds_per_1000']:.1f}" if p["seconds_per_1000"] is not None else "reused"]
             for p in results["points"]]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -111,6 +138,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
     from ddpmlab.eval.speed import machine_load
     from ddpmlab.paths import check_writable_folder
     from ddpmlab.train.build import load_trained, resolve_device
+    from ddpmlab.train.checkpoint import weights_digest
     from ddpmlab.train.pretrained import resolve_source
 
     device = resolve_device(device)
@@ -142,13 +170,15 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
     # the same x_T for every point; stochastic samplers draw their later noise from a second generator
     noise = torch.randn((n, channels, image_size, image_size), generator=torch.Generator().manual_seed(seed))
     results = {"run_dir": str(run_dir), "name": name, "checkpoint_step": step, "weights": "ema" if use_ema else "raw",
-               "n": n, "seed": seed, "batch_size": batch_size, "guidance": guidance, "reference_split": split,
+               "weights_digest": weights_digest(model.state_dict()), "n": n, "seed": seed, "batch_size": batch_size,
+               "guidance": guidance, "reference_split": split,
                "reference": references, "device": str(device), "ddpmlab": ddpmlab.__version__,
                "torch": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "points": []}
     for method, steps in points:
         spacing = resolve_spacing(method, None)
-        settings = {"checkpoint_step": step, "weights": results["weights"], "sampler": method, "steps": steps,
+        settings = {"checkpoint_step": step, "weights": results["weights"], "weights_digest": results["weights_digest"],
+                    "sampler": method, "steps": steps,
                     "spacing": spacing, "eta": 0.0 if method == "ddim" else None, "n": n, "batch_size": batch_size,
                     "seed": seed, "noise": "shared-x_T", "guidance": guidance,
                     "clip_denoised": config.sample.clip_denoised}
@@ -167,7 +197,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
         scores = distance_scores(metrics, extractors, real, fake, device)
         results["points"].append({"sampler": method, "steps": steps, "spacing": spacing,
                                   "nfe": network_evaluations(method, steps, schedule.T),
-                                  "seconds_per_1000": None if reused else 1000 * seconds / n,
+                                  "seconds_per_1000": None if reused else 1000 * seconds / n, "reused": reused,
                                   "samples": str(samples_path), "metrics": scores})
         results["extractors"] = extractor_ids(extractors, scores)
     untimed = [p for p in results["points"] if p["seconds_per_1000"] is None]

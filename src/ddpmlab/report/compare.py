@@ -307,10 +307,11 @@ def seconds_per_1000(images_per_s: float | None) -> float | None:
     return 1000 / images_per_s if images_per_s else None
 
 
-def saved_sweep(path: Path, step: int, points: list[tuple[str, int]], metric_keys: list[str],
+def saved_sweep(path: Path, step: int, digest: str, points: list[tuple[str, int]], metric_keys: list[str],
                 extractors: dict) -> dict | None:
     """The sweep results at `path` (with "json" and "plot") when they are of this checkpoint step, these points and
-    metrics, the same feature extractors and EMA weights, and their samples and plot are still there; else None.
+    metrics, the same feature extractors and EMA weights (`digest`: eval.run's weights_digest), and their samples and
+    plot are still there; else None.
     Reusing them keeps the first run's timings (a re-run on saved samples has none)."""
     import json
 
@@ -320,6 +321,7 @@ def saved_sweep(path: Path, step: int, points: list[tuple[str, int]], metric_key
         return None
     plot = Path(path).with_suffix(".png")
     if (saved.get("checkpoint_step") != step or saved.get("weights") != "ema" or not plot.is_file()
+            or saved.get("weights_digest") != digest
             or [(p["sampler"], p["steps"]) for p in saved.get("points", [])] != points
             or not set(metric_keys) <= set(saved.get("metric_keys", []))
             or any(saved.get("extractors", {}).get(k, v) != v for k, v in extractors.items())
@@ -362,8 +364,8 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
         from ddpmlab.eval.sweep import evaluate_sweep, parse_sweep
 
         points = parse_sweep(suite.sweep, plan.config.diffusion.timesteps)
-        sweep = saved_sweep(eval_dir / f"sweep-n{n}-seed{suite.seed}.json", row["step"], points,
-                            [SWEEP_KEYS[m] for m in sweep_metrics], results["extractors"])
+        sweep = saved_sweep(eval_dir / f"sweep-n{n}-seed{suite.seed}.json", row["step"], settings["weights_digest"],
+                            points, [SWEEP_KEYS[m] for m in sweep_metrics], results["extractors"])
         if sweep is None:
             sweep = evaluate_sweep(plan.run_dir, suite.sweep, ",".join(sweep_metrics), n, seed=suite.seed,
                                    classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress,

@@ -6,8 +6,6 @@ The VP process x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, rescaled to x̃ = x/√
 
 from __future__ import annotations
 
-import math
-
 import torch
 from tqdm.auto import tqdm
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from ddpmlab.errors import UserError
-from ddpmlab.methods.ddpm import build_schedule, build_unet  # noqa: F401  (their home before methods/ddpm.py)
 
 
 def resolve_device(name: str | None, setting: str = "--device") -> torch.device:

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpmlab.config import Config, apply_overrides, eval_metric_names, load_config, resume_changes, save_config
-from ddpmlab.data import ImageData, load_dataset, to_model_batch
+from ddpmlab.data import load_dataset, to_model_batch
 from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
