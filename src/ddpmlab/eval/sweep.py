@@ -197,7 +197,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, metrics: str | None = None, 
         scores = distance_scores(metrics, extractors, real, fake, device)
         results["points"].append({"sampler": method, "steps": steps, "spacing": spacing,
                                   "nfe": network_evaluations(method, steps, schedule.T),
-                                  "seconds_per_1000": None if reused else 1000 * seconds / n, "reused": reused,
+                                  "seconds_per_1000": None if reused else 1000 * seconds / n,  # None: reused
                                   "samples": str(samples_path), "metrics": scores})
         results["extractors"] = extractor_ids(extractors, scores)
     untimed = [p for p in results["points"] if p["seconds_per_1000"] is None]
