@@ -30,10 +30,21 @@ from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from ddpmlab.cli import main  # noqa: E402
-from ddpmlab.config import (BAD_IMAGE_POLICIES, DATASETS, LOSS_WEIGHTINGS, LR_SCHEDULES, METHODS, PREDICTIONS,  # noqa: E402
-                            RECONSTRUCTIONS, SCHEDULES, Config, apply_overrides, load_config)
+from ddpmlab.config import (  # noqa: E402
+    BAD_IMAGE_POLICIES,
+    DATASETS,
+    LOSS_WEIGHTINGS,
+    LR_SCHEDULES,
+    METHODS,
+    PREDICTIONS,
+    RECONSTRUCTIONS,
+    SCHEDULES,
+    Config,
+    apply_overrides,
+    load_config,
+)
 from ddpmlab.errors import UserError  # noqa: E402
-from ddpmlab.samplers import SAMPLERS, SPACINGS  # noqa: E402
+from ddpmlab.samplers import SAMPLERS  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 5000-digit numbers
 EXAMPLES = {"config": 300, "config_file": 150, "train": 30, "resume": 10, "sample": 80, "eval": 30}
@@ -267,7 +278,7 @@ def flag_value(valid: st.SearchStrategy, valid_share: int = 3) -> st.SearchStrat
     return st.sampled_from([True] * valid_share + [False]).flatmap(lambda ok: valid if ok else hostile)
 
 
-ALL_SPACINGS = sorted({s for spacings in SPACINGS.values() for s in spacings})
+ALL_SPACINGS = sorted({s for record in SAMPLERS.values() for s in record.spacings})
 OUT_KINDS = ["grid.png", "arrays.npz", "pngs/", "x.jpg", "noext", "", "existing", "existing/", "a-file/x.png",
              "deep/er/x.png", "x.PNG", ".png", "x.npz/", "a-file"]
 SAMPLE_FLAGS = {
@@ -364,7 +375,7 @@ def eval_setup(short_tiny_run, tiny_classifier, tmp_path_factory):
     run = tmp_path_factory.mktemp("eval") / "run"
     shutil.copytree(short_tiny_run, run)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("ddpmlab.eval.run.InceptionFeatures", QuickInception)
+        patch.setattr("ddpmlab.eval.scores.InceptionFeatures", QuickInception)
         patch.setenv("DDPMLAB_CACHE", str(tmp_path_factory.mktemp("eval-cache")))
         yield run, tiny_classifier
 

@@ -116,8 +116,8 @@ def test_corrupt_and_foreign_checkpoints(capsys, trained, tmp_path):
     _expect_user_error(capsys, ["sample", broken, "--out", tmp_path / "x.png"], "not a readable safetensors file")
     (newest / "model.safetensors").write_bytes(b"garbage")
     _expect_user_error(capsys, ["train", "--resume", broken], "not a readable safetensors file")
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -209,7 +209,7 @@ def test_train_says_what_it_trains_before_the_bar(tmp_path):
 
 
 def test_sigint_saves_logs_the_partial_window_and_exits_130(tmp_path):
-    from ddpmlab.train.log import read_metrics
+    from ddpmlab.store.metrics_csv import read_metrics
 
     run = tmp_path / "run"
     process = subprocess.Popen([*CLI, "train", "tiny", "train.log_every=1000", "train.val_every=1000",

@@ -335,7 +335,7 @@ def test_planted_caches_samples_and_results_are_ignored_and_written_again(short_
 def test_planted_statistics_and_sample_files_raise_user_errors(tmp_path, marker):
     from ddpmlab.eval.metrics import FeatureStats
     from ddpmlab.eval.reference import load_reference
-    from ddpmlab.eval.run import load_samples
+    from ddpmlab.eval.samples import load_samples
     from ddpmlab.report.plots import samples_grid
 
     for kind in ("npz", "npy", "pickle", "torch"):

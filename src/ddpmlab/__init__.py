@@ -1,6 +1,6 @@
 """ddpmlab: train, sample and evaluate Denoising Diffusion Probabilistic Models."""
 
 from ddpmlab.errors import DdpmlabWarning, UserError
+from ddpmlab.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["DdpmlabWarning", "UserError", "__version__"]

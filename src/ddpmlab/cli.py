@@ -1,19 +1,25 @@
-"""`ddpmlab` command line: argument parsing only; the work is done by the library."""
+"""`ddpmlab` command line: argument parsing and dispatch only; each command's work is in ddpmlab.commands."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import re
-import signal
 import sys
 import warnings
-from pathlib import Path
 
+from ddpmlab.commands import bench, compare, config, evaluate, pretrained, sample, train
 from ddpmlab.config import INT64_MAX, INT64_MIN
+from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabWarning, UserError
+from ddpmlab.samplers import (
+    EVALUATION_STEPS,
+    SAMPLERS,
+    default_steps_text,
+    spacings_text,
+)
+from ddpmlab.version import __version__
 
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
 
@@ -54,11 +60,8 @@ def _one_line(message: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    import ddpmlab
-    from ddpmlab.samplers import SAMPLERS
-
     parser = _Parser(prog="ddpmlab", description="Train, sample and evaluate DDPMs.")
-    parser.add_argument("--version", action="version", version=f"ddpmlab {ddpmlab.__version__}")
+    parser.add_argument("--version", action="version", version=f"ddpmlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model from a preset or YAML config",
@@ -80,9 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="default: the run's sample.sampler")
     sample.add_argument("--steps", type=_int64, help="sampling steps (default: the run's sample.steps for its own sampler "
-                                                  "and ddim, T for ddpm, 20 for the dpm-solvers, 18 for heun)")
-    sample.add_argument("--spacing", help="timestep spacing: ddim leading|trailing|linspace, dpm-solver++ "
-                                          "and sde-dpm-solver++ time-quadratic|logSNR|time-uniform (default: each sampler's)")
+                                                  f"and ddim; otherwise {default_steps_text()})")
+    sample.add_argument("--spacing", help=f"timestep spacing: {spacings_text()} (default: each sampler's first)")
     sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
     sample.add_argument("--n", type=_int64, default=None, help="number of images (default: the run's sample.n)")
     sample.add_argument("--batch-size", type=_int64, default=None, help="images per batch (default: the run's)")
@@ -149,8 +151,6 @@ EVAL_TOOLS = ("train-classifier", "real")
 
 
 def _add_eval_parser(commands) -> argparse.ArgumentParser:
-    from ddpmlab.samplers import SAMPLERS
-
     evaluate = commands.add_parser(
         "eval", help="measure a trained run: FD, FID, KID, precision/recall, NLL, speed",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -172,8 +172,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_int64, default=10000, help="images to sample (default 10000)")
     evaluate.add_argument("--ref-n", type=_int64, default=10000, help="held-out real images to compare with (default 10000)")
     evaluate.add_argument("--sampler", choices=SAMPLERS, default=None, help="default ddim, the same for every run")
-    evaluate.add_argument("--steps", type=_int64, help="sampling steps (default: 50 for ddim, capped at T; T for ddpm; "
-                                                    "20 for the dpm-solvers; 18 for heun)")
+    evaluate.add_argument("--steps", type=_int64, help=f"sampling steps (default: {EVALUATION_STEPS} for ddim, capped at "
+                                                    f"T; otherwise {default_steps_text()})")
     evaluate.add_argument("--spacing", help="the sampler's timestep spacing (default: its own)")
     evaluate.add_argument("--sweep", metavar="SPEC",
                           help="quality against cost: SPEC like ddpm:1000,ddim:10,20,50,dpm-solver++:10,20,heun:10 "
@@ -225,73 +225,6 @@ def _eval_tool_parser(tool: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _data_config(dataset: str, overrides: list[str]):
-    from ddpmlab.config import config_from_dict, parse_overrides
-
-    data = parse_overrides(overrides)
-    if set(data) - {"data"}:
-        raise UserError(f"only data.key=value overrides apply here, got {', '.join(sorted(set(data) - {'data'}))}")
-    return config_from_dict({"data": {**data.get("data", {}), "name": dataset}}, "override").data
-
-
-def _eval_train_classifier(args) -> int:
-    from ddpmlab.eval.classifier import train_classifier_to_file
-    from ddpmlab.train.build import resolve_device
-
-    data_cfg = _data_config(args.dataset, args.overrides)
-    command = " ".join(["ddpmlab", *args.argv])
-    facts = train_classifier_to_file(data_cfg, args.out, args.steps, args.batch_size, args.lr, args.seed,
-                                     resolve_device(args.device), progress=not args.quiet, command=command)
-    print(f"test accuracy {facts['test_accuracy']:.4f} on the {facts['test_split']} split after {facts['steps']} steps "
-          f"({facts['train_seconds']:.0f} s); extractor {facts['extractor_id']}; wrote {facts['path']}")
-    return 0
-
-
-def _eval_real(args) -> int:
-    from ddpmlab.eval.cache import dataset_key
-    from ddpmlab.eval.run import evaluate_real, results_table
-
-    from ddpmlab.paths import check_writable_file
-
-    data_cfg = _data_config(args.dataset, args.overrides)
-    out = args.out or Path("runs") / "real" / f"{dataset_key(data_cfg)}.json"
-    check_writable_file(Path(out), "--out")
-    results = evaluate_real(data_cfg, args.metrics, args.n, args.device, args.classifier, out, progress=not args.quiet)
-    print(results_table(results))
-    print(f"wrote {results['json']}")
-    return 0
-
-
-def _eval(args) -> int:
-    from ddpmlab.eval.run import evaluate_run, results_table
-
-    check_diffusion_flags(args, args.run_dir)
-    if args.sweep:
-        from ddpmlab.eval.sweep import evaluate_sweep, sweep_table
-
-        if _processes().world_size > 1:
-            raise UserError("ddpmlab eval --sweep runs in one process; start it without torchrun")
-
-        results = evaluate_sweep(args.run_dir, args.sweep, args.metrics, args.n, args.batch_size, args.seed,
-                                 not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
-                                 progress=not args.quiet, out=args.out)
-        print(sweep_table(results))
-        print(f"wrote {results['json']} and {results['plot']}")
-        return 0
-    if args.eta is not None and not 0 <= args.eta <= 1:
-        raise UserError("--eta must be in [0, 1]")
-    sampler, eta = args.sampler or "ddim", args.eta or 0.0
-    results = evaluate_run(args.run_dir, args.metrics, args.n, sampler, args.steps, eta, args.batch_size,
-                           args.seed, not args.no_ema, args.device, args.name, args.classifier, args.ref_n,
-                           args.nll_n, args.nll_timesteps, args.speed_repeats, progress=not args.quiet, out=args.out,
-                           spacing=args.spacing, processes=_processes())
-    if results is None:  # a process other than rank 0: it sampled its share
-        return 0
-    print(results_table(results))
-    print(f"wrote {results['json']}")
-    return 0
-
-
 def _add_bench_parser(commands) -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time training and sampling steps, and against diffusers' UNet2DModel",
                                 description="Throughput on random data; nothing is downloaded or written. --json "
@@ -306,9 +239,8 @@ def _add_bench_parser(commands) -> argparse.ArgumentParser:
     sample = kinds.add_parser("sample", help="images/s and network evaluations/s of a sampler on CONFIG's U-Net")
     sample.add_argument("config", help="preset name or YAML path")
     sample.add_argument("overrides", nargs="*", help="section.key=value")
-    sample.add_argument("--sampler", required=True, help="ddpm, ddim, dpm-solver++, sde-dpm-solver++ or heun")
-    sample.add_argument("--steps", type=_int64, help="sampling steps (default: T for ddpm and ddim, 20 for the dpm-solvers, "
-                                                  "18 for heun)")
+    sample.add_argument("--sampler", required=True, help=", ".join(SAMPLERS))
+    sample.add_argument("--steps", type=_int64, help=f"sampling steps (default: {default_steps_text()})")
     sample.add_argument("--repeats", type=_int64, default=3, help="timed batches, median taken (default 3)")
     _add_bench_options(sample, None, "the config's sample.batch_size")
     peers = kinds.add_parser("peers", help="ours (cifar10 preset) against diffusers' UNet2DModel, paired rounds "
@@ -325,245 +257,6 @@ def _add_bench_options(parser: argparse.ArgumentParser, batch_size: int | None, 
     parser.add_argument("--batch-size", type=_int64, default=batch_size, help=f"images per step (default {batch_help})")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of text")
-
-
-def _bench(args) -> int:
-    import json
-
-    from ddpmlab import bench
-
-    if args.bench_command == "train":
-        result = bench.bench_train(args.config, args.overrides, args.batch_size, args.steps, args.warmup, args.device)
-        text = bench.describe_train
-    elif args.bench_command == "sample":
-        result = bench.bench_sample(args.config, args.sampler, args.steps, args.overrides, args.batch_size,
-                                    args.repeats, args.device)
-        text = bench.describe_sample
-    else:
-        from ddpmlab.bench.peers import bench_peers, describe_peers
-
-        result = bench_peers(args.batch_size, args.steps, args.rounds, args.warmup, args.device, args.overrides)
-        text = describe_peers
-    print(json.dumps(result) if args.json else text(result))
-    return 0
-
-
-def _train(args) -> int:
-    from ddpmlab.config import load_config
-    from ddpmlab.train import Trainer
-
-    if args.resume:
-        if args.config and "=" not in args.config:
-            raise UserError("CONFIG and --resume are exclusive: --resume continues the run with its own config.yaml")
-        if args.run_dir or args.force:
-            raise UserError("--resume takes the run directory itself; --run-dir and --force do not apply to it")
-        overrides = ([args.config] if args.config else []) + args.overrides
-        trainer = Trainer.resume(args.resume, overrides, progress=not args.quiet)
-    else:
-        if not args.config:
-            raise UserError("give a CONFIG (preset name or YAML path) or --resume DIR")
-        config = load_config(args.config, args.overrides)
-        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-        trainer = Trainer(config, run_dir, force=args.force, progress=not args.quiet)
-    say = print if trainer.processes.is_main else (lambda *line, **options: None)
-    say(f"{trainer.run_dir}: {trainer.description}", flush=True)
-    summary = trainer.train()
-    state = "interrupted" if summary["interrupted"] else "finished"
-    say(f"{state} at step {summary['step']} ({summary['wall_s']:.1f} s of training); run directory: {summary['run_dir']}")
-    if summary["interrupted"]:
-        say(f"resume with: ddpmlab train --resume {summary['run_dir']}")
-        return 128 + (summary["signal"] or signal.SIGINT)  # the shell's convention: 130 after Ctrl-C
-    return 0
-
-
-def sampling_steps(method: str, steps: int | None, config, T: int) -> int:
-    """The steps a sampler runs: `steps` if given (1..T, else UserError), else the run's sample.steps for its own
-    sampler and for ddim (capped at T), and the sampler's own default otherwise (T for ddpm)."""
-    from ddpmlab.samplers import resolve_steps
-
-    if steps is None and method in (config.sample.sampler, "ddim") and method != "ddpm":
-        steps = min(config.sample.steps, T)
-    return resolve_steps(method, steps, T)
-
-
-DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
-                   ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
-                   ("sweep", "--sweep"))
-
-
-def check_diffusion_flags(args, source: str) -> None:
-    """UserError naming the first flag given that only a diffusion model reads (sampler, steps, eta, guidance,
-    classes) when the run at `source` samples in one pass (VAE, DCGAN, VAE-GAN)."""
-    from ddpmlab.methods import samples_in_one_pass
-    from ddpmlab.train.build import stored_method
-
-    given = [flag for name, flag in DIFFUSION_FLAGS if getattr(args, name, None) is not None
-             and getattr(args, name) is not False]  # `--class 0` is given, though 0 == False
-    if given:
-        method = stored_method(source, not args.no_ema)
-        if samples_in_one_pass(method):
-            raise UserError(f"{method} samples in one pass; {given[0]} applies to diffusion models")
-
-
-def check_guidance(guidance: float | None) -> None:
-    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
-        raise UserError(f"--guidance must be a finite number >= 0 (0: no guidance), got {guidance}")
-
-
-def check_sample_output(out: str) -> Path:
-    """The --out path, checked before any compute: FILE.png, FILE.npz, or DIR/ (a folder of PNGs)."""
-    from ddpmlab.paths import check_writable_file, check_writable_folder
-
-    path = Path(out)
-    if out.endswith(("/", "\\")):
-        check_writable_folder(path, "--out")
-        return path
-    if path.is_dir():
-        raise UserError(f"--out {out} is an existing folder; end it with / to write one PNG per image there")
-    if path.suffix not in (".png", ".npz"):
-        raise UserError(f"--out must end in .png (grid), .npz (arrays) or / (one PNG per image), got {out}")
-    check_writable_file(path, "--out")
-    return path
-
-
-def _sample(args) -> int:
-    import torch
-
-    from ddpmlab.eval.run import generate_samples, save_samples
-    from ddpmlab.images import save_grid, save_images, save_labelled_grid
-    from ddpmlab.samplers import network_evaluations, resolve_spacing
-    from ddpmlab.train.build import load_trained, resolve_device, stored_class_names, weights_file
-    from ddpmlab.train.distributed import rank_device
-
-    out = check_sample_output(args.out)
-    if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
-        raise UserError("--n and --batch-size must be positive")
-    if args.eta is not None and not 0 <= args.eta <= 1:
-        raise UserError("--eta must be in [0, 1]")
-    check_guidance(args.guidance)
-    check_diffusion_flags(args, args.source)
-    processes = _processes()
-    device = rank_device(resolve_device(args.device), processes)
-    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device))
-    if model.SINGLE_PASS:
-        return _sample_one_pass(args, out, model, config, step, processes)
-    method = args.sampler or config.sample.sampler
-    if method != "ddim" and args.eta is not None:
-        raise UserError(f"--eta applies to --sampler ddim only, not {method}")
-    steps = sampling_steps(method, args.steps, config, schedule.T)
-    spacing = resolve_spacing(method, args.spacing)
-    nfe = network_evaluations(method, steps, schedule.T)
-    n = args.n or (8 if args.per_class else config.sample.n)
-    labels = None
-    if model.num_classes:
-        if args.class_label is not None and not 0 <= args.class_label < model.num_classes:
-            raise UserError(f"--class must be in 0..{model.num_classes - 1}")
-        if args.per_class and args.class_label is not None:
-            raise UserError("--per-class and --class are exclusive")
-        if args.per_class:
-            labels = torch.arange(model.num_classes).repeat_interleave(n)
-            n = len(labels)
-        else:
-            labels = (torch.full((n,), args.class_label) if args.class_label is not None
-                      else torch.arange(n) % model.num_classes)
-    elif args.class_label is not None or args.guidance is not None or args.per_class:
-        raise UserError("--class, --per-class and --guidance need a class-conditional model (model.conditional=true)")
-    guidance = args.guidance if args.guidance is not None else config.sample.guidance
-    eta = (args.eta if args.eta is not None else config.sample.eta) if method == "ddim" else None
-    generated = generate_samples(model, schedule, n, method, steps, eta or 0.0,
-                                 args.batch_size or config.sample.batch_size, args.seed, guidance,
-                                 config.sample.clip_denoised, progress=not args.quiet, labels=labels,
-                                 prediction=config.diffusion.prediction, spacing=spacing, processes=processes)
-    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
-        return 0
-    images, labels = generated
-    weights = weights_file(args.source, not args.no_ema)
-    if args.out.endswith(("/", "\\")):
-        save_images(images, out)
-    elif out.suffix == ".png" and args.per_class:
-        save_labelled_grid(images, stored_class_names(args.source, model.num_classes, not args.no_ema), out)
-    elif out.suffix == ".png":
-        save_grid(images, out, scale=2)
-    else:
-        save_samples(out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
-                                           "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe, "eta": eta,
-                                           "seed": args.seed, "guidance": guidance})
-    details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
-        f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
-    print(f"wrote {n} samples ({details}) from {_weights_label(args.source, weights)} at step {step} to {out}")
-    return 0
-
-
-def _weights_label(source: str, weights: Path) -> str:
-    """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
-    from ddpmlab.train.pretrained import pretrained_name
-
-    return source if pretrained_name(source) is not None else weights.name
-
-
-def _sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:
-    """`ddpmlab sample` for a single-pass run (VAE, DCGAN, VAE-GAN): --n images, each one pass of the network."""
-    from ddpmlab.eval.run import generate_samples, save_samples
-    from ddpmlab.images import save_grid, save_images
-    from ddpmlab.train.build import weights_file
-
-    n = args.n or config.sample.n
-    generated = generate_samples(model, None, n, config.method, None, None, args.batch_size or config.sample.batch_size,
-                                 args.seed, None, False, progress=not args.quiet, processes=processes)
-    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
-        return 0
-    images = generated[0]
-    weights = weights_file(args.source, not args.no_ema)
-    if args.out.endswith(("/", "\\")):
-        save_images(images, out)
-    elif out.suffix == ".png":
-        save_grid(images, out, scale=2)
-    else:
-        save_samples(out, images, None, {"source": str(args.source), "weights": str(weights), "step": step,
-                                         "method": config.method, "seed": args.seed})
-    print(f"wrote {n} samples ({config.method}, one pass) from {_weights_label(args.source, weights)} at step {step} "
-          f"to {out}")
-    return 0
-
-
-def _pretrained(args) -> int:
-    from ddpmlab.train.pretrained import export_pretrained, pretrained_table
-
-    if args.pretrained_command == "list":
-        print(pretrained_table())
-        return 0
-    info = export_pretrained(args.run_dir, args.name, args.fp16, args.scores, force=args.force, machine=args.machine,
-                             command=args.train_command)
-    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {info['weights']['dtype']} EMA weights of step "
-          f"{info['training']['steps']}, {len(info['scores'])} score file(s)); use it as pretrained:{args.name}")
-    return 0
-
-
-def _compare(args) -> int:
-    from ddpmlab.report.compare import compare_suite
-
-    report = compare_suite(args.suite, args.runs_dir, args.out, args.n, args.metrics, args.classifier, args.device,
-                           progress=not args.quiet, say=lambda line: print(line, flush=True))
-    print(f"wrote {report['files']['markdown']}, {report['files']['html']} and {report['files']['json']}")
-    return 0
-
-
-def _presets(args) -> int:
-    from ddpmlab.config import preset_description, preset_names
-
-    names = preset_names()
-    width = max(map(len, names))
-    print("\n".join(f"{name:<{width}}  {preset_description(name)}" for name in names))
-    return 0
-
-
-def _config(args) -> int:
-    import yaml
-
-    from ddpmlab.config import config_to_dict, load_config
-
-    print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
-    return 0
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -587,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # key=value items given after options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handlers = {"train": _train, "sample": _sample, "presets": _presets, "config": _config, "eval": _eval,
-                "compare": _compare, "bench": _bench, "pretrained": _pretrained}
+    handlers = {"train": train.run, "sample": sample.run, "presets": config.presets, "config": config.show,
+                "eval": evaluate.run, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run}
     return _handle(handlers[args.command], args, splits_over_processes=args.command in DISTRIBUTED_COMMANDS)
 
 
@@ -602,17 +295,10 @@ def _run_eval_tool(argv: list[str]) -> int:
     else:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
-    return _handle(_eval_train_classifier if tool == "train-classifier" else _eval_real, args)
+    return _handle(evaluate.run_train_classifier if tool == "train-classifier" else evaluate.run_real, args)
 
 
 DISTRIBUTED_COMMANDS = ("train", "sample", "eval")  # the commands that share their work among torchrun's processes
-
-
-def _processes():
-    """This process's rank among torchrun's processes (ddpmlab.train.distributed.Processes)."""
-    from ddpmlab.train.distributed import current
-
-    return current()
 
 
 def _handle(handler, args, splits_over_processes: bool = False) -> int:
@@ -620,8 +306,6 @@ def _handle(handler, args, splits_over_processes: bool = False) -> int:
     try:
         group = contextlib.nullcontext()
         if "WORLD_SIZE" in os.environ:  # started by torchrun
-            from ddpmlab.train.distributed import launched_processes, process_group
-
             if launched_processes() > 1 and not splits_over_processes:
                 raise UserError(f"only {', '.join(DISTRIBUTED_COMMANDS)} share their work among torchrun's processes; "
                                 f"run this command as one process, without torchrun")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import tempfile
 from pathlib import Path
@@ -95,3 +96,12 @@ def storage_errors_as_user_errors(what: str, fix: str):
         if error is None:
             raise
         raise error from None
+
+
+def safe_name(name: str) -> str:
+    """`name` with every run of characters other than letters, digits, . _ - replaced by '-' (no folders, no
+    leading dots); UserError when nothing is left."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
+    if not cleaned:
+        raise UserError(f"--name {name!r} has no letters or digits")
+    return cleaned

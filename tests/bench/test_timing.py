@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmlab.bench.timing import count_flops, data_shape, images_per_second, matmul_rate, timed_calls
+from ddpmlab.bench.timing import (
+    count_flops,
+    data_shape,
+    images_per_second,
+    matmul_rate,
+    timed_calls,
+)
 from ddpmlab.config import DataConfig
 
 
@@ -27,6 +33,13 @@ def test_attention_flops_are_two_products_of_n_squared_d():
     q = k = v = torch.randn(2, 1, 64, 32)  # batch 2, one head, 64 tokens of 32 channels
     flops = count_flops(lambda: nn.functional.scaled_dot_product_attention(q, k, v))
     assert flops == 2 * (2 * 64 * 64 * 32) * 2  # QKᵀ and (softmax)V, per batch element
+
+
+def test_attention_backward_flops_are_twice_the_forward_products():
+    q, k, v = (torch.randn(2, 1, 64, 32, requires_grad=True) for _ in range(3))
+    flops = count_flops(lambda: nn.functional.scaled_dot_product_attention(q, k, v).sum().backward())
+    forward = 2 * (2 * 64 * 64 * 32) * 2
+    assert flops == forward + 2.5 * forward  # backward: dV, dP, dQ, dK and the recomputed QKᵀ (5 products)
 
 
 def test_timed_calls_runs_warmup_then_repeats_and_images_per_second_uses_the_median():

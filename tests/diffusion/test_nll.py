@@ -19,7 +19,6 @@ from ddpmlab.diffusion.nll import (
 )
 from ddpmlab.errors import UserError
 from ddpmlab.images import uint8_to_model
-from ddpmlab.metrics import nll_bits_per_dim as nll_from_metrics
 
 M, S = 0.1, 0.3
 SHAPE = (1, 8, 8)
@@ -114,10 +113,6 @@ def expected_bound_bits(betas, images, variance, m=M, s=S, model_s=S):
         total += -w * np.log(normal_mass(lower, upper, decoder_mean, scale))
     total += 0.5 * (abar[-1] * x0**2 + (1 - abar[-1]) - 1 - np.log(1 - abar[-1]))
     return per_image_bits(total, images)
-
-
-def test_metrics_facade_reexports_it():
-    assert nll_from_metrics is nll_bits_per_dim
 
 
 def test_normal_kl_matches_the_scalar_closed_form():

@@ -8,7 +8,9 @@ import pytest
 
 from ddpmlab.cli import main
 from ddpmlab.eval import features
-from ddpmlab.eval.run import parse_metrics, results_table
+from ddpmlab.eval.scores import parse_metrics
+from ddpmlab.report.tables import results_table
+
 TINY_DATA = ["data.synthetic_count=512", "data.val_fraction=0.1"]  # the tiny preset's images
 
 
@@ -213,11 +215,11 @@ def test_sweep_scores_every_point_from_the_same_x_T_and_plots_it(tiny_run, synth
 
     from ddpmlab.images import model_to_uint8
     from ddpmlab.samplers import sample
-    from ddpmlab.train.build import load_trained
+    from ddpmlab.store.load import load_trained
 
     model, schedule, config, _ = load_trained(tiny_run)
     noise = torch.randn((16, 3, 16, 16), generator=torch.Generator().manual_seed(0))
-    expected = sample(model, schedule, (8, 3, 16, 16), method="dpm-solver++", steps=3, noise=noise[8:],
+    expected = sample(model, schedule, (8, 3, 16, 16), sampler="dpm-solver++", steps=3, noise=noise[8:],
                       prediction=config.diffusion.prediction)
     saved = np.load(tiny_run / "eval" / "sweep-t-dpm-solver++3-time-quadratic.npz")["images"]
     assert np.array_equal(saved[8:], model_to_uint8(expected).permute(0, 2, 3, 1).numpy())
@@ -243,7 +245,7 @@ def test_sweep_table_gives_each_point_relative_to_the_longest_ddpm_chain():
 def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_classifier, monkeypatch):
     import torch
 
-    import ddpmlab.train.build as build
+    import ddpmlab.store.load as build
 
     classifier, _ = synthetic_classifier
     args = ["eval", str(tiny_run), "--sweep", "ddim:2", "--classifier", str(classifier), "--n", "8", "--device", "cpu",

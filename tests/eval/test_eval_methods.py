@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from ddpmlab.cli import main
-from ddpmlab.eval.run import generate_samples
-from ddpmlab.train.build import load_trained
+from ddpmlab.eval.samples import generate_samples
+from ddpmlab.store.load import load_trained
 
 
 def test_fd_and_speed_of_a_vae_run(synthetic_classifier, tmp_path, capsys):
@@ -29,7 +29,7 @@ def test_fd_and_speed_of_a_vae_run(synthetic_classifier, tmp_path, capsys):
     assert results["speed"]["steps"] is None and results["speed"]["batch_size"] == 16
     # the kept samples are the EMA network's one pass with the seed, in batches of 16
     net, schedule, config, _ = load_trained(run)
-    expected, labels = generate_samples(net, None, 32, "vae", None, None, 16, 0, None, False, progress=False)
+    expected, labels = generate_samples(net, 32, None, batch_size=16, seed=0, progress=False)
     with np.load(run / "eval" / "vae-n32-seed0.npz") as samples:
         assert np.array_equal(samples["images"], expected.permute(0, 2, 3, 1).numpy()) and labels is None
     # the same settings again: the samples are reused and FD repeats exactly

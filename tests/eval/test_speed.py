@@ -8,7 +8,8 @@ import torch
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.eval import speed
 from ddpmlab.eval.speed import process_peak_rss_bytes, sampling_speed, training_cost
-from ddpmlab.train.log import MetricsLog
+from ddpmlab.samplers import SamplingSettings
+from ddpmlab.store.metrics_csv import MetricsLog
 
 
 class Zero(torch.nn.Module):
@@ -26,13 +27,13 @@ class Zero(torch.nn.Module):
 
 def test_sampling_speed_is_batch_over_median_of_repeats():
     model = Zero()
-    result = sampling_speed(model, NoiseSchedule.linear(20), (6, 1, 4, 4), "ddim", steps=5, repeats=3)
+    result = sampling_speed(model, NoiseSchedule.linear(20), (6, 1, 4, 4), SamplingSettings("ddim", 5), repeats=3)
     assert model.calls == 2 + 3 * 5  # a 2-step warm-up, then three timed 5-step runs
     assert len(result["seconds"]) == 3 and result["seconds_per_batch"] == statistics.median(result["seconds"])
     assert result["images_per_s"] == pytest.approx(6 / result["seconds_per_batch"])
     assert (result["batch_size"], result["steps"], result["sampler"]) == (6, 5, "ddim")
     assert result["peak_memory_kind"] == speed.CPU_PEAK and result["peak_memory_bytes"] == process_peak_rss_bytes()
-    ddpm = sampling_speed(Zero(), NoiseSchedule.linear(20), (2, 1, 4, 4), "ddpm", repeats=1)
+    ddpm = sampling_speed(Zero(), NoiseSchedule.linear(20), (2, 1, 4, 4), SamplingSettings("ddpm"), repeats=1)
     assert ddpm["steps"] == 20
 
 

@@ -1,11 +1,10 @@
 """What every baseline shares: the interface, image shapes at every supported size, determinism, spec round trips."""
 
-from dataclasses import asdict
 
 import pytest
 import torch
-
 from baseline_driver import adam_per_group, run_iteration, train
+
 from ddpmlab.methods import BASELINES, DCGAN, VAE, VAEGAN, BaselineNet
 
 SMALL = {"base_channels": 8}
@@ -77,7 +76,7 @@ def test_from_spec_rebuilds_a_module_that_loads_the_weights_and_generates_the_sa
     torch.manual_seed(0)
     net = cls(channels=3, image_size=16, base_channels=8, **options)
     train(net, shapes_batch, steps=2)  # moves the batch-norm running statistics away from their initial values
-    clone = cls.from_spec(asdict(net.spec))
+    clone = cls.from_spec(net.spec)
     assert clone.spec == net.spec
     clone.load_state_dict(net.state_dict())
     net.eval(), clone.eval()

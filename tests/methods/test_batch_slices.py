@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ddpmlab.config import load_config
-from ddpmlab.devices import split_rows
-from ddpmlab.methods import BASELINES, DiffusionSampling, build_method, sample_images
+from ddpmlab.methods import BASELINES, build_method, sample_images
+from ddpmlab.rng import split_rows
+from ddpmlab.samplers import SamplingSettings
 
 WORLD = 2
 
@@ -50,8 +51,8 @@ def test_the_mean_over_equal_shares_is_the_whole_batch_loss_and_gradient(name, n
         assert not torch.allclose(unsliced, shares[1][0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("sampling", [DiffusionSampling("ddpm", 5), DiffusionSampling("ddim", 4, eta=1.0),
-                                      DiffusionSampling("sde-dpm-solver++", 4), None],
+@pytest.mark.parametrize("sampling", [SamplingSettings("ddpm", 5), SamplingSettings("ddim", 4, eta=1.0),
+                                      SamplingSettings("sde-dpm-solver++", 4), None],
                          ids=["ddpm", "ddim-eta1", "sde-dpm-solver++", "vae"])
 def test_shares_of_a_sampled_batch_are_the_rows_of_the_one_process_batch(sampling):
     if sampling is None:

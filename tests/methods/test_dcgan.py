@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from baseline_driver import train
+
 from ddpmlab.methods import DCGAN
 from ddpmlab.methods.dcgan import discriminator_loss, generator_loss
 

@@ -2,7 +2,6 @@
 the one sampling dispatch."""
 
 from dataclasses import asdict, fields
-import inspect
 
 import pytest
 import torch
@@ -10,9 +9,16 @@ import torch
 from ddpmlab.config import METHODS, load_config
 from ddpmlab.diffusion import diffusion_loss
 from ddpmlab.errors import UserError
-from ddpmlab.methods import (BASELINES, METHOD_CLASSES, DiffusionSampling, MethodNet, build_method,
-                             optimizer_settings, rebuild_method, sample_images)
-from ddpmlab.samplers import sample
+from ddpmlab.methods import (
+    BASELINES,
+    METHOD_CLASSES,
+    MethodNet,
+    build_method,
+    optimizer_settings,
+    rebuild_method,
+    sample_images,
+)
+from ddpmlab.samplers import SamplingSettings, sample
 
 
 def tiny_ddpm(*overrides):
@@ -48,11 +54,11 @@ def test_the_ddpm_network_is_its_backbone_in_checkpoints_and_calls():
 def test_ddpm_generate_is_the_sampler_and_sample_images_restores_the_mode():
     net, _ = tiny_ddpm()
     net.train()
-    sampling = DiffusionSampling("ddim", 5, eta=0.5)
+    sampling = SamplingSettings("ddim", 5, eta=0.5)
     images = sample_images(net, 3, torch.Generator().manual_seed(1), sampling)
     assert net.training and images.shape == (3, 3, 16, 16) and images.abs().max() <= 1
     net.eval()
-    expected = sample(net.backbone, net.schedule, (3, 3, 16, 16), method="ddim", steps=5, eta=0.5,
+    expected = sample(net.backbone, net.schedule, (3, 3, 16, 16), sampler="ddim", steps=5, eta=0.5,
                       generator=torch.Generator().manual_seed(1), prediction="eps")
     assert torch.equal(images, expected)
 
@@ -64,26 +70,27 @@ def test_baselines_are_built_from_their_config_section(method):
                                   f"{method}.lr=3e-4", f"{method}.beta1=0.7"])
     net = build_method(config, 3, 16)
     assert type(net) is BASELINES[method] and net.SINGLE_PASS and net.image_shape == (3, 16, 16)
-    assert (net.spec.latent_dim, net.spec.base_channels) == (7, 8)
+    assert (net.spec["latent_dim"], net.spec["base_channels"]) == (7, 8)
     assert optimizer_settings(config) == (3e-4, (0.7, 0.999))
-    clone = rebuild_method(method, asdict(net.spec), config)
+    clone = rebuild_method(method, net.spec, config)
     assert clone.spec == net.spec
     with pytest.raises(UserError, match=f"method={method}"):
         build_method(config, 3, 16, backbone=torch.nn.Identity())
     with pytest.raises(ValueError, match="one pass"):
-        sample_images(net, 2, None, DiffusionSampling())
+        sample_images(net, 2, None, SamplingSettings())
 
 
 @pytest.mark.parametrize("method", sorted(BASELINES))
-def test_config_sections_are_the_constructors_arguments_with_their_defaults(method):
-    """A section holds the network's arguments (channels and image size come from the data) plus lr and beta1,
-    with the module's own defaults."""
+def test_config_sections_are_the_one_declaration_of_the_networks(method):
+    """A section holds the network's arguments (channels and image size come from the data) plus lr and beta1; a
+    module built without one takes the section's defaults, and its stored spec is exactly those arguments."""
     section = getattr(load_config("tiny"), method)
-    parameters = inspect.signature(BASELINES[method]).parameters
-    arguments = {name: p.default for name, p in parameters.items() if name not in ("channels", "image_size")}
-    assert {f.name for f in fields(section)} == set(arguments) | {"lr", "beta1"}
-    assert all(getattr(section, name) == default for name, default in arguments.items())
+    net = BASELINES[method](3, 16)
+    assert set(net.spec) == {f.name for f in fields(section)} - {"lr", "beta1"} | {"channels", "image_size"}
+    assert all(net.spec[f.name] == getattr(section, f.name) for f in fields(section) if f.name not in ("lr", "beta1"))
     assert (section.lr, section.beta1) == (BASELINES[method].DEFAULT_LR, BASELINES[method].DEFAULT_BETAS[0])
+    with pytest.raises(UserError, match=f"{method}.latent_dim"):
+        BASELINES[method](3, 16, latent_dim=0)
 
 
 def test_the_registry_knows_every_configurable_method():

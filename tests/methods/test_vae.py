@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from baseline_driver import train
 from torch.distributions import Normal, kl_divergence
 
-from baseline_driver import train
 from ddpmlab import UserError
 from ddpmlab.methods import VAE
 from ddpmlab.methods.vae import gaussian_kl, gaussian_nll, reparameterize

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from baseline_driver import train
+
 from ddpmlab import UserError
 from ddpmlab.methods import VAEGAN
 from ddpmlab.methods.vaegan import adversarial_loss, discriminator_loss, feature_nll

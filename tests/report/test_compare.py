@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from ddpmlab.cli import main
+from ddpmlab.commands.compare import check_same_reference, plan_run
+from ddpmlab.commands.suite import load_suite, suite_names
 from ddpmlab.config import load_config
-from ddpmlab.report.compare import check_same_reference, load_suite, plan_run, suite_names
 from ddpmlab.train import Trainer
 
 TINY_DDPM = ["train.steps=10"]
@@ -109,7 +110,7 @@ def test_second_invocation_reuses_the_trained_runs(compared, capsys):
 
 
 def test_a_saved_sweep_is_reused_only_for_the_same_weights(tmp_path):
-    from ddpmlab.report.compare import saved_sweep
+    from ddpmlab.commands.compare import saved_sweep
 
     samples = tmp_path / "sweep-n16-seed0-ddim5-leading.npz"
     samples.write_bytes(b"x")

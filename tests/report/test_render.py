@@ -4,8 +4,15 @@ helpers."""
 import math
 
 from ddpmlab.report.plots import evenly_spaced, family_columns, loss_curves
-from ddpmlab.report.render import (fmt_count, fmt_number, fmt_seconds, json_safe, metric_cell, render_html,
-                                   render_markdown)
+from ddpmlab.report.render import (
+    fmt_count,
+    fmt_number,
+    fmt_seconds,
+    json_safe,
+    metric_cell,
+    render_html,
+    render_markdown,
+)
 
 
 def test_numbers_as_text():
@@ -23,8 +30,9 @@ def test_metric_cells_carry_their_spread():
 
 
 def test_one_block_list_two_documents(tmp_path):
-    from ddpmlab.images import save_grid
     import torch
+
+    from ddpmlab.images import save_grid
 
     save_grid(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), tmp_path / "figures" / "a.png")
     blocks = [("h", 1, "A <b> & c"), ("p", "text"), ("table", "results", ["model", "FD"], [["x|y", "1.5"]]),

@@ -6,11 +6,18 @@ import math
 import pytest
 import torch
 
-from ddpmlab.devices import randn
 from ddpmlab.diffusion import NoiseSchedule, gather, q_posterior
-from ddpmlab.samplers import ddim_timesteps, dpm_solver_timesteps, respaced_schedule, sample
+from ddpmlab.rng import randn
+from ddpmlab.samplers import sample
 from ddpmlab.samplers.common import distinct_timesteps
-from ddpmlab.samplers.dpm_solver import DEFAULT_SPACING, SPACINGS, sde_update
+from ddpmlab.samplers.ddim import ddim_timesteps
+from ddpmlab.samplers.ddpm import respaced_schedule
+from ddpmlab.samplers.dpm_solver import (
+    DEFAULT_SPACING,
+    SPACINGS,
+    dpm_solver_timesteps,
+    sde_update,
+)
 
 # Mean |x_0 − exact x_0| on the shared x_T, linear T=1000, Gaussian N(0.1, 0.3²); DDIM: 0.0876 at 10, 0.0474 at 20.
 ODE_ERRORS = {
@@ -52,23 +59,23 @@ def test_distinct_timesteps_moves_repeats_by_the_least():
 
 
 def test_recovers_gaussian_data_at_20_evaluations(gaussian, linear_schedule):
-    x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), method="dpm-solver++", steps=20, clip_denoised=False,
+    x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), sampler="dpm-solver++", steps=20, clip_denoised=False,
                generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(gaussian.m, abs=0.01)
     assert x.std().item() == pytest.approx(gaussian.s, abs=0.01)  # 0.3089 with the default time-quadratic grid
 
 
 def test_is_a_deterministic_function_of_x_T(gaussian, linear_schedule, x_T):
-    a = sample(gaussian, linear_schedule, x_T.shape, method="dpm-solver++", steps=10, noise=x_T,
+    a = sample(gaussian, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=10, noise=x_T,
                generator=torch.Generator().manual_seed(1))
-    b = sample(gaussian, linear_schedule, x_T.shape, method="dpm-solver++", steps=10, noise=x_T,
+    b = sample(gaussian, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=10, noise=x_T,
                generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("spacing,steps", sorted(ODE_ERRORS))
 def test_error_against_the_exact_ode_solution(gaussian, linear_schedule, x_T, spacing, steps, record_property):
-    x = sample(gaussian, linear_schedule, x_T.shape, method="dpm-solver++", steps=steps, spacing=spacing, noise=x_T,
+    x = sample(gaussian, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=steps, spacing=spacing, noise=x_T,
                clip_denoised=False)
     error = gaussian.ode_error(x, x_T)
     print(f"dpm-solver++ {spacing} {steps} NFE: mean |x_0 − exact| = {error:.3g}")
@@ -83,7 +90,7 @@ def test_default_spacing_beats_ddim_and_time_uniform_on_linear_and_cosine(gaussi
         data = gaussian_data(schedule)
         for steps in (10, 20):
             def error(method, spacing=None):
-                x = sample(data, schedule, x_T.shape, method=method, steps=steps, spacing=spacing, noise=x_T,
+                x = sample(data, schedule, x_T.shape, sampler=method, steps=steps, spacing=spacing, noise=x_T,
                            clip_denoised=False)
                 return data.ode_error(x, x_T)
             default = error("dpm-solver++")
@@ -95,8 +102,8 @@ def test_a_thousand_steps_agree_with_ddim_and_the_exact_solution(gaussian_data, 
     """On linear T=1000 DDIM's own error at 1000 steps is 1.2e-3 (first order); the cosine schedule's is 6e-4."""
     linear, cosine = gaussian_data(NoiseSchedule.linear(1000)), gaussian_data(NoiseSchedule.cosine(1000))
     for data, ddim_error in ((linear, 1.17e-3), (cosine, 5.9e-4)):
-        ddim = sample(data, data.schedule, x_T.shape, method="ddim", steps=1000, noise=x_T, clip_denoised=False)
-        ours = sample(data, data.schedule, x_T.shape, method="dpm-solver++", steps=1000, noise=x_T, clip_denoised=False)
+        ddim = sample(data, data.schedule, x_T.shape, sampler="ddim", steps=1000, noise=x_T, clip_denoised=False)
+        ours = sample(data, data.schedule, x_T.shape, sampler="dpm-solver++", steps=1000, noise=x_T, clip_denoised=False)
         assert data.ode_error(ddim, x_T) == pytest.approx(ddim_error, rel=0.03)
         assert data.ode_error(ours, x_T) < 1e-4
         assert (ours - ddim).abs().mean().item() < (1e-3 if data is cosine else 1.2e-3)
@@ -118,7 +125,7 @@ def test_no_worse_than_diffusers_dpm_solver(gaussian, linear_schedule, x_T, spac
     x = x_T.clone()
     for t in scheduler.timesteps:
         x = scheduler.step(gaussian(x, t.repeat(len(x))), t, x).prev_sample
-    ours = sample(gaussian, linear_schedule, x_T.shape, method="dpm-solver++", steps=10, spacing=spacing, noise=x_T,
+    ours = sample(gaussian, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=10, spacing=spacing, noise=x_T,
                   clip_denoised=False)
     theirs_error, our_error = gaussian.ode_error(x, x_T), gaussian.ode_error(ours, x_T)
     print(f"10 NFE {spacing}: ours {our_error:.6g}, diffusers {theirs_error:.6g}")
@@ -135,9 +142,9 @@ def test_x0_and_v_models_give_the_eps_model_result(gaussian, linear_schedule, x_
         x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()
         return x0 if prediction == "x0" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
-    reference = sample(gaussian, linear_schedule, x_T.shape, method="dpm-solver++", steps=10, noise=x_T,
+    reference = sample(gaussian, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=10, noise=x_T,
                        clip_denoised=False)
-    got = sample(converted, linear_schedule, x_T.shape, method="dpm-solver++", steps=10, noise=x_T,
+    got = sample(converted, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=10, noise=x_T,
                  clip_denoised=False, prediction=prediction)
     assert torch.allclose(got, reference, atol=1e-4)
 
@@ -147,9 +154,9 @@ def test_with_one_or_two_steps_it_is_ddim_on_the_same_timesteps(gaussian, linear
     for steps in (1, 2, 10):
         assert dpm_solver_timesteps(linear_schedule, steps, "time-uniform") == ddim_timesteps(1000, steps, "trailing")[::-1]
     for steps in (1, 2):
-        ours = sample(gaussian, linear_schedule, x_T.shape, method="dpm-solver++", steps=steps, spacing="time-uniform",
+        ours = sample(gaussian, linear_schedule, x_T.shape, sampler="dpm-solver++", steps=steps, spacing="time-uniform",
                       noise=x_T, clip_denoised=False)
-        ddim = sample(gaussian, linear_schedule, x_T.shape, method="ddim", steps=steps, spacing="trailing", noise=x_T,
+        ddim = sample(gaussian, linear_schedule, x_T.shape, sampler="ddim", steps=steps, spacing="trailing", noise=x_T,
                       clip_denoised=False)
         assert torch.allclose(ours, ddim, atol=1e-6)
 
@@ -185,18 +192,18 @@ def test_sde_converges_to_gaussian_data_whatever_x_T(gaussian, linear_schedule, 
     """The SDE forgets x_T: from x_T = 0 too it ends near N(m, s²), within 0.01 of s at 20 NFE on the logSNR grid
     (0.025 on the default grid: a stochastic step at large h adds noise the ODE would not), 0.001 at 200."""
     for noise in (None, torch.zeros(20_000, 1, 4, 4)):
-        x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), method="sde-dpm-solver++", steps=steps,
+        x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), sampler="sde-dpm-solver++", steps=steps,
                    spacing=spacing, noise=noise, clip_denoised=False, generator=torch.Generator().manual_seed(0))
         assert x.mean().item() == pytest.approx(gaussian.m, abs=0.002)
         assert x.std().item() == pytest.approx(SDE_STDS[spacing, steps], abs=0.002)
-    ddpm = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), method="ddpm", steps=steps, clip_denoised=False,
+    ddpm = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), sampler="ddpm", steps=steps, clip_denoised=False,
                   generator=torch.Generator().manual_seed(0))
     assert abs(x.std().item() - gaussian.s) < abs(ddpm.std().item() - gaussian.s)
 
 
 def test_sde_is_a_function_of_x_T_and_the_seed(gaussian, linear_schedule, x_T):
     def run(seed):
-        return sample(gaussian, linear_schedule, x_T.shape, method="sde-dpm-solver++", steps=10, noise=x_T,
+        return sample(gaussian, linear_schedule, x_T.shape, sampler="sde-dpm-solver++", steps=10, noise=x_T,
                       generator=torch.Generator().manual_seed(seed))
 
     assert torch.equal(run(1), run(1))
@@ -217,6 +224,6 @@ def test_sde_matches_diffusers_sde_dpm_solver_on_the_same_noise(gaussian, linear
     x = x_T.clone()
     for t, noise in zip(scheduler.timesteps, noises):
         x = scheduler.step(gaussian(x, t.repeat(len(x))), t, x, variance_noise=noise).prev_sample
-    ours = sample(gaussian, linear_schedule, x_T.shape, method="sde-dpm-solver++", steps=steps, spacing=spacing,
+    ours = sample(gaussian, linear_schedule, x_T.shape, sampler="sde-dpm-solver++", steps=steps, spacing=spacing,
                   noise=x_T, clip_denoised=False, generator=torch.Generator().manual_seed(3))
     assert (ours - x).abs().max().item() < 1e-5

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ddpmlab.diffusion import NoiseSchedule, gather
-from ddpmlab.samplers import heun_timesteps, sample
-from ddpmlab.samplers.heun import karras_sigmas, vp_sigmas
+from ddpmlab.samplers import sample
+from ddpmlab.samplers.heun import heun_timesteps, karras_sigmas, vp_sigmas
 
 # Mean |x_0 − exact x_0| on the shared x_T, linear T=1000, Gaussian N(0.1, 0.3²), by Heun steps N (2N − 1 NFE).
 ODE_ERRORS = {5: 0.3615, 6: 0.2942, 10: 0.0690, 11: 0.0553}
@@ -37,8 +37,8 @@ def test_timesteps_are_the_nearest_trained_sigmas(linear_schedule):
 
 
 def test_one_step_is_one_ddim_step_from_T_minus_1(gaussian, linear_schedule, x_T):
-    heun = sample(gaussian, linear_schedule, x_T.shape, method="heun", steps=1, noise=x_T, clip_denoised=False)
-    ddim = sample(gaussian, linear_schedule, x_T.shape, method="ddim", steps=1, spacing="trailing", noise=x_T,
+    heun = sample(gaussian, linear_schedule, x_T.shape, sampler="heun", steps=1, noise=x_T, clip_denoised=False)
+    ddim = sample(gaussian, linear_schedule, x_T.shape, sampler="ddim", steps=1, spacing="trailing", noise=x_T,
                   clip_denoised=False)
     assert torch.allclose(heun, ddim, atol=1e-4)  # float32 rounding of (x/√ᾱ)·√ᾱ, amplified by 1/√ᾱ_{T−1} ≈ 157
 
@@ -46,23 +46,23 @@ def test_one_step_is_one_ddim_step_from_T_minus_1(gaussian, linear_schedule, x_T
 def test_recovers_gaussian_data_at_59_evaluations(gaussian, linear_schedule):
     """N = 30 steps (59 NFE). At N = 10 (19 NFE) the std is 0.386 and at N = 18 (35 NFE) 0.322: ρ = 7 puts
     too few steps where σ ≈ s = 0.3 on this model's range σ ∈ [0.01, 157]."""
-    x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), method="heun", steps=30, clip_denoised=False,
+    x = sample(gaussian, linear_schedule, (20_000, 1, 4, 4), sampler="heun", steps=30, clip_denoised=False,
                generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(gaussian.m, abs=0.01)
     assert x.std().item() == pytest.approx(gaussian.s, abs=0.01)
 
 
 def test_is_a_deterministic_function_of_x_T(gaussian, linear_schedule, x_T):
-    a = sample(gaussian, linear_schedule, x_T.shape, method="heun", steps=5, noise=x_T,
+    a = sample(gaussian, linear_schedule, x_T.shape, sampler="heun", steps=5, noise=x_T,
                generator=torch.Generator().manual_seed(1))
-    b = sample(gaussian, linear_schedule, x_T.shape, method="heun", steps=5, noise=x_T,
+    b = sample(gaussian, linear_schedule, x_T.shape, sampler="heun", steps=5, noise=x_T,
                generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("steps", sorted(ODE_ERRORS))
 def test_error_against_the_exact_ode_solution(gaussian, linear_schedule, x_T, steps, record_property):
-    x = sample(gaussian, linear_schedule, x_T.shape, method="heun", steps=steps, noise=x_T, clip_denoised=False)
+    x = sample(gaussian, linear_schedule, x_T.shape, sampler="heun", steps=steps, noise=x_T, clip_denoised=False)
     error = gaussian.ode_error(x, x_T)
     print(f"heun N={steps} ({2 * steps - 1} NFE): mean |x_0 − exact| = {error:.3g}")
     record_property(f"ode_error_heun_{steps}", error)
@@ -73,8 +73,8 @@ def test_999_evaluations_agree_with_ddim_and_the_exact_solution(gaussian_data, x
     """N = 500 (999 NFE). DDIM's own error at 1000 steps is 1.2e-3 on linear T=1000 and 6e-4 on cosine."""
     for schedule, tolerance in ((NoiseSchedule.linear(1000), 1.2e-3), (NoiseSchedule.cosine(1000), 1e-3)):
         data = gaussian_data(schedule)
-        ddim = sample(data, schedule, x_T.shape, method="ddim", steps=1000, noise=x_T, clip_denoised=False)
-        heun = sample(data, schedule, x_T.shape, method="heun", steps=500, noise=x_T, clip_denoised=False)
+        ddim = sample(data, schedule, x_T.shape, sampler="ddim", steps=1000, noise=x_T, clip_denoised=False)
+        heun = sample(data, schedule, x_T.shape, sampler="heun", steps=500, noise=x_T, clip_denoised=False)
         assert data.ode_error(heun, x_T) < 2e-4
         assert (heun - ddim).abs().mean().item() < tolerance
 
@@ -87,8 +87,8 @@ def test_x0_and_v_models_give_the_eps_model_result(gaussian, linear_schedule, x_
         x0 = (xt - (1 - a).sqrt() * eps) / a.sqrt()
         return x0 if prediction == "x0" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
-    reference = sample(gaussian, linear_schedule, x_T.shape, method="heun", steps=6, noise=x_T, clip_denoised=False)
-    got = sample(converted, linear_schedule, x_T.shape, method="heun", steps=6, noise=x_T, clip_denoised=False,
+    reference = sample(gaussian, linear_schedule, x_T.shape, sampler="heun", steps=6, noise=x_T, clip_denoised=False)
+    got = sample(converted, linear_schedule, x_T.shape, sampler="heun", steps=6, noise=x_T, clip_denoised=False,
                  prediction=prediction)
     assert torch.allclose(got, reference, atol=1e-4)
 
@@ -115,7 +115,7 @@ def test_is_exactly_heuns_method_on_the_gaussian_ode(gaussian, linear_schedule, 
     gain = heun_gain(sigmas, gaussian.s)
     x_tilde_T = x_T.double() / linear_schedule.sqrt_alphas_cumprod[-1].item()
     expected = gaussian.m + gain * (x_tilde_T - gaussian.m)
-    got = sample(gaussian, linear_schedule, x_T.shape, method="heun", steps=steps, noise=x_T, clip_denoised=False)
+    got = sample(gaussian, linear_schedule, x_T.shape, sampler="heun", steps=steps, noise=x_T, clip_denoised=False)
     assert torch.allclose(got.double(), expected, atol=2e-4)
     exact_gain = gaussian.s / (gaussian.s**2 + sigmas[0] ** 2) ** 0.5
     if steps == 10:

@@ -16,20 +16,20 @@ SMALL = NoiseSchedule.linear(100)
 @pytest.mark.parametrize("steps", [0, -3, 101, 2.5])
 def test_steps_outside_1_to_T_are_user_errors(method, steps):
     with pytest.raises(UserError, match=rf"steps={steps}.*1\.\.100"):
-        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), method=method, steps=steps)
+        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), sampler=method, steps=steps)
 
 
 @pytest.mark.parametrize("method,spacing", [("ddpm", "logSNR"), ("ddim", "time-uniform"), ("dpm-solver++", "trailing"),
                                             ("heun", "leading"), ("ddim", "Leading")])
 def test_an_unknown_spacing_is_a_user_error_naming_the_valid_ones(method, spacing):
     with pytest.raises(UserError, match=re.escape(f"{method} spacing '{spacing}' is not one of")):
-        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), method=method, steps=5, spacing=spacing)
+        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), sampler=method, steps=5, spacing=spacing)
 
 
 @pytest.mark.parametrize("eta", [-0.1, 1.5])
 def test_ddim_eta_outside_0_1_is_a_user_error(eta):
     with pytest.raises(UserError, match=rf"eta={eta}.*\[0, 1\]"):
-        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), method="ddim", steps=5, eta=eta)
+        sample(lambda x, t, labels=None: x, SMALL, (1, 1, 2, 2), sampler="ddim", steps=5, eta=eta)
 
 
 @pytest.mark.parametrize("method,steps,expected", [
@@ -44,7 +44,7 @@ def test_network_evaluations_count_the_model_calls(method, steps, expected):
         return torch.zeros_like(xt)
 
     assert network_evaluations(method, steps, 100) == expected
-    sample(model, SMALL, (3, 1, 2, 2), method=method, steps=steps, generator=torch.Generator().manual_seed(0))
+    sample(model, SMALL, (3, 1, 2, 2), sampler=method, steps=steps, generator=torch.Generator().manual_seed(0))
     assert calls == [3] * expected
 
 
@@ -78,10 +78,10 @@ def test_guidance_samples_the_analytically_guided_gaussian(method, steps):
     model = GaussianClasses(schedule)
     labels = torch.tensor([0, 1] * 32)
     x_T = torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    guided = sample(model, schedule, x_T.shape, method=method, steps=steps, noise=x_T, labels=labels,
-                    guidance_scale=w, clip_denoised=False)
+    guided = sample(model, schedule, x_T.shape, sampler=method, steps=steps, noise=x_T, labels=labels,
+                    guidance=w, clip_denoised=False)
     shifted = GaussianClasses(schedule, means=((1 + w) * 0.1 - w * 0.0, (1 + w) * -0.2 - w * 0.0, 0.0))
-    expected = sample(shifted, schedule, x_T.shape, method=method, steps=steps, noise=x_T, labels=labels,
+    expected = sample(shifted, schedule, x_T.shape, sampler=method, steps=steps, noise=x_T, labels=labels,
                       clip_denoised=False)
     assert torch.allclose(guided, expected, atol=1e-5)
     assert guided[0::2].mean().item() > 0.2 and guided[1::2].mean().item() < -0.4
@@ -92,6 +92,6 @@ def test_guidance_weight_zero_is_the_conditional_sampler_bit_for_bit(method):
     schedule = NoiseSchedule.linear(1000)
     model, labels = GaussianClasses(schedule), torch.tensor([0, 1, 1, 0])
     x_T = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(1))
-    guided = sample(model, schedule, x_T.shape, method=method, steps=5, noise=x_T, labels=labels, guidance_scale=0.0)
-    conditional = sample(model, schedule, x_T.shape, method=method, steps=5, noise=x_T, labels=labels)
+    guided = sample(model, schedule, x_T.shape, sampler=method, steps=5, noise=x_T, labels=labels, guidance=0.0)
+    conditional = sample(model, schedule, x_T.shape, sampler=method, steps=5, noise=x_T, labels=labels)
     assert torch.equal(guided, conditional)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ddpmlab.diffusion import NoiseSchedule, gather
-from ddpmlab.samplers import Denoiser, ddim_timesteps, sample
+from ddpmlab.samplers import Denoiser, sample
+from ddpmlab.samplers.ddim import ddim_timesteps
 
 M, S = 0.1, 0.3
 
@@ -31,7 +32,7 @@ def schedule():
     ("ddim", {"steps": 1000, "eta": 1.0}),
 ])
 def test_sampler_recovers_gaussian_data(schedule, method, kwargs):
-    x = sample(exact_eps(schedule), schedule, (20_000, 1, 4, 4), method=method, clip_denoised=False,
+    x = sample(exact_eps(schedule), schedule, (20_000, 1, 4, 4), sampler=method, clip_denoised=False,
                generator=torch.Generator().manual_seed(0), **kwargs)
     assert x.mean().item() == pytest.approx(M, abs=0.01)
     assert x.std().item() == pytest.approx(S, abs=0.01)
@@ -39,7 +40,7 @@ def test_sampler_recovers_gaussian_data(schedule, method, kwargs):
 
 def test_a_wrong_predictor_fails_the_same_check(schedule):
     """Guards the test above: predicting the noise of N(0.1, 0.5²) data must not pass as N(0.1, 0.3²)."""
-    x = sample(exact_eps(schedule, s=0.5), schedule, (20_000, 1, 4, 4), method="ddim", steps=1000,
+    x = sample(exact_eps(schedule, s=0.5), schedule, (20_000, 1, 4, 4), sampler="ddim", steps=1000,
                clip_denoised=False, generator=torch.Generator().manual_seed(0))
     assert abs(x.std().item() - S) > 0.1
 
@@ -52,8 +53,8 @@ def test_x0_and_v_parameterisations_sample_the_same_distribution(schedule):
         return (xt - (1 - a).sqrt() * eps_model(xt, t)) / a.sqrt()
 
     noise = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(3))
-    reference = sample(eps_model, schedule, noise.shape, method="ddim", steps=100, noise=noise, clip_denoised=False)
-    got = sample(x0_model, schedule, noise.shape, method="ddim", steps=100, noise=noise, clip_denoised=False,
+    reference = sample(eps_model, schedule, noise.shape, sampler="ddim", steps=100, noise=noise, clip_denoised=False)
+    got = sample(x0_model, schedule, noise.shape, sampler="ddim", steps=100, noise=noise, clip_denoised=False,
                  prediction="x0")
     assert torch.allclose(got, reference, atol=1e-4)
 
@@ -61,9 +62,9 @@ def test_x0_and_v_parameterisations_sample_the_same_distribution(schedule):
 def test_ddim_eta0_is_a_deterministic_function_of_noise(schedule):
     model = exact_eps(schedule)
     noise = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(5))
-    a = sample(model, schedule, noise.shape, method="ddim", steps=20, noise=noise, generator=torch.Generator().manual_seed(1))
-    b = sample(model, schedule, noise.shape, method="ddim", steps=20, noise=noise, generator=torch.Generator().manual_seed(2))
-    c = sample(model, schedule, noise.shape, method="ddim", steps=20, noise=noise * 1.01)
+    a = sample(model, schedule, noise.shape, sampler="ddim", steps=20, noise=noise, generator=torch.Generator().manual_seed(1))
+    b = sample(model, schedule, noise.shape, sampler="ddim", steps=20, noise=noise, generator=torch.Generator().manual_seed(2))
+    c = sample(model, schedule, noise.shape, sampler="ddim", steps=20, noise=noise * 1.01)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -77,7 +78,7 @@ def test_seeded_ddpm_is_reproducible(schedule):
 
 def test_clip_denoised_keeps_samples_in_range(schedule):
     far = exact_eps(schedule, m=3.0, s=0.1)  # data outside [-1, 1]: clipping must pull x̂_0 back
-    x = sample(far, schedule, (16, 1, 2, 2), method="ddim", steps=50, generator=torch.Generator().manual_seed(0))
+    x = sample(far, schedule, (16, 1, 2, 2), sampler="ddim", steps=50, generator=torch.Generator().manual_seed(0))
     assert x.max().item() <= 1.0 + 1e-6 and x.min().item() >= -1.0 - 1e-6
 
 

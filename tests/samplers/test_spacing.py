@@ -4,7 +4,10 @@ import pytest
 import torch
 
 from ddpmlab.diffusion import NoiseSchedule, predict_x0_from_eps, q_posterior
-from ddpmlab.samplers import ddim_timesteps, randn, respaced_schedule, sample
+from ddpmlab.rng import randn
+from ddpmlab.samplers import sample
+from ddpmlab.samplers.ddim import ddim_timesteps
+from ddpmlab.samplers.ddpm import respaced_schedule
 
 
 def test_ddim_spacings_closed_forms():
@@ -43,8 +46,8 @@ def test_ddim_spacings_match_diffusers(spacing):
 
 
 def test_ddim_trailing_and_leading_agree_when_they_pick_the_same_timesteps(gaussian, linear_schedule, x_T):
-    a = sample(gaussian, linear_schedule, (64, 1, 2, 2), method="ddim", steps=1000, spacing="trailing", noise=x_T[:64])
-    b = sample(gaussian, linear_schedule, (64, 1, 2, 2), method="ddim", steps=1000, noise=x_T[:64])
+    a = sample(gaussian, linear_schedule, (64, 1, 2, 2), sampler="ddim", steps=1000, spacing="trailing", noise=x_T[:64])
+    b = sample(gaussian, linear_schedule, (64, 1, 2, 2), sampler="ddim", steps=1000, noise=x_T[:64])
     assert torch.equal(a, b)
 
 
@@ -66,7 +69,7 @@ def test_ddpm_with_all_timesteps_is_unchanged(gaussian_data):
     old = _ho_et_al_algorithm_2(data, schedule, (64, 1, 2, 2), torch.Generator().manual_seed(4))
     assert respaced_schedule(schedule, list(range(50))) is schedule
     for spacing in (None, "linspace", "leading", "trailing"):
-        new = sample(data, schedule, (64, 1, 2, 2), generator=torch.Generator().manual_seed(4),
+        new = sample(data, schedule, (64, 1, 2, 2), sampler="ddpm", generator=torch.Generator().manual_seed(4),
                      steps=50 if spacing else None, spacing=spacing)
         assert torch.equal(new, old)
 
@@ -98,7 +101,7 @@ def test_ddpm_on_100_respaced_steps(gaussian, linear_schedule, variance, expecte
     data of std 0.3 (the exact reverse variance lies between them), as the respaced chain's own algebra says."""
     respaced = respaced_schedule(linear_schedule, ddim_timesteps(1000, 100, "linspace"))
     assert _respaced_ddpm_std(respaced, gaussian.s, variance) == pytest.approx(expected_std, abs=1e-4)
-    x = sample(gaussian, linear_schedule, (20_000, 1, 2, 2), method="ddpm", steps=100, variance=variance,
+    x = sample(gaussian, linear_schedule, (20_000, 1, 2, 2), sampler="ddpm", steps=100, variance=variance,
                clip_denoised=False, generator=torch.Generator().manual_seed(0))
     assert x.mean().item() == pytest.approx(gaussian.m, abs=0.01)
     assert x.std().item() == pytest.approx(expected_std, abs=0.003)

@@ -9,10 +9,10 @@ from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.methods import METHOD_CLASSES, Phase
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train import checkpoint as ckpt
 from ddpmlab.train import trainer as trainer_module
-from ddpmlab.train.log import read_metrics
 
 
 class NaNGradient(torch.autograd.Function):
@@ -154,7 +154,7 @@ def test_max_bad_steps_in_a_row_stop_the_run(tmp_path, monkeypatch, capsys):
 def test_processes_skip_together(monkeypatch):
     """With several processes a step is skipped on all when the loss of any is not finite (their gradients are
     averaged, the losses not): the decision is taken over every process."""
-    from ddpmlab.train import distributed
+    from ddpmlab import distributed
     from ddpmlab.train.health import StepHealth
 
     asked = []

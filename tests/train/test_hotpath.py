@@ -12,11 +12,11 @@ from ddpmlab.config import load_config
 from ddpmlab.data import ImageData
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.samplers import sample
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer, hotpath
-from ddpmlab.train import checkpoint as ckpt
 from ddpmlab.train.ema import EMA, ema_decay_at
-from ddpmlab.train.log import read_metrics
-from ddpmlab.train.trainer import _Window
+from ddpmlab.train.log import LogWindow
 
 QUIET = ["train.sample_every=1000", "train.checkpoint_every=1000", "train.val_every=1000"]
 
@@ -44,7 +44,7 @@ def test_foreach_ema_is_the_averaging_formula():
 
 def test_the_device_window_means_are_the_python_float_means_bit_for_bit():
     values = torch.randn(7, generator=torch.Generator().manual_seed(3)) * 10
-    window = _Window()
+    window = LogWindow()
     for value in values:
         window.add({"loss": value.clone()}, images=4, seconds=0.5)
     means, images_per_s = window.flush()
@@ -195,7 +195,7 @@ class _Scaled(torch.nn.Module):
 def test_sampler_loops_never_read_a_device_tensor_back(method, steps):
     # on the meta device any read (.item(), .cpu(), .tolist()) raises: the loop must only queue work
     schedule = NoiseSchedule.linear(100)
-    x = sample(_Scaled().to("meta"), schedule, (2, 3, 8, 8), method=method, steps=steps, eta=1.0 if method == "ddim" else 0.0,
+    x = sample(_Scaled().to("meta"), schedule, (2, 3, 8, 8), sampler=method, steps=steps, eta=1.0 if method == "ddim" else 0.0,
                generator=torch.Generator().manual_seed(0))
     assert x.device.type == "meta" and x.shape == (2, 3, 8, 8)
 

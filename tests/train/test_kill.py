@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import ddpmlab
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train.log import read_metrics
-from ddpmlab.train.run_dir import unfinished_writes
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.metrics_csv import read_metrics
+from ddpmlab.store.run_dir import unfinished_writes
 
 KILLS, STEPS, SEED = 20, 40, 13
 OVERRIDES = ["train.checkpoint_every=1", "train.keep_checkpoints=3", "train.log_every=1", "train.sample_every=1000",

@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.methods import sample_images
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.load import load_trained, stored_method
+from ddpmlab.store.metrics_csv import COLUMNS, loss_columns, read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train.build import load_trained, stored_method
-from ddpmlab.train.log import COLUMNS, loss_columns, read_metrics
 
 BASELINE_NAMES = ("vae", "dcgan", "vaegan")
 TIMINGS = ("images_per_s", "wall_s")

@@ -11,10 +11,10 @@ import torch
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.load import load_trained
+from ddpmlab.store.metrics_csv import MetricsLog, read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train.build import load_trained
-from ddpmlab.train.log import MetricsLog, read_metrics
 
 
 def tiny(*overrides):

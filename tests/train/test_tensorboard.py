@@ -9,8 +9,8 @@ import torch
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.images import make_grid
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train.log import read_metrics
 
 
 def scalars(folder):

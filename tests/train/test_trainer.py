@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from ddpmlab.config import load_config
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer, scheduled_lr, warmup_lr
 from ddpmlab.train.ema import EMA, ema_decay_at
-from ddpmlab.train.log import read_metrics
 
 
 def tiny(**overrides):

@@ -17,8 +17,8 @@ from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
 from ddpmlab.methods.ddpm import build_schedule, build_unet
+from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import sample
-from ddpmlab.train.build import resolve_device
 
 PRESET = "cifar10"
 # google/ddpm-cifar10-32's config.json (diffusers' port of Ho et al.'s CIFAR-10 model), with Ho et al.'s dropout
@@ -117,7 +117,7 @@ def bench_peers(batch_size: int = 8, steps: int = 1, rounds: int = 5, warmup: in
 
     def sampling_step(model):
         generator = torch.Generator().manual_seed(0)
-        return lambda: sample(model, schedule, shape, method="ddim", steps=1, generator=generator, device=device)
+        return lambda: sample(model, schedule, shape, sampler="ddim", steps=1, generator=generator, device=device)
 
     sampling = {side: sampling_step(step.ema.shadow) for side, step in training.items()}
     for step in (*training.values(), *sampling.values()):

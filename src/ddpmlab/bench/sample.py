@@ -9,9 +9,9 @@ from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import sampling_speed
 from ddpmlab.methods.ddpm import build_schedule, build_unet
-from ddpmlab.samplers import SAMPLERS, resolve_steps
+from ddpmlab.rng import resolve_device
+from ddpmlab.samplers import SAMPLERS, SamplingSettings, resolve_steps
 from ddpmlab.train import hotpath
-from ddpmlab.train.build import resolve_device
 
 
 def bench_sample(config_name: str, sampler: str, steps: int | None = None, overrides: list[str] | None = None,
@@ -35,8 +35,8 @@ def bench_sample(config_name: str, sampler: str, steps: int | None = None, overr
     model = model.to(device, memory_format=layout).eval()
     bf16 = device.type == "cuda" and config.train.bf16
     with hotpath.autocast(device, bf16):
-        result = sampling_speed(model, build_schedule(config.diffusion), (batch_size, channels, size, size), sampler,
-                                steps, repeats, device)
+        result = sampling_speed(model, build_schedule(config.diffusion), (batch_size, channels, size, size),
+                                SamplingSettings(sampler, steps), repeats=repeats, device=device)
     return {"benchmark": "sample", "config": config_name, "overrides": list(overrides or []), **result,
             "channels_last": layout == torch.channels_last, "bf16": bf16,
             "network_evaluations_per_s": result["nfe"] / result["seconds_per_batch"],

@@ -7,9 +7,12 @@ import time
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from ddpmlab.config import DataConfig
+from ddpmlab.data import load_dataset
+from ddpmlab.data.synthetic import SHAPES
+from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import synchronize
 
 # data.name -> (channels, native image size, classes) of the sources whose shape is known without reading them
@@ -36,10 +39,30 @@ def images_per_second(batch_size: int, seconds: list[float]) -> float:
     return batch_size / statistics.median(seconds)
 
 
+def cpu_attention_forward_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU's fused attention kernel: QKᵀ and (softmax)V, 2·N²·d multiply-adds each per head."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                                 **kwargs) -> int:
+    """FLOPs of the CPU fused attention kernel's backward pass, counted as for the GPU kernels."""
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# Kernels some torch versions' counter has no formula for (2.14 counts the CPU's fused attention as 0 FLOPs);
+# given for every version, so the count does not depend on which one is installed.
+EXTRA_FLOP_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_forward_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: cpu_attention_backward_flops,
+}
+
+
 def count_flops(work: Callable[[], object]) -> int:
     """Floating-point operations of the matmuls, convolutions and attention that `work()` runs (one multiply-add
-    is 2), as torch.utils.flop_counter counts them; elementwise work (norms, activations, the optimizer) is not counted."""
-    counter = FlopCounterMode(display=False)
+    is 2), as torch.utils.flop_counter counts them (with EXTRA_FLOP_FORMULAS); elementwise work (norms,
+    activations, the optimizer) is not counted."""
+    counter = FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS)
     with counter:
         work()
     return int(counter.get_total_flops())
@@ -68,14 +91,10 @@ def data_shape(cfg: DataConfig) -> tuple[int, int, int | None]:
     where that is known: cifar10 3×32, (fashion-)mnist 1×28, sprites 3×16, synthetic from its keys; otherwise (a
     folder, sprites' classes) the local files are read. data.image_size replaces the native size."""
     if cfg.name == "synthetic":
-        from ddpmlab.data.synthetic import SHAPES
-
         channels, size, classes = cfg.synthetic_channels, cfg.synthetic_size, len(SHAPES)
     elif cfg.name in KNOWN_SHAPES and (cfg.name != "sprites" or not cfg.labels_path):
         channels, size, classes = KNOWN_SHAPES[cfg.name]
     else:
-        from ddpmlab.data import load_dataset
-
         data = load_dataset(cfg, "train")
         channels, size, classes = data.channels, data.image_size, data.num_classes or None
     return channels, cfg.image_size or size, classes
@@ -83,8 +102,6 @@ def data_shape(cfg: DataConfig) -> tuple[int, int, int | None]:
 
 def check_positive(**values: int) -> None:
     """UserError naming the first option that is not a positive integer, e.g. check_positive(batch_size=0)."""
-    from ddpmlab.errors import UserError
-
     for name, value in values.items():
         if value is None or value <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")

@@ -7,15 +7,20 @@ import contextlib
 import torch
 from torch import nn
 
-from ddpmlab.bench.timing import (check_positive, count_flops, data_shape, images_per_second, matmul_rate,
-                                  timed_calls)
+from ddpmlab.bench.timing import (
+    check_positive,
+    count_flops,
+    data_shape,
+    images_per_second,
+    matmul_rate,
+    timed_calls,
+)
 from ddpmlab.config import Config, load_config
-from ddpmlab.devices import seeded_generator
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
 from ddpmlab.methods.ddpm import build_schedule, build_unet
-from ddpmlab.train.build import resolve_device
+from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.train import hotpath
 from ddpmlab.train.ema import EMA
 

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ddpmlab.devices import model_device, randn
 from ddpmlab.diffusion.process import q_posterior, q_sample, x0_and_eps
 from ddpmlab.diffusion.schedule import NoiseSchedule, gather
 from ddpmlab.errors import UserError
 from ddpmlab.images import uint8_to_model
+from ddpmlab.rng import model_device, randn
 
 VARIANCES = ("posterior", "beta")
 

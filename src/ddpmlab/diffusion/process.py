@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from ddpmlab.devices import BatchSlice, randint, randn
 from ddpmlab.diffusion.schedule import NoiseSchedule, gather
+from ddpmlab.rng import BatchSlice, randint, randn
 
 PREDICTIONS = ("eps", "x0", "v")
 

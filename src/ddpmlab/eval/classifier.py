@@ -25,9 +25,9 @@ from ddpmlab.data import WITH_TEST_SPLIT, ImageData, load_dataset, to_model_batc
 from ddpmlab.errors import UserError
 from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity
 from ddpmlab.eval.features import ClassifierFeatures
-from ddpmlab.paths import check_writable_file
 from ddpmlab.nets import Classifier
-from ddpmlab.train.checkpoint import read_weights, weights_digest
+from ddpmlab.paths import check_writable_file
+from ddpmlab.store.checkpoint import read_weights, weights_digest
 
 FORMAT = "ddpmlab-classifier-1"
 ARCHITECTURE = "v1"  # bump when Classifier changes shape, so old and new features never share an id

@@ -19,12 +19,12 @@ from ddpmlab.config import Config, eval_metric_names
 from ddpmlab.errors import UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import feature_stats, reference_features
-from ddpmlab.eval.run import FEATURE_BATCH, fd_between, generate_samples, needed_extractors
-from ddpmlab.samplers import network_evaluations, resolve_spacing
+from ddpmlab.eval.samples import generate_samples
+from ddpmlab.eval.scores import FEATURE_BATCH, METRICS, fd_between, needed_extractors
+from ddpmlab.samplers import SamplingSettings
 
 EVAL_SEED = 0  # `ddpmlab eval --seed`'s default
 REF_N = 10000  # held-out images in the reference statistics: `ddpmlab eval --ref-n`'s default
-EXTRACTOR_OF = {"fd": "classifier", "fid": "inception"}  # train.eval_metrics name -> feature extractor
 
 
 class TrainingEvaluator:
@@ -35,17 +35,18 @@ class TrainingEvaluator:
         t = config.train
         self.config, self.device, self.metrics = config, device, eval_metric_names(t.eval_metrics)
         self.single_pass = net.SINGLE_PASS
+        self.guidance = config.sample.guidance if net.num_classes else None
         if self.single_pass:
-            self.sampler, self.steps, self.spacing, self.nfe = config.method, None, None, 1
+            self.sampler, self.steps, self.spacing, self.nfe, self.sampling = config.method, None, None, 1, None
         else:
             T = net.schedule.T
             if t.eval_steps > T:
                 raise UserError(f"invalid config value train.eval_steps: {t.eval_steps} is more than the model's "
                                 f"{T} timesteps; lower it")
-            self.sampler, self.steps = t.eval_sampler, t.eval_steps
-            self.spacing = resolve_spacing(self.sampler, None)
-            self.nfe = network_evaluations(self.sampler, self.steps, T)
-        self.guidance = config.sample.guidance if net.num_classes else None
+            self.sampling = SamplingSettings(t.eval_sampler, t.eval_steps, guidance=self.guidance,
+                                             clip_denoised=config.sample.clip_denoised).resolved(T)
+            self.sampler, self.steps, self.spacing = self.sampling.sampler, self.sampling.steps, self.sampling.spacing
+            self.nfe = self.sampling.nfe(T)
         self.split = held_out_split(config.data)
         if self.split == "val" and config.data.val_fraction <= 0:
             raise UserError(f"train.eval_every={t.eval_every} compares samples with held-out images, but "
@@ -74,13 +75,11 @@ class TrainingEvaluator:
     def evaluate(self, net: torch.nn.Module) -> dict[str, float]:
         """{metric name: score} (train.eval_metrics: "fd", "fid") of `net`'s samples; lower is better."""
         with _rng_untouched(self.device):
-            images, _ = generate_samples(net, None if self.single_pass else net.schedule, self.config.train.eval_n,
-                                         self.sampler, self.steps, 0.0, self.config.sample.batch_size, EVAL_SEED,
-                                         self.guidance, self.config.sample.clip_denoised, progress=False,
-                                         prediction=self.config.diffusion.prediction, spacing=self.spacing)
+            images, _ = generate_samples(net, self.config.train.eval_n, self.sampling,
+                                         batch_size=self.config.sample.batch_size, seed=EVAL_SEED, progress=False)
         scores = {}
         for metric in self.metrics:
-            kind = EXTRACTOR_OF[metric]
+            kind = METRICS[metric].extractor
             extractor, (reference, _) = self.extractors[kind], self.references[kind]
             fake = extractor.extract(images, batch_size=FEATURE_BATCH[kind], progress=False)
             scores[metric] = fd_between(reference, feature_stats(fake, extractor.extractor_id))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.devices import model_device
-from ddpmlab.methods import DDPM, DiffusionSampling, sample_images
-from ddpmlab.samplers import network_evaluations, resolve_steps
-from ddpmlab.train.log import read_metrics
+from ddpmlab.methods import DDPM, sample_images
+from ddpmlab.rng import model_device
+from ddpmlab.samplers import SamplingSettings
+from ddpmlab.store.metrics_csv import read_metrics
 
 CUDA_PEAK = "cuda max_memory_allocated (tensors on the GPU, since the timed runs began)"
 CPU_PEAK = "process peak RSS (getrusage ru_maxrss: the whole process so far, data and features included)"
@@ -46,30 +46,25 @@ def machine_load() -> dict:
             "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
-def sampling_speed(model, schedule, shape, method: str = "ddim", steps: int | None = None, repeats: int = 3,
-                   device=None, **sample_kwargs) -> dict:
+def sampling_speed(model, schedule, shape, sampling: SamplingSettings | None = None, *, repeats: int = 3,
+                   device=None, labels: torch.Tensor | None = None) -> dict:
     """Images per second of drawing a batch of `shape` through ddpmlab.methods.sample_images: the median of
     `repeats` timed batches.
 
     `model` is a network of `load_trained`, or any diffusion backbone with its `schedule`. A diffusion model is
-    sampled by `method` with `steps` and `sample_kwargs` (eta, labels, guidance_scale, clip_denoised, prediction, as
-    samplers.sample takes them); a single-pass network (schedule None) draws in one pass and reads none of these.
-    One short untimed batch (2 steps of the same sampler, same shape) warms the model first; GPU work is synchronised before each
-    clock read. Returns images_per_s, seconds_per_batch (median), seconds (each repeat), batch_size, sampler, steps,
-    repeats, device, peak memory (see `peak_memory`) and `machine_load()`.
+    sampled by `sampling` (default SamplingSettings()); a single-pass network (schedule None) draws in one pass and
+    reads none of it. One short untimed batch (2 steps of the same sampler, same shape) warms the model first; GPU
+    work is synchronised before each clock read. Returns images_per_s, seconds_per_batch (median), seconds (each
+    repeat), batch_size, sampler, steps, repeats, device, peak memory (see `peak_memory`) and `machine_load()`.
     """
     device = torch.device(device) if device is not None else model_device(model)
-    labels = sample_kwargs.pop("labels", None)
     if schedule is None:
-        net, warm_up, timed = model, None, None
+        net, warm_up, timed, name, steps = model, None, None, type(model).__name__.lower(), None
     else:
         net = model if isinstance(model, DDPM) else DDPM(model, schedule, image_shape=tuple(shape[1:]))
-        steps = resolve_steps(method, steps, schedule.T)
-        settings = dict(eta=sample_kwargs.get("eta") or 0.0, guidance=sample_kwargs.get("guidance_scale"),
-                        clip_denoised=sample_kwargs.get("clip_denoised", True), prediction=sample_kwargs.get("prediction"),
-                        spacing=sample_kwargs.get("spacing"))
-        warm_up = DiffusionSampling(method, min(2, schedule.T), **settings)
-        timed = DiffusionSampling(method, steps, **settings)
+        timed = (sampling or SamplingSettings()).resolved(schedule.T)
+        warm_up = timed.with_(steps=min(2, schedule.T))
+        name, steps = timed.sampler, timed.steps
     generator = torch.Generator().manual_seed(0)
     sample_images(net, shape[0], generator, warm_up, labels)
     synchronize(device)
@@ -83,8 +78,8 @@ def sampling_speed(model, schedule, shape, method: str = "ddim", steps: int | No
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
     return {"images_per_s": shape[0] / median, "seconds_per_batch": median, "seconds": seconds,
-            "batch_size": shape[0], "sampler": method, "steps": steps,
-            "nfe": 1 if schedule is None else network_evaluations(method, steps, schedule.T), "repeats": repeats,
+            "batch_size": shape[0], "sampler": name, "steps": steps,
+            "nfe": 1 if schedule is None else timed.nfe(schedule.T), "repeats": repeats,
             "device": str(device), **peak_memory(device), **machine_load()}
 
 

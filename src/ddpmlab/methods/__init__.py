@@ -12,17 +12,17 @@ import torch
 from torch import nn
 
 from ddpmlab.config import METHODS, Config
-from ddpmlab.devices import BatchSlice
 from ddpmlab.errors import UserError
 from ddpmlab.methods.base import BaselineNet, MethodNet, Phase
-from ddpmlab.methods.dcgan import DCGAN, DCGANSpec
-from ddpmlab.methods.ddpm import DDPM, DiffusionSampling, build_schedule, build_unet
-from ddpmlab.methods.vae import VAE, VAESpec, gaussian_kl, gaussian_nll
-from ddpmlab.methods.vaegan import VAEGAN, VAEGANSpec
+from ddpmlab.methods.dcgan import DCGAN
+from ddpmlab.methods.ddpm import DDPM, build_schedule, build_unet
+from ddpmlab.methods.vae import VAE, gaussian_kl, gaussian_nll
+from ddpmlab.methods.vaegan import VAEGAN
+from ddpmlab.rng import BatchSlice
+from ddpmlab.samplers import SamplingSettings
 
 BASELINES = {"vae": VAE, "dcgan": DCGAN, "vaegan": VAEGAN}  # name -> class; each has from_spec, DEFAULT_LR, DEFAULT_BETAS
 METHOD_CLASSES: dict[str, type] = {"ddpm": DDPM, **BASELINES}  # in config.METHODS order
-OPTIMIZER_KEYS = ("lr", "beta1")  # the keys of a baseline's config section that are not its network's arguments
 
 
 def build_method(config: Config, channels: int, image_size: int, num_classes: int | None = None,
@@ -35,9 +35,7 @@ def build_method(config: Config, channels: int, image_size: int, num_classes: in
         return DDPM(backbone, build_schedule(config.diffusion), config.diffusion, (channels, image_size, image_size))
     if backbone is not None:
         raise UserError(f"a backbone network trains by diffusion only; this config has method={config.method}")
-    section = asdict(getattr(config, config.method))
-    arguments = {key: value for key, value in section.items() if key not in OPTIMIZER_KEYS}
-    return BASELINES[config.method](channels=channels, image_size=image_size, **arguments)
+    return BASELINES[config.method](channels, image_size, getattr(config, config.method))
 
 
 def _known(method: str) -> str:
@@ -68,14 +66,14 @@ def samples_in_one_pass(method: str) -> bool:
 
 
 def sample_images(net: nn.Module, n: int, generator: torch.Generator | None,
-                  sampling: DiffusionSampling | None = None, labels: torch.Tensor | None = None,
+                  sampling: SamplingSettings | None = None, labels: torch.Tensor | None = None,
                   noise: torch.Tensor | None = None, rows: BatchSlice | None = None) -> torch.Tensor:
     """n images from any method's network: N×C×H×W float32 in [-1, 1] on the network's device.
 
     A diffusion network runs `sampling` (default DDIM over all T steps) with optional class `labels`; a single-pass
     network (VAE, GAN) decodes n latents and takes neither. `noise` fixes a diffusion model's x_T. The network is in eval mode while sampling (batch norm
     reads its running statistics and updates nothing) and restored after. With `rows` (a
-    ddpmlab.devices.BatchSlice), the n images are that slice of a batch split over processes: labels and noise are
+    ddpmlab.rng.BatchSlice), the n images are that slice of a batch split over processes: labels and noise are
     the slice's, and every random draw is the slice's share of the whole batch's, so that the processes together
     draw the images one process would.
     """
@@ -91,13 +89,19 @@ def sample_images(net: nn.Module, n: int, generator: torch.Generator | None,
         net.train(was_training)
 
 
-def run_sampling(net: nn.Module, sample_cfg) -> DiffusionSampling | None:
+def run_sampling(net: nn.Module, sample_cfg) -> SamplingSettings | None:
     """The sampling a run's `sample.*` settings describe for `net`: None for a single-pass network (they do not
     apply to it)."""
-    return None if net.SINGLE_PASS else DiffusionSampling.from_config(sample_cfg, net.schedule.T)
+    return None if net.SINGLE_PASS else SamplingSettings.of_run(sample_cfg, net.schedule.T)
 
 
-__all__ = ["BASELINES", "METHOD_CLASSES", "BaselineNet", "MethodNet", "Phase", "DDPM", "DiffusionSampling", "VAE",
-           "VAESpec", "DCGAN", "DCGANSpec", "VAEGAN", "VAEGANSpec", "build_method", "rebuild_method",
+def stored_spec(net: nn.Module) -> dict | None:
+    """The dict that rebuilds `net` with rebuild_method (a checkpoint's model_spec); None for a custom backbone."""
+    spec = getattr(net, "spec", None)
+    return spec if spec is None or isinstance(spec, dict) else asdict(spec)
+
+
+__all__ = ["BASELINES", "METHOD_CLASSES", "BaselineNet", "MethodNet", "Phase", "DDPM", "VAE", "DCGAN", "VAEGAN",
+           "build_method", "rebuild_method", "stored_spec",
            "optimizer_settings", "samples_in_one_pass", "sample_images", "run_sampling", "build_schedule",
            "build_unet", "gaussian_kl", "gaussian_nll"]

@@ -4,14 +4,14 @@ phases of a training step, a validation loss where there is one, and sampling.""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpmlab.devices import BatchSlice
+from ddpmlab.rng import BatchSlice
 
 
 @dataclass
@@ -33,7 +33,7 @@ class MethodNet(Protocol):
             optimizers[phase.group].step()
 
     so code after a `yield` sees the weights updated by the previous phase. When several processes split a batch
-    (ddpmlab.train.distributed), each passes its slice `rows` (a ddpmlab.devices.BatchSlice) and averages the
+    (ddpmlab.distributed), each passes its slice `rows` (a ddpmlab.rng.BatchSlice) and averages the
     gradients of a phase's group over the processes after `backward`. Its state_dict() is what a
     checkpoint holds; its `spec` (a dataclass, or None for a custom backbone) is stored beside it.
     """
@@ -56,7 +56,7 @@ class MethodNet(Protocol):
         device) and, for a conditional model, its labels.
 
         All latents and noise are drawn from `generator` (on the CPU, or on the GPU in a CUDA run) with
-        ddpmlab.devices.randn and randint, on the generator's device, passing `rows`: with it, x0 is that slice of a
+        ddpmlab.rng.randn and randint, on the generator's device, passing `rows`: with it, x0 is that slice of a
         batch split over processes, and each draw is the slice's share of the whole batch's (every process holds the
         same generator). Losses are means over x0's rows.
         """
@@ -81,7 +81,7 @@ class BaselineNet(MethodNet, Protocol):
 
     @classmethod
     def from_spec(cls, spec: Any) -> "BaselineNet":
-        """An identical, untrained module from a spec dataclass or its dict."""
+        """An identical, untrained module from its spec dict (methods.base.section_spec)."""
         ...
 
 
@@ -95,3 +95,21 @@ def bce_with_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:
     """Mean binary cross-entropy of (N,) logits against the label "real" (1) or "fake" (0): −log D or −log(1 − D)."""
     target = torch.ones_like(logits) if real else torch.zeros_like(logits)
     return F.binary_cross_entropy_with_logits(logits, target)
+
+
+OPTIMIZER_KEYS = ("lr", "beta1")  # the keys of a baseline's config section that are not its network's arguments
+
+
+def section_with(section: Any, options: dict) -> Any:
+    """A baseline's config section (a dataclass of ddpmlab.config) with network `options` on top."""
+    unknown = set(options) - {f.name for f in fields(section)}
+    if unknown:
+        raise TypeError(f"unknown {type(section).__name__} options: {', '.join(sorted(unknown))}")
+    return replace(section, **options)
+
+
+def section_spec(channels: int, image_size: int, section: Any) -> dict:
+    """What rebuilds a baseline's network (stored in its checkpoints as model_spec): the image shape and the
+    network's keys of its config section."""
+    return {"channels": channels, "image_size": image_size,
+            **{key: value for key, value in asdict(section).items() if key not in OPTIMIZER_KEYS}}

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from ddpmlab.devices import BatchSlice, model_device, randn
-from ddpmlab.methods.base import Phase, bce_with_logits, unconditional
+from ddpmlab.config import DCGANConfig, check_baseline_section
+from ddpmlab.methods.base import (
+    Phase,
+    bce_with_logits,
+    section_spec,
+    section_with,
+    unconditional,
+)
 from ddpmlab.nets.baselines import ConvDecoder, Discriminator, dcgan_init_
+from ddpmlab.rng import BatchSlice, model_device, randn
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -23,16 +29,6 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return bce_with_logits(fake_logits, real=True)
 
 
-@dataclass
-class DCGANSpec:
-    """Everything needed to rebuild a DCGAN."""
-
-    channels: int = 3
-    image_size: int = 32
-    latent_dim: int = 100
-    base_channels: int = 64
-
-
 class DCGAN(nn.Module):
     """Generator G: z ~ N(0, I) (100-d) -> image in [-1, 1]; discriminator D: image -> logit. Adam 2e-4, β1 = 0.5."""
 
@@ -42,20 +38,31 @@ class DCGAN(nn.Module):
     LOGS = ("loss_d", "loss_g", "d_real", "d_fake")
     num_classes = None
 
-    def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 100, base_channels: int = 64):
+    def __init__(self, channels: int = 3, image_size: int = 32, section: DCGANConfig | None = None, **network):
+        """A DCGAN for channels × image_size² images, its networks from the `dcgan` config section (`network` keys,
+        e.g. latent_dim=20, on top); UserError for values out of range."""
         super().__init__()
-        self.spec = DCGANSpec(channels, image_size, latent_dim, base_channels)
+        self.channels, self.image_size = channels, image_size
+        self.config = section_with(section or DCGANConfig(), network)
+        check_baseline_section("dcgan", self.config)
+        latent_dim, base_channels = self.config.latent_dim, self.config.base_channels
         self.generator_net = dcgan_init_(ConvDecoder(latent_dim, channels, image_size, base_channels))
         self.discriminator = dcgan_init_(Discriminator(channels, image_size, base_channels))
 
     @classmethod
-    def from_spec(cls, spec: DCGANSpec | dict) -> "DCGAN":
-        """An identical, untrained DCGAN from a DCGANSpec or its dict."""
-        return cls(**(asdict(spec) if isinstance(spec, DCGANSpec) else spec))
+    def from_spec(cls, spec: dict) -> "DCGAN":
+        """An identical, untrained DCGAN from its spec dict (methods.base.section_spec)."""
+        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
+        return cls(spec["channels"], spec["image_size"], **network)
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this network: the image shape and the network keys of its `dcgan` config section."""
+        return section_spec(self.channels, self.image_size, self.config)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.spec.channels, self.spec.image_size, self.spec.image_size
+        return self.channels, self.image_size, self.image_size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.generator_net.parameters()), "discriminator": list(self.discriminator.parameters())}
@@ -67,7 +74,7 @@ class DCGAN(nn.Module):
         Logs loss_d, d_real and d_fake (mean D probabilities before D's step), then loss_g.
         """
         unconditional(labels, "DCGAN")
-        z = randn((x0.shape[0], self.spec.latent_dim), generator, x0.device, rows=rows)
+        z = randn((x0.shape[0], self.config.latent_dim), generator, x0.device, rows=rows)
         fake = self.generator_net(z)
         real_logits, fake_logits = self.discriminator(x0), self.discriminator(fake.detach())
         loss_d = discriminator_loss(real_logits, fake_logits)
@@ -85,4 +92,4 @@ class DCGAN(nn.Module):
     def generate(self, n: int, generator: torch.Generator | None, rows: BatchSlice | None = None) -> torch.Tensor:
         """n images G(z), z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device; with `rows`, these n are
         that slice of a batch split over processes."""
-        return self.generator_net(randn((n, self.spec.latent_dim), generator, model_device(self), rows=rows))
+        return self.generator_net(randn((n, self.config.latent_dim), generator, model_device(self), rows=rows))

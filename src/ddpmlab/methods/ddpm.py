@@ -4,17 +4,16 @@ its NoiseSchedule and DiffusionConfig; one phase whose loss is L_simple, samplin
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ddpmlab.config import DiffusionConfig, ModelConfig, SampleConfig
-from ddpmlab.devices import BatchSlice, model_device
+from ddpmlab.config import DiffusionConfig, ModelConfig
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.methods.base import Phase
 from ddpmlab.nets import UNet
-from ddpmlab.samplers import sample
+from ddpmlab.rng import BatchSlice, model_device
+from ddpmlab.samplers import SamplingSettings, sample
 
 
 def build_schedule(cfg: DiffusionConfig) -> NoiseSchedule:
@@ -32,25 +31,6 @@ def build_unet(cfg: ModelConfig, in_channels: int, image_size: int, num_classes:
                 num_res_blocks=cfg.num_res_blocks, attention_resolutions=cfg.attention_resolutions,
                 dropout=cfg.dropout, groups=cfg.groups, image_size=image_size,
                 num_classes=num_classes if cfg.conditional else None, prediction=prediction)
-
-
-@dataclass
-class DiffusionSampling:
-    """How a diffusion model draws samples (the single-pass methods take none of this)."""
-
-    sampler: str = "ddim"               # one of ddpmlab.samplers.SAMPLERS
-    steps: int | None = None            # None: the sampler's default (all T for ddpm and ddim)
-    eta: float = 0.0                    # DDIM only
-    guidance: float | None = None       # classifier-free guidance w, for a conditional model with labels
-    clip_denoised: bool = True
-    prediction: str | None = None       # None: the model's own diffusion.prediction
-    spacing: str | None = None          # None: the sampler's default timestep spacing
-
-    @classmethod
-    def from_config(cls, sample_cfg: SampleConfig, T: int) -> "DiffusionSampling":
-        """A run's sample.* settings, its steps capped at T (sample.steps does not respace DDPM: all T steps)."""
-        steps = None if sample_cfg.sampler == "ddpm" else min(sample_cfg.steps, T)
-        return cls(sample_cfg.sampler, steps, sample_cfg.eta, sample_cfg.guidance, sample_cfg.clip_denoised)
 
 
 class DDPM(nn.Module):
@@ -128,14 +108,13 @@ class DDPM(nn.Module):
         return self.loss(x0, generator, labels)
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None, sampling: DiffusionSampling | None = None,
+    def generate(self, n: int, generator: torch.Generator | None, sampling: SamplingSettings | None = None,
                  labels: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                  rows: BatchSlice | None = None) -> torch.Tensor:
-        """n images by `sampling` (default: DDIM over all T steps): N×C×H×W float32 in [-1, 1] on the module's device.
-        Guidance applies when there are labels; `noise` fixes x_T (else drawn from `generator`). With `rows`, these
-        n are that slice of a batch split over processes (labels and noise the slice's)."""
-        s = sampling or DiffusionSampling()
-        return sample(self.backbone, self.schedule, (n, *self.image_shape), method=s.sampler, steps=s.steps, eta=s.eta,
-                      generator=generator, labels=labels, guidance_scale=s.guidance if labels is not None else None,
-                      clip_denoised=s.clip_denoised, device=model_device(self),
-                      prediction=s.prediction or self.diffusion.prediction, spacing=s.spacing, noise=noise, rows=rows)
+        """n images by `sampling` (default: SamplingSettings(), DDIM over all T steps): N×C×H×W float32 in [-1, 1] on
+        the module's device. Guidance applies when there are labels; `noise` fixes x_T (else drawn from `generator`).
+        With `rows`, these n are that slice of a batch split over processes (labels and noise the slice's)."""
+        settings = sampling or SamplingSettings()
+        settings = settings.with_(prediction=settings.prediction or self.diffusion.prediction)
+        return sample(self.backbone, self.schedule, (n, *self.image_shape), settings, noise=noise, generator=generator,
+                      labels=labels, device=model_device(self), rows=rows)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from ddpmlab.devices import BatchSlice, model_device, randn
-from ddpmlab.errors import UserError
-from ddpmlab.methods.base import Phase, unconditional
+from ddpmlab.config import VAEConfig, check_baseline_section
+from ddpmlab.methods.base import Phase, section_spec, section_with, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, GaussianEncoder
+from ddpmlab.rng import BatchSlice, model_device, randn
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -34,18 +33,6 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + torch.exp(0.5 * logvar) * eps
 
 
-@dataclass
-class VAESpec:
-    """Everything needed to rebuild a VAE."""
-
-    channels: int = 3
-    image_size: int = 32
-    latent_dim: int = 128
-    base_channels: int = 64
-    kl_weight: float = 1.0
-    decoder_std: float = 0.1
-
-
 class VAE(nn.Module):
     """A VAE whose loss is the negative ELBO per image, in nats: recon + kl_weight · kl (batch means).
 
@@ -62,23 +49,30 @@ class VAE(nn.Module):
     LOGS = ("loss", "recon", "kl")
     num_classes = None
 
-    def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 128, base_channels: int = 64,
-                 kl_weight: float = 1.0, decoder_std: float = 0.1):
+    def __init__(self, channels: int = 3, image_size: int = 32, section: VAEConfig | None = None, **network):
+        """A VAE for channels × image_size² images, its network from the `vae` config section (`network` keys, e.g.
+        latent_dim=16, on top); UserError for values out of range."""
         super().__init__()
-        if decoder_std <= 0:
-            raise UserError(f"VAE decoder_std must be positive, got {decoder_std}")
-        self.spec = VAESpec(channels, image_size, latent_dim, base_channels, kl_weight, decoder_std)
-        self.encoder = GaussianEncoder(channels, image_size, base_channels, latent_dim)
-        self.decoder = ConvDecoder(latent_dim, channels, image_size, base_channels)
+        self.channels, self.image_size = channels, image_size
+        self.config = section_with(section or VAEConfig(), network)
+        check_baseline_section("vae", self.config)
+        self.encoder = GaussianEncoder(channels, image_size, self.config.base_channels, self.config.latent_dim)
+        self.decoder = ConvDecoder(self.config.latent_dim, channels, image_size, self.config.base_channels)
 
     @classmethod
-    def from_spec(cls, spec: VAESpec | dict) -> "VAE":
-        """An identical, untrained VAE from a VAESpec or its dict."""
-        return cls(**(asdict(spec) if isinstance(spec, VAESpec) else spec))
+    def from_spec(cls, spec: dict) -> "VAE":
+        """An identical, untrained VAE from its spec dict (methods.base.section_spec)."""
+        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
+        return cls(spec["channels"], spec["image_size"], **network)
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this network: the image shape and the network keys of its `vae` config section."""
+        return section_spec(self.channels, self.image_size, self.config)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.spec.channels, self.spec.image_size, self.spec.image_size
+        return self.channels, self.image_size, self.image_size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}
@@ -89,9 +83,9 @@ class VAE(nn.Module):
         with one z ~ q(z | x) per image drawn from `generator`."""
         mu, logvar = self.encoder(x0)
         z = reparameterize(mu, logvar, randn(mu.shape, generator, x0.device, rows=rows))
-        recon = gaussian_nll(x0, self.decoder(z), self.spec.decoder_std).mean()
+        recon = gaussian_nll(x0, self.decoder(z), self.config.decoder_std).mean()
         kl = gaussian_kl(mu, logvar).mean()
-        return recon + self.spec.kl_weight * kl, recon, kl
+        return recon + self.config.kl_weight * kl, recon, kl
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
@@ -110,7 +104,7 @@ class VAE(nn.Module):
     def generate(self, n: int, generator: torch.Generator | None, rows: BatchSlice | None = None) -> torch.Tensor:
         """n decoder means at z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device; with `rows`, these n
         are that slice of a batch split over processes."""
-        z = randn((n, self.spec.latent_dim), generator, model_device(self), rows=rows)
+        z = randn((n, self.config.latent_dim), generator, model_device(self), rows=rows)
         return self.decoder(z)
 
     @torch.no_grad()

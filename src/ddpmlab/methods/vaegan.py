@@ -4,18 +4,26 @@ and on samples from the prior."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from ddpmlab.devices import BatchSlice, model_device, randn
-from ddpmlab.errors import UserError
-from ddpmlab.methods.base import Phase, bce_with_logits, unconditional
+from ddpmlab.config import VAEGANConfig, check_baseline_section
+from ddpmlab.methods.base import (
+    Phase,
+    bce_with_logits,
+    section_spec,
+    section_with,
+    unconditional,
+)
 from ddpmlab.methods.vae import gaussian_kl, gaussian_nll, reparameterize
-from ddpmlab.nets.baselines import ConvDecoder, Discriminator, GaussianEncoder, dcgan_init_
-
-RECONSTRUCTIONS = ("pixel", "features")
+from ddpmlab.nets.baselines import (
+    ConvDecoder,
+    Discriminator,
+    GaussianEncoder,
+    dcgan_init_,
+)
+from ddpmlab.rng import BatchSlice, model_device, randn
 
 
 def discriminator_loss(real_logits: torch.Tensor, recon_logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
@@ -32,19 +40,6 @@ def adversarial_loss(recon_logits: torch.Tensor, prior_logits: torch.Tensor) -> 
 def feature_nll(real_features: torch.Tensor, recon_features: torch.Tensor) -> torch.Tensor:
     """Larsen et al. (2016) Eq. 6, −log N(Dis_l(x); Dis_l(x̃), I) up to its constant: ½ Σ (difference)², (N,)."""
     return 0.5 * (real_features - recon_features).pow(2).flatten(1).sum(dim=1)
-
-
-@dataclass
-class VAEGANSpec:
-    """Everything needed to rebuild a VAEGAN."""
-
-    channels: int = 3
-    image_size: int = 32
-    latent_dim: int = 256
-    base_channels: int = 64
-    adversarial_weight: float = 0.1
-    decoder_std: float = 0.1
-    reconstruction: str = "pixel"
 
 
 class VAEGAN(nn.Module):
@@ -69,27 +64,32 @@ class VAEGAN(nn.Module):
     LOGS = ("loss", "recon", "kl", "loss_d", "loss_g", "d_real", "d_recon", "d_fake")
     num_classes = None
 
-    def __init__(self, channels: int = 3, image_size: int = 32, latent_dim: int = 256, base_channels: int = 64,
-                 adversarial_weight: float = 0.1, decoder_std: float = 0.1, reconstruction: str = "pixel"):
+    def __init__(self, channels: int = 3, image_size: int = 32, section: VAEGANConfig | None = None, **network):
+        """A VAE-GAN for channels × image_size² images, its networks from the `vaegan` config section (`network`
+        keys, e.g. latent_dim=16, on top); UserError for values out of range."""
         super().__init__()
-        if reconstruction not in RECONSTRUCTIONS:
-            raise UserError(f"VAE-GAN reconstruction must be one of {RECONSTRUCTIONS}, got {reconstruction!r}")
-        if decoder_std <= 0:
-            raise UserError(f"VAE-GAN decoder_std must be positive, got {decoder_std}")
-        self.spec = VAEGANSpec(channels, image_size, latent_dim, base_channels, adversarial_weight, decoder_std,
-                               reconstruction)
+        self.channels, self.image_size = channels, image_size
+        self.config = section_with(section or VAEGANConfig(), network)
+        check_baseline_section("vaegan", self.config)
+        latent_dim, base_channels = self.config.latent_dim, self.config.base_channels
         self.encoder = dcgan_init_(GaussianEncoder(channels, image_size, base_channels, latent_dim))
         self.decoder = dcgan_init_(ConvDecoder(latent_dim, channels, image_size, base_channels))
         self.discriminator = dcgan_init_(Discriminator(channels, image_size, base_channels))
 
     @classmethod
-    def from_spec(cls, spec: VAEGANSpec | dict) -> "VAEGAN":
-        """An identical, untrained VAEGAN from a VAEGANSpec or its dict."""
-        return cls(**(asdict(spec) if isinstance(spec, VAEGANSpec) else spec))
+    def from_spec(cls, spec: dict) -> "VAEGAN":
+        """An identical, untrained VAEGAN from its spec dict (methods.base.section_spec)."""
+        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
+        return cls(spec["channels"], spec["image_size"], **network)
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this network: the image shape and the network keys of its `vaegan` config section."""
+        return section_spec(self.channels, self.image_size, self.config)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.spec.channels, self.spec.image_size, self.spec.image_size
+        return self.channels, self.image_size, self.image_size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.encoder.parameters()) + list(self.decoder.parameters()),
@@ -111,8 +111,8 @@ class VAEGAN(nn.Module):
                                               "d_recon": recon_logits.detach().sigmoid().mean(),
                                               "d_fake": prior_logits.detach().sigmoid().mean()})
         # D has been updated by the caller
-        if self.spec.reconstruction == "pixel":
-            recon = gaussian_nll(x0, recon_x, self.spec.decoder_std).mean()
+        if self.config.reconstruction == "pixel":
+            recon = gaussian_nll(x0, recon_x, self.config.decoder_std).mean()
             dims = x0[0].numel()
         else:
             with torch.no_grad():
@@ -121,7 +121,7 @@ class VAEGAN(nn.Module):
             dims = real_features[0].numel()
         kl = gaussian_kl(mu, logvar).mean()
         loss_g = adversarial_loss(self.discriminator(recon_x), self.discriminator(prior_x))
-        loss = (recon + kl) / dims + self.spec.adversarial_weight * loss_g
+        loss = (recon + kl) / dims + self.config.adversarial_weight * loss_g
         yield Phase("generator", loss, {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach(),
                                         "loss_g": loss_g.detach()})
 
@@ -134,7 +134,7 @@ class VAEGAN(nn.Module):
     def generate(self, n: int, generator: torch.Generator | None, rows: BatchSlice | None = None) -> torch.Tensor:
         """n images Dec(z), z ~ N(0, I): N×C×H×W float32 in [-1, 1] on the module's device; with `rows`, these n are
         that slice of a batch split over processes."""
-        return self.decoder(randn((n, self.spec.latent_dim), generator, model_device(self), rows=rows))
+        return self.decoder(randn((n, self.config.latent_dim), generator, model_device(self), rows=rows))
 
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:

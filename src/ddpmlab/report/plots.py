@@ -1,9 +1,10 @@
-"""The comparison's figures (matplotlib, Agg): every run's loss curves on one figure per method family, and
-sample grids from saved .npz samples."""
+"""The figures (matplotlib, Agg): every run's loss curves on one figure per method family, sample grids from saved
+.npz samples, and a sampler sweep's quality against cost."""
 
 from __future__ import annotations
 
 import math
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -11,12 +12,16 @@ import numpy as np
 import torch
 
 from ddpmlab.errors import UserError
+from ddpmlab.eval.sweep import ddpm_reference
+from ddpmlab.images import save_grid
+from ddpmlab.store.metrics_csv import read_metrics
 
 # method -> family: the runs whose losses share a figure (their losses mean the same thing)
 FAMILIES = {"ddpm": "diffusion", "vae": "vae", "dcgan": "gan", "vaegan": "gan"}
 FAMILY_TITLES = {"diffusion": "diffusion models: L_simple", "vae": "VAEs: negative ELBO",
                  "gan": "GANs: discriminator and generator losses"}
 GRID_IMAGES = 64  # the first images of each samples file shown in the report
+PROGRESSION_GRIDS = 6  # a diffusion run's sample grids shown over training (evenly spaced, the last included)
 
 
 def family_columns(family: str) -> tuple[str, ...]:
@@ -65,8 +70,6 @@ def plot_loss_family(runs: dict[str, dict[str, tuple[list[int], list[float]]]], 
 
 def samples_grid(npz_path: Path, out_path: Path, count: int = GRID_IMAGES) -> Path:
     """The first `count` images of a samples .npz (uint8 N×H×W×C, as `ddpmlab eval` writes) as a PNG grid."""
-    from ddpmlab.images import save_grid
-
     try:
         with np.load(npz_path, allow_pickle=False) as data:  # never pickles
             images = data["images"][:count]
@@ -84,3 +87,73 @@ def evenly_spaced(items: list, count: int) -> list:
     if len(items) <= count:
         return list(items)
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
+    """Two panels: `metric` against network evaluations (log scale) and against seconds per 1,000 images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    for method in dict.fromkeys(p["sampler"] for p in points):
+        rows = sorted((p for p in points if p["sampler"] == method and p["metrics"].get(metric) is not None),
+                      key=lambda p: p["nfe"])
+        if not rows:
+            continue
+        values = [p["metrics"][metric] for p in rows]
+        axes[0].plot([p["nfe"] for p in rows], values, "o-", label=method)
+        timed = [p for p in rows if p["seconds_per_1000"] is not None]
+        axes[1].plot([p["seconds_per_1000"] for p in timed], [p["metrics"][metric] for p in timed], "o-", label=method)
+        for p, value in zip(rows, values):
+            axes[0].annotate(str(p["nfe"]), (p["nfe"], value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    reference = ddpm_reference(points, metric)
+    if reference is not None:
+        for ax in axes:
+            ax.axhline(reference["metrics"][metric], color="0.5", ls=":", lw=1, label=f"ddpm {reference['nfe']} level")
+    axes[0].set(xscale="log", xlabel="network evaluations (NFE)", ylabel=metric)
+    axes[1].set(xscale="log", xlabel="seconds per 1,000 images", ylabel=metric)
+    for ax in axes:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def make_figures(rows: list[dict], folder: Path) -> dict:
+    """Write the report's figures into `folder` and return their paths relative to its parent: loss curves per
+    method family, each run's sample grid, each diffusion run's grids over training and its sweep plot."""
+    folder.mkdir(parents=True, exist_ok=True)
+    relative = lambda path: f"{folder.name}/{Path(path).name}"  # noqa: E731 - paths as report.md links them
+    figures = {"loss": [], "samples": [], "progression": [], "sweeps": []}
+    families: dict[str, dict] = {}
+    for row in rows:
+        family = FAMILIES.get(row["method"], row["method"])
+        metrics_path = Path(row["run_dir"]) / "metrics.csv"
+        if metrics_path.is_file():
+            families.setdefault(family, {})[row["name"]] = loss_curves(read_metrics(metrics_path),
+                                                                       family_columns(family))
+    for family, runs in families.items():
+        path = plot_loss_family(runs, family_columns(family), folder / f"loss-{family}.png",
+                                FAMILY_TITLES.get(family, family))
+        figures["loss"].append({"family": family, "runs": list(runs), "path": relative(path)})
+    for row in rows:
+        if row.get("samples_npz") and Path(row["samples_npz"]).is_file():
+            path = samples_grid(Path(row["samples_npz"]), folder / f"samples-{row['name']}.png")
+            figures["samples"].append({"name": row["name"], "path": relative(path), "npz": row["samples_npz"]})
+        grids = sorted((Path(row["run_dir"]) / "samples").glob("step_*.png"))
+        if row["method"] == "ddpm" and grids:
+            chosen = []
+            for grid in evenly_spaced(grids, PROGRESSION_GRIDS):
+                copy = shutil.copyfile(grid, folder / f"progress-{row['name']}-{grid.name}")
+                chosen.append({"step": int(grid.stem.split("_")[1]), "path": relative(copy)})
+            figures["progression"].append({"name": row["name"], "grids": chosen})
+        if row.get("sweep"):
+            copy = shutil.copyfile(row["sweep"]["plot"], folder / f"sweep-{row['name']}.png")
+            figures["sweeps"].append({"name": row["name"], "path": relative(copy), "json": row["sweep"]["json"]})
+    return figures

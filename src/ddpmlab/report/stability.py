@@ -24,6 +24,8 @@ import math
 import statistics
 from pathlib import Path
 
+from ddpmlab.store.metrics_csv import loss_columns, read_metrics
+
 EMA_WEIGHT = 0.1  # weight of the newest logged row in the smoothed curve: about the last 10 rows
 SPIKE_FACTOR = 3.0  # k: a spike is a raw value above k × the median
 # verdict limits: "stable" needs every value at or below the first, anything above the second is "unstable"
@@ -124,8 +126,6 @@ def worst(verdicts: list[str]) -> str:
 def run_stability(metrics_path: str | Path, method: str) -> dict:
     """Stability of a run from its metrics.csv: {"method", "losses": {column: loss_stability(...)}, "verdict",
     "cv": the largest loss CV}. A method not in LOSS_COLUMNS uses every loss column of the file."""
-    from ddpmlab.train.log import loss_columns, read_metrics
-
     rows = read_metrics(metrics_path) if Path(metrics_path).is_file() else []
     if not rows:
         return {"method": method, "losses": {}, "verdict": "n/a", "cv": math.nan}

@@ -1,122 +1,162 @@
-"""Samplers: one file each; `sample` picks one by name."""
+"""Samplers: one file each, registered below by one line; `sample` runs one by its SamplingSettings."""
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ddpmlab.devices import BatchSlice, model_device, randn
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.errors import UserError
+from ddpmlab.rng import BatchSlice, model_device, randn
 from ddpmlab.samplers import ddim, ddpm, dpm_solver, heun
-from ddpmlab.samplers.common import Denoiser
-from ddpmlab.samplers.ddim import ddim_sample, ddim_timesteps
-from ddpmlab.samplers.ddpm import ddpm_sample, respaced_schedule
-from ddpmlab.samplers.dpm_solver import dpm_solver_sample, dpm_solver_timesteps
-from ddpmlab.samplers.heun import heun_sample, heun_timesteps
+from ddpmlab.samplers.common import Denoiser, Sampler
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "sde-dpm-solver++", "heun")
-# Each method's timestep spacings and its default (see each module).
-SPACINGS = {"ddpm": ddpm.SPACINGS, "ddim": ddim.SPACINGS, "dpm-solver++": dpm_solver.SPACINGS,
-            "sde-dpm-solver++": dpm_solver.SPACINGS, "heun": heun.SPACINGS}
-DEFAULT_SPACINGS = {"ddpm": "linspace", "ddim": "leading", "dpm-solver++": dpm_solver.DEFAULT_SPACING,
-                    "sde-dpm-solver++": dpm_solver.DEFAULT_SPACING, "heun": "karras"}
-# Steps when none are given: every timestep for the ancestral chain and DDIM (as before); the few that
-# the ODE solvers are for otherwise (Karras et al. use 18 Heun steps = 35 evaluations on CIFAR-10).
-DEFAULT_STEPS = {"dpm-solver++": 20, "sde-dpm-solver++": 20, "heun": 18}
+# The registry: the command line's choices and help, the config's checks and every default come from it.
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (ddpm.SAMPLER, ddim.SAMPLER, dpm_solver.SAMPLER,
+                                                     dpm_solver.SDE_SAMPLER, heun.SAMPLER)}
+VARIANCES = ("posterior", "beta")  # ddpm's σ² = β̃ (Ho et al.'s "posterior") or β
+EVALUATION_STEPS = 50  # `ddpmlab eval`'s DDIM steps (capped at T) when none are given: the same for every run
 
 
-def resolve_steps(method: str, steps: int | None, T: int) -> int:
-    """`steps`, or the method's default (capped at T); UserError unless it is an integer in 1..T."""
-    if method not in SAMPLERS:
-        raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
+def sampler(name: str) -> Sampler:
+    """The registered sampler `name`; UserError naming the others."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; samplers: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def default_spacing(name: str) -> str | None:
+    """The default timestep spacing of sampler `name`, None for an unknown name (a single-pass method's)."""
+    return SAMPLERS[name].default_spacing if name in SAMPLERS else None
+
+
+def resolve_steps(name: str, steps: int | None, T: int) -> int:
+    """`steps`, or the sampler's default (capped at T; all T when it has none); UserError unless in 1..T."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {name!r}")
     if steps is None:
-        return min(DEFAULT_STEPS.get(method, T), T)
+        return min(SAMPLERS[name].default_steps or T, T)
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= T:
-        raise UserError(f"{method} steps={steps!r} must be an integer in 1..{T} (the model's T timesteps)")
+        raise UserError(f"{name} steps={steps!r} must be an integer in 1..{T} (the model's T timesteps)")
     return int(steps)
 
 
-def resolve_spacing(method: str, spacing: str | None) -> str:
-    """`spacing`, or the method's default; UserError unless it is one of SPACINGS[method]."""
+def resolve_spacing(name: str, spacing: str | None) -> str:
+    """`spacing`, or the sampler's default; UserError unless it is one of the sampler's spacings."""
+    record = SAMPLERS[name]
     if spacing is None:
-        return DEFAULT_SPACINGS[method]
-    if spacing not in SPACINGS[method]:
-        raise UserError(f"{method} spacing {spacing!r} is not one of {', '.join(SPACINGS[method])}")
+        return record.default_spacing
+    if spacing not in record.spacings:
+        raise UserError(f"{name} spacing {spacing!r} is not one of {', '.join(record.spacings)}")
     return spacing
 
 
-def network_evaluations(method: str, steps: int | None, T: int) -> int:
-    """Network evaluations (NFE) of one `sample` call: `steps` for ddpm, ddim and the dpm-solvers, 2·steps − 1 for heun.
+def network_evaluations(name: str, steps: int | None, T: int) -> int:
+    """Network evaluations (NFE) of one `sample` call. Classifier-free guidance doubles the batch of each
+    evaluation, not their number."""
+    steps = resolve_steps(name, steps, T)
+    return SAMPLERS[name].evaluations(steps)
 
-    Classifier-free guidance doubles the batch of each evaluation, not their number.
+
+def default_steps_text() -> str:
+    """Each sampler's default steps, for --help: "T for ddpm, T for ddim, 20 for dpm-solver++, ..."."""
+    return ", ".join(f"{s.default_steps or 'T'} for {s.name}" for s in SAMPLERS.values())
+
+
+def spacings_text() -> str:
+    """Each sampler's timestep spacings, its default first, for --help: "ddpm linspace|leading|trailing, ..."."""
+    return ", ".join(f"{s.name} {'|'.join([s.default_spacing, *(x for x in s.spacings if x != s.default_spacing)])}"
+                     for s in SAMPLERS.values())
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a diffusion model draws samples: the one object every command, method and sampler passes along.
+
+    steps None: the sampler's default (all T for ddpm and ddim, 20 for the dpm-solvers, 18 for heun); spacing None:
+    its default; eta for DDIM only; variance for ddpm only; guidance w for a conditional model with labels;
+    prediction None: the model's own parameterisation.
     """
-    steps = resolve_steps(method, steps, T)
-    return 2 * steps - 1 if method == "heun" else steps
+
+    sampler: str = "ddim"
+    steps: int | None = None
+    spacing: str | None = None
+    eta: float = 0.0
+    guidance: float | None = None
+    clip_denoised: bool = True
+    prediction: str | None = None
+    variance: str = "posterior"
+
+    def resolved(self, T: int) -> "SamplingSettings":
+        """These settings with steps and spacing filled in; UserError for values the sampler does not take."""
+        steps = resolve_steps(sampler(self.sampler).name, self.steps, T)
+        if self.sampler == "ddim" and not 0.0 <= self.eta <= 1.0:
+            raise UserError(f"ddim eta={self.eta!r} must be in [0, 1] (0: deterministic, 1: DDPM's variance)")
+        if self.variance not in VARIANCES:
+            raise UserError(f"variance {self.variance!r} is not one of {', '.join(VARIANCES)}")
+        return replace(self, steps=steps, spacing=resolve_spacing(self.sampler, self.spacing))
+
+    def nfe(self, T: int) -> int:
+        """Network evaluations of one run of these settings."""
+        return network_evaluations(self.sampler, self.steps, T)
+
+    @classmethod
+    def of_run(cls, sample_cfg, T: int, sampler: str | None = None, steps: int | None = None, **given) -> "SamplingSettings":
+        """A run's sample.* settings (a SampleConfig) with what the user gave on top. The run's sample.steps apply
+        to its own sampler and to ddim (capped at T); any other sampler, and ddpm always, takes its own default."""
+        name = sampler or sample_cfg.sampler
+        if steps is None and name in (sample_cfg.sampler, "ddim") and name != "ddpm":
+            steps = min(sample_cfg.steps, T)
+        given = {key: value for key, value in given.items() if value is not None}
+        return cls(name, steps, eta=sample_cfg.eta, guidance=sample_cfg.guidance,
+                   clip_denoised=sample_cfg.clip_denoised).with_(**given)
+
+    @classmethod
+    def for_evaluation(cls, T: int, sampler: str | None = None, steps: int | None = None, **given) -> "SamplingSettings":
+        """`ddpmlab eval`'s protocol, the same for every run: DDIM at EVALUATION_STEPS (capped at T) unless the
+        user names a sampler or steps; another sampler at its own default."""
+        name = sampler or "ddim"
+        if steps is None and name == "ddim":
+            steps = min(EVALUATION_STEPS, T)
+        return cls(name, steps).with_(**{key: value for key, value in given.items() if value is not None})
+
+    def with_(self, **changes) -> "SamplingSettings":
+        """A copy with `changes`."""
+        return replace(self, **changes)
 
 
 @torch.no_grad()
-def sample(
-    model: Callable,
-    schedule: NoiseSchedule,
-    shape,
-    method: str = "ddpm",
-    steps: int | None = None,
-    eta: float = 0.0,
-    noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    labels: torch.Tensor | None = None,
-    guidance_scale: float | None = None,
-    clip_denoised: bool = True,
-    device=None,
-    progress: bool = False,
-    variance: str = "posterior",
-    prediction: str | None = None,
-    spacing: str | None = None,
-    rows: BatchSlice | None = None,
-) -> torch.Tensor:
+def sample(model: Callable, schedule: NoiseSchedule, shape, settings: SamplingSettings | None = None, *,
+           noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+           labels: torch.Tensor | None = None, device=None, progress: bool = False, rows: BatchSlice | None = None,
+           **fields) -> torch.Tensor:
     """Generate a batch x_0 of `shape` (N, C, H, W) from `model(x_t, t, labels=None)`; float32 on `device`.
 
-    method: "ddpm" (ancestral, σ² = β̃ or β by `variance`, respaced when steps < T), "ddim" (`eta` in [0, 1]),
-    "dpm-solver++" (DPM-Solver++(2M)), "sde-dpm-solver++" (its SDE variant, fresh noise from `generator` each
-    step) or "heun" (EDM Algorithm 1, 2·steps − 1 evaluations). steps: None is T for ddpm and ddim, 20 for
-    the dpm-solvers, 18 for heun. spacing picks the timesteps, per method (see
-    SPACINGS; None: the method's default). noise fixes x_T; otherwise it is drawn from `generator`.
-    `prediction` (eps|x0|v) defaults to `model.prediction`, else "eps". Values are in [−1, 1] when
-    clip_denoised. An nn.Module is put in eval mode while sampling and restored after. UserError for
-    steps outside 1..T, an unknown spacing or eta outside [0, 1]. With `rows`, `shape` is that slice of a batch
-    split over processes (labels and noise the slice's) and every draw the slice's share of the whole batch's.
+    `settings` (default SamplingSettings()) with any of its fields given as keywords on top (sampler="heun",
+    steps=10, ...). noise fixes x_T; otherwise it is drawn from `generator`. Values are in [−1, 1] when
+    clip_denoised. An nn.Module is put in eval mode while sampling and restored after. UserError for steps outside
+    1..T, an unknown spacing or eta outside [0, 1]. With `rows`, `shape` is that slice of a batch split over
+    processes (labels and noise the slice's) and every draw the slice's share of the whole batch's.
     """
-    steps = resolve_steps(method, steps, schedule.T)
-    spacing = resolve_spacing(method, spacing)
-    if method == "ddim" and not 0.0 <= eta <= 1.0:
-        raise UserError(f"ddim eta={eta!r} must be in [0, 1] (0: deterministic, 1: DDPM's variance)")
+    settings = (settings or SamplingSettings()).with_(**fields).resolved(schedule.T)
     device = torch.device(device) if device is not None else model_device(model)
     x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn(tuple(shape), generator, device, rows=rows)
     if labels is not None:
         labels = labels.to(device)
-    denoiser = Denoiser(model, schedule, prediction, labels, guidance_scale, clip_denoised)
+    denoiser = Denoiser(model, schedule, settings.prediction, labels, settings.guidance, settings.clip_denoised)
     was_training = isinstance(model, nn.Module) and model.training
     if was_training:
         model.eval()
     try:
-        if method == "ddpm":
-            return ddpm_sample(denoiser, x, variance, generator, progress, steps, spacing, rows)
-        if method == "ddim":
-            return ddim_sample(denoiser, x, steps, eta, generator, progress, spacing, rows)
-        if method in ("dpm-solver++", "sde-dpm-solver++"):
-            return dpm_solver_sample(denoiser, x, steps, spacing, progress, method == "sde-dpm-solver++", generator, rows)
-        return heun_sample(denoiser, x, steps, progress)
+        return SAMPLERS[settings.sampler].run(denoiser, x, settings, generator, progress, rows)
     finally:
         if was_training:
             model.train()
 
 
-__all__ = [
-    "sample", "SAMPLERS", "SPACINGS", "DEFAULT_SPACINGS", "DEFAULT_STEPS", "network_evaluations",
-    "resolve_steps", "resolve_spacing", "Denoiser", "ddpm_sample", "respaced_schedule", "ddim_sample",
-    "ddim_timesteps", "dpm_solver_sample", "dpm_solver_timesteps", "heun_sample", "heun_timesteps", "randn",
-]
+__all__ = ["sample", "SAMPLERS", "Sampler", "SamplingSettings", "sampler", "default_spacing", "network_evaluations",
+           "resolve_steps", "resolve_spacing", "default_steps_text", "spacings_text", "Denoiser", "VARIANCES", "EVALUATION_STEPS"]

@@ -1,12 +1,31 @@
-"""What every sampler shares: calling the model (with guidance), the x_0 / ε it implies, noise draws."""
+"""What every sampler shares: its registry record, calling the model (with guidance), the x_0 / ε it implies."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ddpmlab.diffusion import NoiseSchedule, x0_and_eps
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One sampler, as the registry (ddpmlab.samplers.SAMPLERS) and the command line know it.
+
+    `run(denoiser, x_T, settings, generator, progress, rows)` returns x_0; `settings` is a resolved
+    ddpmlab.samplers.SamplingSettings (steps and spacing filled in). `default_steps` None means all T timesteps;
+    `evaluations(steps)` is the number of network evaluations (NFE) of one run.
+    """
+
+    name: str
+    run: Callable[..., torch.Tensor]
+    spacings: tuple[str, ...]
+    default_spacing: str
+    default_steps: int | None
+    summary: str  # a few words for --help
+    evaluations: Callable[[int], int] = lambda steps: steps
 
 
 class Denoiser:

@@ -8,9 +8,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpmlab.devices import BatchSlice, randn
-from ddpmlab.samplers.common import Denoiser
-
+from ddpmlab.rng import BatchSlice, randn
+from ddpmlab.samplers.common import Denoiser, Sampler
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -61,3 +60,11 @@ def ddim_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, eta: float = 0.
         if sigma > 0:
             x = x + sigma * randn(x.shape, generator, x.device, rows=rows)
     return x
+
+
+def run(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool, rows: BatchSlice | None):
+    return ddim_sample(denoiser, x, settings.steps, settings.eta, generator, progress, settings.spacing, rows)
+
+
+SAMPLER = Sampler("ddim", run, SPACINGS, default_spacing="leading", default_steps=None,
+                  summary="Song et al., eta 0 deterministic")

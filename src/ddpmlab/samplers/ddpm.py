@@ -6,8 +6,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmlab.diffusion import NoiseSchedule, q_posterior
-from ddpmlab.devices import BatchSlice, randn
-from ddpmlab.samplers.common import Denoiser
+from ddpmlab.rng import BatchSlice, randn
+from ddpmlab.samplers.common import Denoiser, Sampler
 from ddpmlab.samplers.ddim import ddim_timesteps
 
 SPACINGS = ("linspace", "leading", "trailing")
@@ -46,3 +46,11 @@ def ddpm_sample(denoiser: Denoiser, x: torch.Tensor, variance: str = "posterior"
         mean, _, _ = q_posterior(schedule, x0, x, index)  # μ_θ(x_t, t) = μ̃_t(x̂_0(x_t), x_t) of the respaced process
         x = mean + sigmas[i] * randn(x.shape, generator, x.device, rows=rows) if i > 0 else mean
     return x
+
+
+def run(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool, rows: BatchSlice | None):
+    return ddpm_sample(denoiser, x, settings.variance, generator, progress, settings.steps, settings.spacing, rows)
+
+
+SAMPLER = Sampler("ddpm", run, SPACINGS, default_spacing="linspace", default_steps=None,
+                  summary="ancestral (Ho et al.), respaced when steps < T")

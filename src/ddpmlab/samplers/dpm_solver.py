@@ -12,9 +12,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ddpmlab.devices import BatchSlice, randn
 from ddpmlab.diffusion import NoiseSchedule
-from ddpmlab.samplers.common import Denoiser, distinct_timesteps, nearest_timesteps
+from ddpmlab.rng import BatchSlice, randn
+from ddpmlab.samplers.common import (
+    Denoiser,
+    Sampler,
+    distinct_timesteps,
+    nearest_timesteps,
+)
 
 SPACINGS = ("time-quadratic", "logSNR", "time-uniform")
 # Measured against the exact probability-flow solution at 10 and 20 NFE (Gaussian and two-mode data; linear
@@ -105,3 +110,17 @@ def dpm_solver_sample(denoiser: Denoiser, x: torch.Tensor, steps: int, spacing: 
             x = first_order_update(x, data, sigmas[i], sigmas[i + 1], alphas[i + 1], h)
         x0_prev, h_prev = x0, h
     return x
+
+
+def run(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool, rows: BatchSlice | None):
+    return dpm_solver_sample(denoiser, x, settings.steps, settings.spacing, progress, False, generator, rows)
+
+
+def run_sde(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool, rows: BatchSlice | None):
+    return dpm_solver_sample(denoiser, x, settings.steps, settings.spacing, progress, True, generator, rows)
+
+
+SAMPLER = Sampler("dpm-solver++", run, SPACINGS, DEFAULT_SPACING, default_steps=20,
+                  summary="DPM-Solver++(2M), deterministic")
+SDE_SAMPLER = Sampler("sde-dpm-solver++", run_sde, SPACINGS, DEFAULT_SPACING, default_steps=20,
+                      summary="SDE-DPM-Solver++(2M), fresh noise each step")

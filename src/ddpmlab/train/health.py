@@ -8,8 +8,8 @@ import math
 import torch
 from torch import nn
 
+from ddpmlab import distributed
 from ddpmlab.errors import UserError
-from ddpmlab.train import distributed
 
 
 class StepHealth:

@@ -1,19 +1,16 @@
-"""The run's metrics.csv and its loss-curve plot."""
+"""The run's notes (run.log), the window of steps behind each metrics.csv row, and the loss-curve plot (loss.png)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpmlab.errors import UserError
-from ddpmlab.paths import atomic_write_bytes
+import torch
 
-# every run's (bad_steps: steps skipped for a non-finite loss or gradient since the last row); a method adds its own
-COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s", "bad_steps")
+from ddpmlab.store.metrics_csv import loss_columns, read_metrics
+
 # scores of the EMA network's samples during training (train.eval_metrics), on the rows of the steps evaluated
 QUALITY_COLUMNS = {"fd": "FD (classifier)", "fid": "FID (Inception)"}
 
@@ -30,77 +27,6 @@ class RunLog:
             handle.write(f"{stamp} {'warning: ' if warning else ''}{message}\n")
         if warning:
             print(f"warning: {message}", file=sys.stderr)
-
-
-class MetricsLog:
-    """Appends rows to RUN_DIR/metrics.csv, whose columns are fixed per run: `columns` when the file is new; on
-    resume the file's own header is kept (with any of `columns` it lacks added at the end, e.g. `fd` when evaluation
-    is switched on) and rows past the resumed step, or a last row a crash cut short, are dropped; the file is
-    rewritten atomically. `mirror`, when set, gets every row too (its `scalars(row)`: TensorBoard)."""
-
-    def __init__(self, path: Path, resume_step: int | None = None, columns: tuple[str, ...] = COLUMNS, mirror=None):
-        self.path, self.mirror = Path(path), mirror
-        if resume_step is None or not self.path.exists():
-            self.columns = tuple(columns)
-            atomic_write_bytes(self.path, (",".join(self.columns) + "\n").encode())
-        else:
-            try:
-                lines = self.path.read_text().splitlines(keepends=True)
-            except UnicodeDecodeError:
-                raise UserError(f"{self.path}: not a ddpmlab metrics table (not text); restore it or delete it") from None
-            whole = [line for line in lines if line.endswith("\n")]  # a row cut short by a crash has no line end
-            header = next(csv.reader(whole[:1]), None) or list(columns)
-            self.columns = tuple(header) + tuple(c for c in columns if c not in header)
-            rows = [r for r in _parse_rows(whole, self.path) if r["step"] <= resume_step]
-            text = io.StringIO(newline="")
-            writer = csv.DictWriter(text, self.columns)
-            writer.writeheader()
-            writer.writerows({k: _fmt(r.get(k)) for k in self.columns} for r in rows)
-            atomic_write_bytes(self.path, text.getvalue().encode())
-
-    def append(self, **row) -> None:
-        unknown = set(row) - set(self.columns)
-        if unknown:
-            raise ValueError(f"{self.path}: no column for {', '.join(sorted(unknown))}")
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow([_fmt(row.get(k)) for k in self.columns])
-        if self.mirror is not None:
-            self.mirror.scalars(row)
-
-    def close(self) -> None:
-        """Close the mirror (the CSV is closed after every row)."""
-        if self.mirror is not None:
-            self.mirror.close()
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.csv as dicts of floats (step as int; empty cells as None); UserError naming the file when
-    it is not such a table (numbers only, a `step` in every row)."""
-    with Path(path).open(newline="") as handle:
-        return _parse_rows(handle, path)
-
-
-def _parse_rows(lines, path) -> list[dict]:
-    try:
-        rows = [{k: (None if v in ("", None) else int(float(v)) if k == "step" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(lines)]
-    except (UnicodeDecodeError, ValueError, TypeError, OverflowError, csv.Error) as exc:
-        raise UserError(f"{path}: not a ddpmlab metrics table ({exc.__class__.__name__}); restore it or delete it"
-                        ) from None
-    if any(row.get("step") is None for row in rows):
-        raise UserError(f"{path}: not a ddpmlab metrics table (a row without a step); restore it or delete it")
-    return rows
-
-
-def loss_columns(columns) -> list[str]:
-    """The training losses among metrics.csv's columns: `loss` and a method's own (a GAN's loss_d and loss_g)."""
-    return [c for c in columns if c == "loss" or c.startswith("loss_")]
 
 
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
@@ -146,3 +72,29 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
     fig.savefig(out_path)
     plt.close(fig)
     return Path(out_path)
+
+
+class LogWindow:
+    """The mean of every logged value and pure training throughput (no validation, grids or checkpoints) since the
+    last log line. The sums stay on the device (float64, adding as Python floats would) until `flush` reads them,
+    so a step never waits for the device."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.seconds = 0, 0, 0.0
+
+    def add(self, logs: dict[str, torch.Tensor], images: int, seconds: float) -> None:
+        for name, value in logs.items():
+            value = value.detach().double()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps, self.images, self.seconds = self.steps + 1, self.images + images, self.seconds + seconds
+
+    def flush(self) -> tuple[dict[str, float], float]:
+        """({name: mean over the window}, images per second) of the window, then start a new one. Reading the sums
+        waits for the window's queued steps, and that wait counts as their time."""
+        start = time.perf_counter()
+        totals = {name: total.item() for name, total in self.sums.items()}
+        seconds = self.seconds + time.perf_counter() - start
+        result = ({name: total / max(self.steps, 1) for name, total in totals.items()}, self.images / max(seconds, 1e-9))
+        self.__init__()
+        return result

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ddpmlab import distributed
 from ddpmlab.errors import UserError
 from ddpmlab.images import make_grid
-from ddpmlab.train import distributed
 
 FOLDER = "tensorboard"
 MISSING = "train.tensorboard=true needs the tensorboard package: pip install 'ddpmlab[tensorboard]'"

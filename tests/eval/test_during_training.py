@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from ddpmlab.cli import main
+from ddpmlab.commands.evaluate import evaluate_run
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.classifier import train_classifier_to_file
-from ddpmlab.eval.run import evaluate_run
+from ddpmlab.samplers import SamplingSettings
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train.log import read_metrics
 
 EVAL = ["train.eval_every=4", "train.eval_n=16", "train.eval_steps=4"]
 
@@ -67,8 +68,9 @@ def test_evaluation_does_not_change_the_training(runs):
 def test_the_logged_fd_is_what_ddpmlab_eval_measures(runs, with_classifier):
     _, evaluated = runs
     rows = read_metrics(evaluated.run_dir / "metrics.csv")
-    protocol = dict(metrics="fd", n=16, sampler="dpm-solver++", steps=4, seed=0, progress=False)
-    last = evaluate_run(evaluated.run_dir, **protocol, out=evaluated.run_dir / "check")
+    protocol = dict(metrics="fd", n=16, seed=0, progress=False)
+    last = evaluate_run(evaluated.run_dir, SamplingSettings("dpm-solver++", 4), **protocol,
+                        out=evaluated.run_dir / "check")
     assert last["metrics"]["fd_classifier"] == pytest.approx(rows[-1]["fd"], rel=1e-5)
 
 
@@ -84,7 +86,7 @@ def test_the_best_checkpoint_is_kept_through_the_rotation_and_samples(runs, with
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_0000020"]  # keep_checkpoints=1
     best = run / "checkpoints" / "best"
     assert json.loads((best / "progress.json").read_text())["step"] == best_row["step"]
-    again = evaluate_run(best, metrics="fd", n=16, sampler="dpm-solver++", steps=4, seed=0, progress=False,
+    again = evaluate_run(best, SamplingSettings("dpm-solver++", 4), metrics="fd", n=16, seed=0, progress=False,
                          out=tmp_path / "best")
     assert again["metrics"]["fd_classifier"] == pytest.approx(best_row["fd"], rel=1e-5)
     assert main(["sample", str(best), "--out", str(tmp_path / "best.png"), "--n", "4", "--quiet"]) == 0

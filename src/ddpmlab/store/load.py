@@ -1,34 +1,30 @@
-"""Turn config sections and checkpoints into objects: the device, a trained method's network."""
+"""Find a checkpoint and load a trained network from it: a run directory, a checkpoint folder, one weights file or a
+pretrained model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import torch
+from safetensors.torch import safe_open
 
+from ddpmlab.config import config_from_dict
 from ddpmlab.errors import UserError
-
-
-def resolve_device(name: str | None, setting: str = "--device") -> torch.device:
-    """'auto' -> cuda when available, else cpu; a CUDA request without a GPU is a UserError that names how to
-    choose the CPU (`setting`: "--device" on the command line, "train.device" in a config)."""
-    fix = f"{setting}=cpu" if "." in setting else f"{setting} cpu"
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but no CUDA GPU is available; set {fix}")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+from ddpmlab.methods import rebuild_method
+from ddpmlab.rng import resolve_device
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.pretrained import (
+    WEIGHTS_FILE,
+    as_float32,
+    is_pretrained_folder,
+    read_info,
+    resolve_source,
+)
 
 
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a run directory (its newest), a checkpoint folder, or a weights file inside one;
     a pretrained model's folder from `pretrained:NAME` or the folder itself."""
-    from ddpmlab.train import checkpoint as ckpt
-    from ddpmlab.train.pretrained import is_pretrained_folder, resolve_source
-
     path = resolve_source(path)
     if not path.exists():
         raise UserError(f"no such run directory or checkpoint: {path}")
@@ -45,9 +41,6 @@ def find_checkpoint(path: str | Path) -> Path:
 def weights_file(path: str | Path, use_ema: bool = True) -> Path:
     """The weights a path names: a .safetensors file itself; in a run directory (its newest checkpoint) or a
     checkpoint folder, the EMA weights (or the raw ones when not use_ema); a pretrained model's (EMA) weights."""
-    from ddpmlab.train import checkpoint as ckpt
-    from ddpmlab.train.pretrained import WEIGHTS_FILE, is_pretrained_folder, resolve_source
-
     path = resolve_source(path)
     if path.is_file():
         return path
@@ -61,9 +54,6 @@ def weights_file(path: str | Path, use_ema: bool = True) -> Path:
 
 def checkpoint_step(folder: Path) -> int:
     """The training step of a checkpoint folder (progress.json) or of a pretrained model's folder (info.json)."""
-    from ddpmlab.train import checkpoint as ckpt
-    from ddpmlab.train.pretrained import is_pretrained_folder, read_info
-
     if is_pretrained_folder(folder):
         return int(read_info(folder).get("training", {}).get("steps") or 0)
     return int(ckpt.read_progress(folder)["step"])
@@ -80,14 +70,6 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     Raises UserError for a missing, corrupt or foreign checkpoint, and for one whose progress or weights file differs
     from the checksum recorded when it was written.
     """
-    import json
-
-    from ddpmlab.config import config_from_dict
-    from ddpmlab.methods import rebuild_method
-    from ddpmlab.train import checkpoint as ckpt
-
-    from ddpmlab.train.pretrained import as_float32, is_pretrained_folder
-
     folder, weights = find_checkpoint(path), weights_file(path, use_ema)
     try:
         ckpt.verify_checkpoint(folder, [ckpt.PROGRESS_FILE] + ([weights.name] if weights.parent == folder else []))
@@ -118,17 +100,11 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
 def stored_method(path: str | Path, use_ema: bool = True) -> str:
     """The method ("ddpm", "vae", ...) whose weights a run directory, checkpoint folder or weights file holds, read
     from the metadata alone; "ddpm" for checkpoints written before there were other methods."""
-    from ddpmlab.train import checkpoint as ckpt
-
     return ckpt.read_metadata(weights_file(path, use_ema)).get("method") or "ddpm"
 
 
 def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True) -> list[str]:
     """The class names saved with a checkpoint's weights ("class K" where none were saved)."""
-    import json
-
-    from safetensors.torch import safe_open
-
     with safe_open(str(weights_file(path, use_ema)), framework="pt") as handle:
         try:
             names = json.loads((handle.metadata() or {}).get("class_names") or "null")

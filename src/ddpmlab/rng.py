@@ -1,5 +1,5 @@
-"""Where a model lives and how noise reaches it (also when processes split a batch): shared by the samplers, the
-methods and the likelihood bound."""
+"""Devices and random numbers: which device to run on, where a model lives, and how noise reaches it (also when
+processes split a batch); shared by the samplers, the methods, the likelihood bound and the trainer."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ddpmlab.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -96,3 +98,16 @@ def _whole_batch(shape: tuple, rows: BatchSlice | None) -> tuple:
 
 def _slice(draw: torch.Tensor, rows: BatchSlice | None) -> torch.Tensor:
     return draw if rows is None else rows.take(draw)
+
+def resolve_device(name: str | None, setting: str = "--device") -> torch.device:
+    """'auto' -> cuda when available, else cpu; a CUDA request without a GPU is a UserError that names how to
+    choose the CPU (`setting`: "--device" on the command line, "train.device" in a config)."""
+    fix = f"{setting}=cpu" if "." in setting else f"{setting} cpu"
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but no CUDA GPU is available; set {fix}")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None

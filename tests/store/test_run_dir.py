@@ -6,8 +6,8 @@ import pytest
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train.log import read_metrics
 
 
 def tiny(*overrides):
@@ -54,7 +54,9 @@ def test_run_dir_under_a_file_is_refused(tmp_path):
 
 def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypatch, conv_backbone):
     """A custom backbone has no `.prediction`: the grid sampler must take it from the config."""
-    from ddpmlab.methods import ddpm as ddpm_module  # where the trainer's grids are sampled
+    from ddpmlab.methods import (
+        ddpm as ddpm_module,  # where the trainer's grids are sampled
+    )
 
     seen = []
     real_sample = ddpm_module.sample

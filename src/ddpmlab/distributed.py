@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ddpmlab.devices import BatchSlice, split_rows
 from ddpmlab.errors import UserError
+from ddpmlab.rng import BatchSlice, split_rows
 
 T = TypeVar("T")
 
@@ -44,7 +44,7 @@ class Processes:
         return self.rank == 0
 
     def rows(self, total: int) -> BatchSlice:
-        """This process's contiguous share of a batch of `total` rows (ddpmlab.devices.split_rows)."""
+        """This process's contiguous share of a batch of `total` rows (ddpmlab.rng.split_rows)."""
         return split_rows(total, self.rank, self.world_size)
 
 

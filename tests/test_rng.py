@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddpmlab.devices import BatchSlice, randint, randn, split_rows
+from ddpmlab.rng import BatchSlice, randint, randn, split_rows
 
 
 @pytest.mark.parametrize("total,world", [(16, 2), (16, 4), (7, 3), (5, 2), (2, 4), (1, 1)])

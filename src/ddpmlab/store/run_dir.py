@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ddpmlab.errors import UserError
 from ddpmlab.paths import check_writable_folder
-from ddpmlab.train.lock import LOCK_FILE
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.lock import LOCK_FILE
+from ddpmlab.store.pretrained import is_pretrained_folder, resolve_source
 
 # what a run writes: top-level files, and per folder the names it gives its entries (besides UNFINISHED's)
 RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "run.log")
@@ -94,3 +96,23 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
             print(f"note: --force removed the earlier run in {run_dir} and kept {len(foreign)} file(s) ddpmlab did not "
                   f"write: {names}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_of(path: Path) -> Path:
+    """The run directory of a run directory or of one of its checkpoint folders (RUN/checkpoints/step_X); a
+    pretrained model's folder for `pretrained:NAME` or that folder."""
+    path = resolve_source(path)
+    if not path.is_dir():
+        raise UserError(f"no such run directory or checkpoint folder: {path}")
+    if (path / ckpt.PROGRESS_FILE).is_file():
+        if path.parent.name != "checkpoints" or not (path.parent.parent / "config.yaml").is_file():
+            raise UserError(f"{path}: a checkpoint outside a run directory; give its run directory, or --out for results")
+        return path.parent.parent
+    return path
+
+
+
+def eval_folder(run_dir: Path) -> Path:
+    """Where evaluation results go without --out: RUN_DIR/eval; for a pretrained model, whose folder is part of the
+    installed package and never written to, eval/pretrained-NAME in the current directory."""
+    return Path("eval") / f"pretrained-{run_dir.name}" if is_pretrained_folder(run_dir) else run_dir / "eval"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from ddpmlab.train.log import COLUMNS, MetricsLog, loss_columns, plot_loss_curve, read_metrics
+from ddpmlab.store.metrics_csv import COLUMNS, MetricsLog, loss_columns, read_metrics
+from ddpmlab.train.log import plot_loss_curve
 
 
 def test_columns_are_per_run_and_the_header_survives_resume(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ddpmlab import UserError
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train.run_dir import remove_unfinished_writes
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.run_dir import remove_unfinished_writes
 
 
 def _save(run, step, keep=2):
@@ -169,7 +169,7 @@ def test_deleting_an_old_checkpoint_renames_it_first(tmp_path, monkeypatch):
 
 
 def test_the_best_checkpoint_survives_the_rotation_and_is_replaced_whole(tmp_path):
-    from ddpmlab.train.run_dir import owned_entries
+    from ddpmlab.store.run_dir import owned_entries
 
     ckpt.keep_as_best(tmp_path, _save(tmp_path, 10, keep=1), {"step": 10, "score": 2.5})
     for step in (20, 30):

@@ -13,11 +13,13 @@ import torch
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
-from ddpmlab.methods import DiffusionSampling, sample_images
+from ddpmlab.methods import sample_images
+from ddpmlab.samplers import SamplingSettings
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.load import load_trained
+from ddpmlab.commands import pretrained as export
+from ddpmlab.store import pretrained
 from ddpmlab.train import Trainer
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train import pretrained
-from ddpmlab.train.build import load_trained
 
 SHIPPED = pretrained.pretrained_names(pretrained.package_root())  # what the package ships, not $DDPMLAB_PRETRAINED_DIR
 PER_CLASS = 3  # samples of every class for the recognition check
@@ -30,7 +32,7 @@ def draw(net, config, labels=None, n=8, steps=10):
     generator = torch.Generator().manual_seed(0)
     if net.SINGLE_PASS:
         return sample_images(net, n, generator)
-    sampling = DiffusionSampling("dpm-solver++", min(steps, net.schedule.T),
+    sampling = SamplingSettings("dpm-solver++", min(steps, net.schedule.T),
                                  guidance=config.sample.guidance if labels is not None else None)
     return sample_images(net, n if labels is None else len(labels), generator, sampling, labels)
 
@@ -59,7 +61,7 @@ if SHIPPED:
         check_samples(f"pretrained:{name}")
         info = pretrained.read_info(pretrained.package_root() / name)
         assert info["training"]["steps"] > 0 and info["scores"], f"{name}: info.json lacks training or scores"
-        assert pretrained.folder_bytes(pretrained.package_root() / name) < pretrained.MAX_BYTES
+        assert export.folder_bytes(pretrained.package_root() / name) < pretrained.MAX_BYTES
 
     CONDITIONAL = [name for name in SHIPPED if pretrained.read_info(pretrained.package_root() / name)["num_classes"]]
     if CONDITIONAL:
@@ -189,22 +191,22 @@ def test_eval_of_a_pretrained_model_writes_beside_the_user_not_into_the_package(
 def test_export_refusals(exported, root, monkeypatch, tmp_path):
     run = exported["run"]
     with pytest.raises(UserError, match="exists; pass --force"):
-        pretrained.export_pretrained(run, "tiny")
+        export.export_pretrained(run, "tiny")
     with pytest.raises(UserError, match="lowercase letters"):
-        pretrained.export_pretrained(run, "../escape")
+        export.export_pretrained(run, "../escape")
     monkeypatch.setattr(pretrained, "MAX_BYTES", 100_000)
     with pytest.raises(UserError, match=r"would take 0\.7 MB, over the 0\.1 MB limit; try --fp16"):
-        pretrained.export_pretrained(run, "big")
+        export.export_pretrained(run, "big")
     assert not (root / "big").exists() and not [p for p in root.iterdir() if p.name.startswith(".")]
     other = {"settings": {"checkpoint_step": 3, "weights": "ema", "weights_digest": "00000000"}, "metrics": {}}
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(UserError, match="measured on other weights"):
-        pretrained.export_pretrained(run, "new", scores=[tmp_path / "other.json"])
+        export.export_pretrained(run, "new", scores=[tmp_path / "other.json"])
 
 
 def test_compare_evaluates_a_pretrained_entry_into_the_report_folder(exported, root, tmp_path, monkeypatch):
+    from ddpmlab.commands.compare import compare_suite
     from ddpmlab.eval.classifier import train_classifier_to_file
-    from ddpmlab.report.compare import compare_suite
 
     monkeypatch.setenv("DDPMLAB_CACHE", str(tmp_path / "cache"))
     classifier = tmp_path / "synthetic.safetensors"  # FD features for the tiny preset's shapes (10 steps: any map)

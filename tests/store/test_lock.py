@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 
+import ddpmlab
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
+from ddpmlab.store.lock import LOCK_FILE, RunLock
 from ddpmlab.train import Trainer
-from ddpmlab.train.lock import LOCK_FILE, RunLock
-
-import ddpmlab
 
 # another process that holds a run's lock until its stdin closes; the lock module alone (without torch: fast)
 HOLD = """

@@ -1,12 +1,4 @@
-"""Models that ship inside the package, named `pretrained:NAME` wherever a run directory or checkpoint is accepted.
-
-One folder per NAME in ddpmlab/pretrained/ (or in $DDPMLAB_PRETRAINED_DIR, which replaces it): `config.yaml` (the
-run's), `model.safetensors` (its EMA weights, float16 or float32 storage, with the checkpoint's metadata; always
-loaded as float32), `info.json` (training steps, wall-clock, machine, date, command, scores with their protocol)
-and, when the run had one, its `metrics.csv` up to the exported step (for the stability and cost columns of
-`ddpmlab compare`), with `checksums.json` (the SHA-256 and size of each, checked like a checkpoint's before the
-weights are used). `export_pretrained` writes such a folder from a run; nothing here needs a network connection.
-"""
+"""`ddpmlab pretrained list|export`: the shipped models as a table, and a run written out as one (maintainers)."""
 
 from __future__ import annotations
 
@@ -18,7 +10,6 @@ import re
 import shutil
 import tempfile
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -26,94 +17,32 @@ from safetensors.torch import save_file
 
 from ddpmlab.config import config_from_dict, save_config
 from ddpmlab.errors import UserError
-from ddpmlab.samplers import DEFAULT_SPACINGS
-from ddpmlab.train import checkpoint as ckpt
+from ddpmlab.methods import rebuild_method
+from ddpmlab.report.render import fmt_seconds
+from ddpmlab.samplers import default_spacing
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.load import find_checkpoint
+from ddpmlab.store.pretrained import (
+    CONFIG_FILE,
+    FORMAT,
+    INFO_FILE,
+    MAX_BYTES,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    as_float32,
+    pretrained_names,
+    pretrained_root,
+    read_info,
+    stored_state,
+)
+from ddpmlab.version import __version__
 
-PREFIX = "pretrained:"
-ROOT_ENV = "DDPMLAB_PRETRAINED_DIR"
-CONFIG_FILE, WEIGHTS_FILE, INFO_FILE, METRICS_FILE = "config.yaml", "model.safetensors", "info.json", "metrics.csv"
-FORMAT = "ddpmlab-pretrained-1"
-MAX_BYTES = 20_000_000  # a shipped model's folder stays under 20 MB (issue 15)
 # the `ddpmlab eval` results keys worth shipping, with how `pretrained list` names them
 SCORE_LABELS = {"fid_inception": "FID", "fd_classifier": "FD", "kid_inception": "KID", "nll_bits_per_dim": "NLL bits/dim",
                 "precision_inception": "precision", "recall_inception": "recall", "class_accuracy": "class accuracy"}
 
 
-def package_root() -> Path:
-    """The folder inside the installed package that holds the shipped models."""
-    return Path(str(resources.files("ddpmlab") / "pretrained"))
 
-
-def pretrained_root(root: str | Path | None = None) -> Path:
-    """`root` if given, else $DDPMLAB_PRETRAINED_DIR if set, else package_root()."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(ROOT_ENV)
-    return Path(env).expanduser() if env else package_root()
-
-
-def is_pretrained_folder(path: str | Path) -> bool:
-    """Whether `path` is a pretrained model's folder (info.json and weights, and no checkpoint progress)."""
-    path = Path(path)
-    return ((path / INFO_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-            and not (path / ckpt.PROGRESS_FILE).is_file())
-
-
-def pretrained_names(root: str | Path | None = None) -> list[str]:
-    """Names of the pretrained models in the root, sorted."""
-    folder = pretrained_root(root)
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_dir() and not p.name.startswith(".") and is_pretrained_folder(p))
-
-
-def pretrained_name(source: str | Path) -> str | None:
-    """NAME for a source written `pretrained:NAME`, else None."""
-    text = str(source)
-    return text[len(PREFIX):] if text.startswith(PREFIX) else None
-
-
-def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
-    """The folder of pretrained model NAME; UserError naming the available ones when there is none."""
-    names = pretrained_names(root)
-    if name not in names:
-        raise UserError(f"unknown pretrained model '{name}'; available: {', '.join(names) or 'none'}")
-    return pretrained_root(root) / name
-
-
-def resolve_source(source: str | Path, root: str | Path | None = None) -> Path:
-    """The path a run, checkpoint or weights argument names: `pretrained:NAME` -> that model's folder, else as given."""
-    name = pretrained_name(source)
-    return pretrained_folder(name, root) if name is not None else Path(source)
-
-
-def read_info(folder: str | Path) -> dict:
-    """The info.json of a pretrained model's folder; UserError when missing or corrupt."""
-    path = Path(folder) / INFO_FILE
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{folder}: not a pretrained model (no {INFO_FILE})") from None
-    except (OSError, ValueError):
-        raise UserError(f"{path}: corrupt pretrained model info") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise UserError(f"{path}: not a ddpmlab pretrained model info ({FORMAT})")
-    return info
-
-
-def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Float16-stored tensors as float32 (how shipped weights are loaded); other tensors unchanged."""
-    return {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
-
-
-def stored_state(state: dict[str, torch.Tensor], fp16: bool) -> dict[str, torch.Tensor]:
-    """The tensors written to model.safetensors: float32 ones as float16 when `fp16` (float64 and integer buffers
-    stay as they are)."""
-    return {k: (v.half() if fp16 and v.dtype == torch.float32 else v).contiguous().cpu() for k, v in state.items()}
-
-
-# -- listing ----------------------------------------------------------------------------------------------
 def score_summary(score: dict) -> str:
     """One score entry of info.json as text, e.g. "FID 8.12, FD 0.41 (10000 samples vs 10000 test, dpm-solver++
     20 NFE, seed 0)"."""
@@ -127,10 +56,9 @@ def score_summary(score: dict) -> str:
             f"{how}, seed {protocol.get('seed')}{weights})")
 
 
+
 def pretrained_table(root: str | Path | None = None) -> str:
     """`ddpmlab pretrained list`: one block per shipped model (method, classes, training, scores)."""
-    from ddpmlab.report.render import fmt_seconds
-
     names = pretrained_names(root)
     if not names:
         return f"no pretrained models in {pretrained_root(root)}"
@@ -149,13 +77,14 @@ def pretrained_table(root: str | Path | None = None) -> str:
     return "\n".join(blocks)
 
 
-# -- exporting ----------------------------------------------------------------------------------------------
+
 def check_name(name: str) -> str:
     """`name` if it is a usable model name (lowercase letters, digits, '-', '_', '.'; not starting with '.'),
     else UserError."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
         raise UserError(f"pretrained NAME {name!r}: use lowercase letters, digits, '.', '_', '-' (e.g. fashion-mnist)")
     return name
+
 
 
 def training_devices(run_dir: Path | None) -> list[str]:
@@ -167,10 +96,12 @@ def training_devices(run_dir: Path | None) -> list[str]:
     return sorted(set(re.findall(r"(?:new run|resumed at step \d+): \S+, device (\S+),", text)))
 
 
+
 def this_machine() -> str:
     """A description of the machine running this: CPU cores and processor, and the GPU if there is one."""
     cpu = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
     return cpu + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+
 
 
 def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str) -> dict:
@@ -197,7 +128,7 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
                     extractors=results.get("extractors", {}))
     one_pass = settings.get("nfe") == 1 and settings.get("steps") is None
     sampling = "" if one_pass else f" --sampler {settings['sampler']} --steps {settings['steps']}"
-    if not one_pass and settings.get("spacing") not in (None, DEFAULT_SPACINGS.get(settings["sampler"])):
+    if not one_pass and settings.get("spacing") not in (None, default_spacing(settings["sampler"])):
         sampling += f" --spacing {settings['spacing']}"
     # a stochastic sampler's noise, drawn batch by batch, depends on the batch size
     batch = f" --batch-size {settings['batch_size']}" if settings.get("batch_size") else ""
@@ -207,6 +138,7 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
             "protocol": protocol, "measured_on": measured_on, "created": results.get("created"),
             "command": f"ddpmlab eval pretrained:{name} --metrics {metrics_asked} --n {settings['n']}{sampling} "
                        f"--seed {settings['seed']}{batch} --ref-n {reference.get('count', 10000)}"}
+
 
 
 def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list[list[str]]] | None:
@@ -222,8 +154,10 @@ def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list
         return header, [row for row in reader if row and int(float(row[0])) <= step]
 
 
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
 
 
 def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores: list[str | Path] = (),
@@ -233,8 +167,6 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
     checkpoint folder such as RUN/checkpoints/best): the EMA weights (float16 with `fp16`), the config, info.json
     with `scores` (`ddpmlab eval` results JSONs of these weights) and the run's metrics.csv up to that step.
     Refuses a folder over MAX_BYTES, an existing NAME without `force`, and scores of other weights. Returns info."""
-    from ddpmlab.train.build import find_checkpoint
-
     check_name(name)
     folder = find_checkpoint(source)
     run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else None
@@ -249,8 +181,6 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
     digests = {"shipped weights": ckpt.weights_digest(as_float32(stored)),
                "the run's float32 EMA weights": ckpt.weights_digest(state)}
     score_entries = [score_entry(path, step, digests, name) for path in scores]
-    from ddpmlab.methods import rebuild_method
-
     method = metadata.get("method") or "ddpm"
     if not metadata.get("model_spec"):
         raise UserError(f"{folder}: a checkpoint of a custom backbone (no stored model spec) cannot be rebuilt by "
@@ -275,8 +205,6 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
                         "digest": digests["shipped weights"], "source": str(folder)},
             "scores": score_entries,
             "exported": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    from ddpmlab import __version__
-
     info["ddpmlab"], info["torch"] = __version__, torch.__version__
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
     try:
@@ -303,3 +231,15 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**info, "path": str(target), "bytes": size}
+
+
+def run(args) -> int:
+    """`ddpmlab pretrained list` prints the table; `ddpmlab pretrained export RUN NAME` writes the model."""
+    if args.pretrained_command == "list":
+        print(pretrained_table())
+        return 0
+    info = export_pretrained(args.run_dir, args.name, args.fp16, args.scores, force=args.force, machine=args.machine,
+                             command=args.train_command)
+    print(f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, {info['weights']['dtype']} EMA weights of step "
+          f"{info['training']['steps']}, {len(info['scores'])} score file(s)); use it as pretrained:{args.name}")
+    return 0

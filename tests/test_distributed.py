@@ -1,4 +1,4 @@
-"""Data parallelism: the pure pieces of ddpmlab.train.distributed, then 2 gloo processes started by torchrun on the
+"""Data parallelism: the pure pieces of ddpmlab.distributed, then 2 gloo processes started by torchrun on the
 CPU, which must train to the weights of one process at the same global batch, resume, and share sampling."""
 
 import os
@@ -13,14 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 import ddpmlab
+from ddpmlab import distributed
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
+from ddpmlab.distributed import Processes
 from ddpmlab.errors import UserError
+from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
-from ddpmlab.train import checkpoint as ckpt
-from ddpmlab.train import distributed
-from ddpmlab.train.distributed import Processes
-from ddpmlab.train.log import read_metrics
 
 ALONE = Processes()
 

@@ -1,0 +1,147 @@
+"""`ddpmlab sample`: images from a trained run, a checkpoint, one weights file or a pretrained model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ddpmlab.distributed import current, rank_device
+from ddpmlab.errors import UserError
+from ddpmlab.eval.samples import generate_samples, save_samples
+from ddpmlab.images import save_grid, save_images, save_labelled_grid
+from ddpmlab.methods import samples_in_one_pass
+from ddpmlab.paths import check_writable_file, check_writable_folder
+from ddpmlab.rng import resolve_device
+from ddpmlab.samplers import SamplingSettings
+from ddpmlab.store.load import (
+    load_trained,
+    stored_class_names,
+    stored_method,
+    weights_file,
+)
+from ddpmlab.store.pretrained import pretrained_name
+
+DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
+                   ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
+                   ("sweep", "--sweep"))
+
+
+
+def check_diffusion_flags(args, source: str) -> None:
+    """UserError naming the first flag given that only a diffusion model reads (sampler, steps, eta, guidance,
+    classes) when the run at `source` samples in one pass (VAE, DCGAN, VAE-GAN)."""
+    given = [flag for name, flag in DIFFUSION_FLAGS if getattr(args, name, None) is not None
+             and getattr(args, name) is not False]  # `--class 0` is given, though 0 == False
+    if given:
+        method = stored_method(source, not args.no_ema)
+        if samples_in_one_pass(method):
+            raise UserError(f"{method} samples in one pass; {given[0]} applies to diffusion models")
+
+
+
+def check_guidance(guidance: float | None) -> None:
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise UserError(f"--guidance must be a finite number >= 0 (0: no guidance), got {guidance}")
+
+
+
+def check_sample_output(out: str) -> Path:
+    """The --out path, checked before any compute: FILE.png, FILE.npz, or DIR/ (a folder of PNGs)."""
+    path = Path(out)
+    if out.endswith(("/", "\\")):
+        check_writable_folder(path, "--out")
+        return path
+    if path.is_dir():
+        raise UserError(f"--out {out} is an existing folder; end it with / to write one PNG per image there")
+    if path.suffix not in (".png", ".npz"):
+        raise UserError(f"--out must end in .png (grid), .npz (arrays) or / (one PNG per image), got {out}")
+    check_writable_file(path, "--out")
+    return path
+
+
+
+def run(args) -> int:
+    out = check_sample_output(args.out)
+    if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
+        raise UserError("--n and --batch-size must be positive")
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        raise UserError("--eta must be in [0, 1]")
+    check_guidance(args.guidance)
+    check_diffusion_flags(args, args.source)
+    processes = current()
+    device = rank_device(resolve_device(args.device), processes)
+    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device))
+    if model.SINGLE_PASS:
+        return sample_one_pass(args, out, model, config, step, processes)
+    method = args.sampler or config.sample.sampler
+    if method != "ddim" and args.eta is not None:
+        raise UserError(f"--eta applies to --sampler ddim only, not {method}")
+    sampling = SamplingSettings.of_run(config.sample, schedule.T, method, args.steps, spacing=args.spacing,
+                                       eta=args.eta, guidance=args.guidance).resolved(schedule.T)
+    steps, spacing, nfe, guidance = sampling.steps, sampling.spacing, sampling.nfe(schedule.T), sampling.guidance
+    eta = sampling.eta if method == "ddim" else None
+    n = args.n or (8 if args.per_class else config.sample.n)
+    labels = None
+    if model.num_classes:
+        if args.class_label is not None and not 0 <= args.class_label < model.num_classes:
+            raise UserError(f"--class must be in 0..{model.num_classes - 1}")
+        if args.per_class and args.class_label is not None:
+            raise UserError("--per-class and --class are exclusive")
+        if args.per_class:
+            labels = torch.arange(model.num_classes).repeat_interleave(n)
+            n = len(labels)
+        else:
+            labels = (torch.full((n,), args.class_label) if args.class_label is not None
+                      else torch.arange(n) % model.num_classes)
+    elif args.class_label is not None or args.guidance is not None or args.per_class:
+        raise UserError("--class, --per-class and --guidance need a class-conditional model (model.conditional=true)")
+    generated = generate_samples(model, n, sampling, batch_size=args.batch_size or config.sample.batch_size,
+                                 seed=args.seed, labels=labels, progress=not args.quiet, processes=processes)
+    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
+        return 0
+    images, labels = generated
+    weights = weights_file(args.source, not args.no_ema)
+    if args.out.endswith(("/", "\\")):
+        save_images(images, out)
+    elif out.suffix == ".png" and args.per_class:
+        save_labelled_grid(images, stored_class_names(args.source, model.num_classes, not args.no_ema), out)
+    elif out.suffix == ".png":
+        save_grid(images, out, scale=2)
+    else:
+        save_samples(out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
+                                           "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe, "eta": eta,
+                                           "seed": args.seed, "guidance": guidance})
+    details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
+        f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
+    print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
+    return 0
+
+
+
+def weights_label(source: str, weights: Path) -> str:
+    """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
+    return source if pretrained_name(source) is not None else weights.name
+
+
+
+def sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:
+    """`ddpmlab sample` for a single-pass run (VAE, DCGAN, VAE-GAN): --n images, each one pass of the network."""
+    n = args.n or config.sample.n
+    generated = generate_samples(model, n, None, batch_size=args.batch_size or config.sample.batch_size, seed=args.seed,
+                                 progress=not args.quiet, processes=processes)
+    if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
+        return 0
+    images = generated[0]
+    weights = weights_file(args.source, not args.no_ema)
+    if args.out.endswith(("/", "\\")):
+        save_images(images, out)
+    elif out.suffix == ".png":
+        save_grid(images, out, scale=2)
+    else:
+        save_samples(out, images, None, {"source": str(args.source), "weights": str(weights), "step": step,
+                                         "method": config.method, "seed": args.seed})
+    print(f"wrote {n} samples ({config.method}, one pass) from {weights_label(args.source, weights)} at step {step} "
+          f"to {out}")
+    return 0

@@ -1,0 +1,196 @@
+"""The config's sections: typed dataclasses whose defaults follow Ho et al. (2020), and the names each key takes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "sprites", "folder", "synthetic")
+SCHEDULES = ("linear", "cosine", "custom")
+PREDICTIONS = ("eps", "x0", "v")
+LOSS_WEIGHTINGS = ("none", "min-snr")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
+RECONSTRUCTIONS = ("pixel", "features")
+# A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
+Switch = Literal["auto", True, False]
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+BAD_IMAGE_POLICIES = ("error", "skip")  # data.on_bad_image: stop at an unreadable image file, or leave it out
+EVAL_METRICS = ("fd", "fid")  # train.eval_metrics: classifier FD (fast), Inception FID (slow on a CPU)
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: str | None = None  # where dataset files live or are downloaded to; None: ~/.cache/ddpmlab/data
+    path: str | None = None  # sprites: the images .npy; folder: the image folder
+    labels_path: str | None = None  # sprites: an optional labels .npy (integer or one-hot)
+    image_size: int | None = None  # resize to this square size; None keeps the native size
+    random_flip: bool = False
+    val_fraction: float = 0.02  # held out of the training split for the validation loss
+    limit: int | None = None  # use only the first N training images
+    download: bool = True  # allow torchvision to download when no local copy is found
+    synthetic_count: int = 2048
+    synthetic_size: int = 16
+    synthetic_channels: int = 3
+    on_bad_image: str = "error"  # folder: an unreadable image file stops the load ("error") or is left out ("skip")
+
+
+@dataclass
+class ModelConfig:
+    channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    num_res_blocks: int = 2
+    attention_resolutions: list[int] = field(default_factory=lambda: [16])
+    dropout: float = 0.1
+    groups: int = 32  # GroupNorm groups
+    conditional: bool = False  # class-conditional (num_classes taken from the dataset)
+    class_dropout: float = 0.1  # probability of the null label in training, for classifier-free guidance
+
+
+@dataclass
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: str = "linear"
+    # None: Ho et al.'s 1e-4 .. 0.02 at T=1000, scaled by 1000/T at other T (Nichol & Dhariwal 2021), so
+    # every T ends near pure noise; explicit values are used as given
+    beta_start: float | None = None
+    beta_end: float | None = None
+    cosine_s: float = 0.008
+    betas: list[float] | None = None  # schedule=custom
+    prediction: str = "eps"
+    loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800_000
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 5000
+    lr_schedule: str = "constant"  # after warm-up: constant, or a cosine/linear decay that ends at train.steps
+    lr_end_factor: float = 0.0  # where a decaying schedule ends, as a fraction of the peak rate
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    seed: int = 0
+    device: str = "auto"  # auto|cpu|cuda|cuda:N
+    bf16: bool = True  # autocast to bfloat16 on CUDA
+    # speed switches (ddpmlab.train.hotpath); none changes the maths, auto means on for CUDA
+    data_on_device: Switch = "auto"  # the uint8 dataset on the device, batches gathered and flipped there
+    fused_adam: Switch = "auto"  # AdamW's fused kernel (on the CPU it rounds differently from the default)
+    channels_last: Switch = "auto"  # NHWC weights and batches
+    compile: bool = False  # torch.compile the networks
+    log_every: int = 50
+    val_every: int = 1000
+    val_batches: int = 4
+    sample_every: int = 5000
+    sample_n: int = 64
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    max_bad_steps: int = 10  # consecutive steps with a non-finite loss or gradient (each skipped) that stop the run
+    # evaluation during training (ddpmlab.eval.during_training): every eval_every steps (0: never) the EMA
+    # network draws eval_n samples (fixed seed) with eval_sampler at eval_steps (diffusion models only), scored
+    # against the held-out split's cached statistics; the first of eval_metrics ranks checkpoints for keep_best
+    eval_every: int = 0
+    eval_n: int = 500
+    eval_metrics: str = "fd"
+    eval_sampler: str = "dpm-solver++"
+    eval_steps: int = 20
+    keep_best: bool = False  # keep the best-scoring checkpoint as checkpoints/best/ besides the newest ones
+    tensorboard: bool = False  # mirror metrics.csv and the sample grids to RUN_DIR/tensorboard (pip extra)
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ddim"
+    steps: int = 100
+    eta: float = 0.0
+    n: int = 64
+    batch_size: int = 64
+    guidance: float | None = None
+    clip_denoised: bool = True
+
+
+# The baselines (method=vae|dcgan|vaegan): their networks' arguments and their Adam settings (β2 = 0.999).
+# `model.*` and `diffusion.*` describe the DDPM and are not read by them; nor is train.lr (each has its own lr).
+@dataclass
+class VAEConfig:
+    """Kingma & Welling (2014); Adam 1e-3."""
+    latent_dim: int = 128
+    base_channels: int = 64  # channels of the outermost conv stage, doubled at each stage inwards
+    kl_weight: float = 1.0
+    decoder_std: float = 0.1  # σ of p(x | z) on images in [-1, 1]
+    lr: float = 1e-3
+    beta1: float = 0.9
+
+
+@dataclass
+class DCGANConfig:
+    """Radford et al. (2016): 100-d z, Adam 2e-4, β1 = 0.5."""
+    latent_dim: int = 100
+    base_channels: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+
+
+@dataclass
+class VAEGANConfig:
+    """Larsen et al. (2016); Adam 2e-4, β1 = 0.5."""
+    latent_dim: int = 256
+    base_channels: int = 64
+    adversarial_weight: float = 0.1
+    decoder_std: float = 0.1
+    reconstruction: str = "pixel"  # pixel | features (the discriminator's last hidden layer)
+    lr: float = 2e-4
+    beta1: float = 0.5
+
+
+@dataclass
+class Config:
+    method: str = "ddpm"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dcgan: DCGANConfig = field(default_factory=DCGANConfig)
+    vaegan: VAEGANConfig = field(default_factory=VAEGANConfig)
+
+
+BASELINE_SECTIONS = ("vae", "dcgan", "vaegan")  # each read only when `method` has its name
+TOP_LEVEL_KEYS = ("method",)  # settings outside any section
+
+# What `--resume` may change: how long and how fast to train, where and how often to write. Everything else
+# (`method` and the baseline sections included) defines the model, the data or the process that the saved
+# weights were trained for.
+RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.lr_schedule", "train.lr_end_factor", "vae.lr", "dcgan.lr",
+                    "vaegan.lr", "train.device", "train.bf16", "train.data_on_device", "train.fused_adam",
+                    "train.channels_last", "train.compile",
+                    "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
+                    "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.eval_every",
+                    "train.eval_n", "train.eval_metrics", "train.eval_sampler", "train.eval_steps", "train.keep_best",
+                    "train.tensorboard", "data.root", "data.download", "sample.*")
+
+
+
+
+def config_to_dict(config: Config) -> dict:
+    """Plain nested dict (YAML-ready)."""
+    return dataclasses.asdict(config)
+
+
+def flatten(config: Config) -> dict[str, Any]:
+    """{"section.key": value} for every setting, and {"method": value} for the top-level keys."""
+    flat = {}
+    for section, values in config_to_dict(config).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+

@@ -1,0 +1,166 @@
+"""Checking a Config: the one place where values are checked, naming the bad key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ddpmlab.config.sections import (
+    BAD_IMAGE_POLICIES,
+    BASELINE_SECTIONS,
+    DATASETS,
+    EVAL_METRICS,
+    LOSS_WEIGHTINGS,
+    LR_SCHEDULES,
+    METHODS,
+    PREDICTIONS,
+    RECONSTRUCTIONS,
+    RESUME_SAFE_KEYS,
+    SCHEDULES,
+    Config,
+    DCGANConfig,
+    VAEConfig,
+    VAEGANConfig,
+    flatten,
+)
+from ddpmlab.diffusion.schedule import linear_beta_range
+from ddpmlab.errors import UserError
+from ddpmlab.samplers import SAMPLERS
+
+
+def resume_changes(saved: Config, requested: Config, step: int) -> None:
+    """UserError naming the first change `--resume` must refuse: a key outside RESUME_SAFE_KEYS, or train.steps
+    below the run's current `step`."""
+    old, new = flatten(saved), flatten(requested)
+    for key in old:
+        if old[key] != new[key] and key not in RESUME_SAFE_KEYS and f"{key.split('.')[0]}.*" not in RESUME_SAFE_KEYS:
+            raise UserError(f"cannot change {key} on --resume ({old[key]!r} -> {new[key]!r}): it defines the model, data "
+                            f"or process the checkpoint was trained for; start a new run instead. On resume only "
+                            f"{', '.join(RESUME_SAFE_KEYS)} may change")
+    if requested.train.steps < step:
+        raise UserError(f"train.steps={requested.train.steps} is below the run's step {step}; "
+                        f"give train.steps >= {step} to continue it")
+
+
+
+def eval_metric_names(text: str) -> list[str]:
+    """train.eval_metrics "fd,fid" -> ["fd", "fid"] in the order given (the first ranks checkpoints); UserError
+    naming the key for an unknown or missing name."""
+    names = [name.strip().lower() for name in str(text).split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVAL_METRICS]
+    _check(bool(names) and not unknown and len(set(names)) == len(names), "train.eval_metrics",
+           f"{text!r} must name one or both of {', '.join(EVAL_METRICS)}, comma-separated, each once")
+    return names
+
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise UserError(f"invalid config value {key}: {message}")
+
+
+
+def validate(config: Config) -> None:
+    """Raise UserError naming the first invalid key; the one place where values are checked."""
+    d, m, f, t, s = config.data, config.model, config.diffusion, config.train, config.sample
+    _check(config.method in METHODS, "method", f"{config.method!r} is not one of {', '.join(METHODS)}")
+    _check_baseline_sections(config)
+    _check(d.name in DATASETS, "data.name", f"{d.name!r} is not one of {', '.join(DATASETS)}")
+    _check(d.image_size is None or 4 <= d.image_size <= 1024, "data.image_size", "must be in 4..1024")
+    _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    _check(d.limit is None or d.limit > 0, "data.limit", "must be positive")
+    _check(d.synthetic_count > 0, "data.synthetic_count", "must be positive")
+    _check(4 <= d.synthetic_size <= 256, "data.synthetic_size", "must be in 4..256")
+    _check(d.synthetic_channels in (1, 3), "data.synthetic_channels", "must be 1 or 3")
+    _check(d.on_bad_image in BAD_IMAGE_POLICIES, "data.on_bad_image",
+           f"{d.on_bad_image!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
+    if d.name in ("sprites", "folder"):
+        _check(d.path is not None, "data.path", f"data.name={d.name} needs data.path")
+
+    _check(m.channels > 0, "model.channels", "must be positive")
+    _check(len(m.channel_mult) > 0 and all(c > 0 for c in m.channel_mult), "model.channel_mult", "must be positive integers")
+    _check(m.num_res_blocks > 0, "model.num_res_blocks", "must be positive")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    _check(m.groups > 0 and m.channels % m.groups == 0, "model.groups", f"must divide model.channels={m.channels}")
+    _check(0.0 <= m.class_dropout < 1.0, "model.class_dropout", "must be in [0, 1)")
+
+    _check(1 <= f.timesteps <= 4000, "diffusion.timesteps", f"{f.timesteps} is not in 1..4000")
+    _check(f.schedule in SCHEDULES, "diffusion.schedule", f"{f.schedule!r} is not one of {', '.join(SCHEDULES)}")
+
+    if f.schedule == "linear" and 1 <= f.timesteps <= 4000:
+        default_start, default_end = linear_beta_range(f.timesteps)
+        start = default_start if f.beta_start is None else f.beta_start
+        end = default_end if f.beta_end is None else f.beta_end
+        _check(0 < start <= end < 1, "diffusion.beta_start",
+               f"need 0 < beta_start <= beta_end < 1 (got {start:g} and {end:g} at T={f.timesteps})")
+    _check(f.cosine_s >= 0, "diffusion.cosine_s", "must be >= 0")
+    if f.schedule == "custom":
+        _check(f.betas is not None and len(f.betas) == f.timesteps, "diffusion.betas",
+               "schedule=custom needs a list of diffusion.timesteps betas")
+    _check(f.prediction in PREDICTIONS, "diffusion.prediction", f"{f.prediction!r} is not one of {', '.join(PREDICTIONS)}")
+    _check(f.loss_weighting in LOSS_WEIGHTINGS, "diffusion.loss_weighting",
+           f"{f.loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+    _check(f.min_snr_gamma > 0, "diffusion.min_snr_gamma", "must be positive")
+
+    _check(t.steps > 0, "train.steps", "must be positive")
+    _check(t.batch_size > 0, "train.batch_size", "must be positive")
+    _check(t.lr > 0, "train.lr", "must be positive")
+    _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+    _check(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
+           f"{t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    _check(0.0 <= t.lr_end_factor <= 1.0, "train.lr_end_factor", "must be in [0, 1]")
+    _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+           "must be auto, cpu, cuda or cuda:N")
+    for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints",
+                "max_bad_steps"):
+        _check(getattr(t, key) > 0, f"train.{key}", "must be positive")
+
+
+    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: no evaluation during training)")
+    _check(t.eval_n >= 2, "train.eval_n", "must be at least 2 (a covariance needs two images)")
+    eval_metric_names(t.eval_metrics)
+    _check(t.eval_sampler in SAMPLERS, "train.eval_sampler", f"{t.eval_sampler!r} is not one of {', '.join(SAMPLERS)}")
+    _check(t.eval_steps > 0, "train.eval_steps", "must be positive")
+    _check(not t.keep_best or t.eval_every > 0, "train.keep_best",
+           "ranks checkpoints by their score during training: set train.eval_every > 0 too")
+    _check(s.sampler in SAMPLERS, "sample.sampler", f"{s.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    _check(s.steps > 0, "sample.steps", "must be positive")
+    _check(0.0 <= s.eta <= 1.0, "sample.eta", "must be in [0, 1]")
+    _check(s.n > 0, "sample.n", "must be positive")
+    _check(s.batch_size > 0, "sample.batch_size", "must be positive")
+
+
+
+def _check_baseline_sections(config: Config) -> None:
+    """A baseline section's keys apply to its own method only; a baseline is unconditional; values in range."""
+    for name in BASELINE_SECTIONS:
+        section, defaults = getattr(config, name), type(getattr(config, name))()
+        if name != config.method:
+            for key in (f.name for f in dataclasses.fields(section)):
+                if getattr(section, key) != getattr(defaults, key):
+                    raise UserError(f"{name}.{key} applies to method={name}, but this config has method={config.method}; "
+                                    f"set method={name} or drop {name}.{key}")
+        check_baseline_section(name, section)
+    _check(not (config.model.conditional and config.method != "ddpm"), "model.conditional",
+           f"method={config.method} is unconditional; class conditioning (model.conditional=true) applies to method=ddpm")
+
+
+
+def check_baseline_section(name: str, section: VAEConfig | DCGANConfig | VAEGANConfig) -> None:
+    """UserError naming the first out-of-range key of baseline section `name` (vae, dcgan or vaegan): the one
+    place their values are checked, for a config and for a network rebuilt from a checkpoint's spec alike."""
+    for key in ("latent_dim", "base_channels"):
+        _check(getattr(section, key) > 0, f"{name}.{key}", "must be positive")
+    _check(section.lr > 0, f"{name}.lr", "must be positive")
+    _check(0.0 <= section.beta1 < 1.0, f"{name}.beta1", "must be in [0, 1)")
+    if hasattr(section, "kl_weight"):
+        _check(section.kl_weight >= 0, f"{name}.kl_weight", "must be >= 0")
+    if hasattr(section, "adversarial_weight"):
+        _check(section.adversarial_weight >= 0, f"{name}.adversarial_weight", "must be >= 0")
+    if hasattr(section, "decoder_std"):
+        _check(section.decoder_std > 0, f"{name}.decoder_std", "must be positive")
+    if hasattr(section, "reconstruction"):
+        _check(section.reconstruction in RECONSTRUCTIONS, f"{name}.reconstruction",
+               f"{section.reconstruction!r} is not one of {', '.join(RECONSTRUCTIONS)}")

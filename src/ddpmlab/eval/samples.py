@@ -1,0 +1,91 @@
+"""Samples of a model: drawn in seeded batches (shared among processes), saved with their settings, read back."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ddpmlab.distributed import Processes, gather_to_main
+from ddpmlab.errors import UserError
+from ddpmlab.images import model_to_uint8
+from ddpmlab.methods import sample_images
+from ddpmlab.samplers import SamplingSettings
+
+
+# -- samples ----------------------------------------------------------------------------------------
+def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
+    """Balanced labels 0, 1, ..., num_classes − 1, 0, ... for a conditional model; None otherwise."""
+    return torch.arange(n) % num_classes if num_classes else None
+
+
+
+def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_size: int, seed: int,
+                     labels: torch.Tensor | None = None, noise: torch.Tensor | None = None, progress: bool = True,
+                     processes: Processes | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(uint8 n×C×H×W images on the CPU, labels or None) sampled in batches from one seeded generator, by
+    ddpmlab.methods.sample_images from a network of `load_trained`.
+
+    A diffusion model runs `sampling` (its prediction defaults to the network's own); a conditional one gets
+    `labels` (default: the classes in turn). A single-pass network (VAE, GAN) decodes latents and takes no
+    sampling (None). `noise` (n×C×H×W) fixes every x_T of a diffusion model, the generator then drawing only the
+    samplers' later noise.
+
+    With `processes` of several (torchrun), each draws its share (Processes.rows) of every batch with the same
+    seeded draws as one process, so the images are the same, and rank 0 gathers and returns them all; the other
+    ranks return None. Every batch but the last must give each process a share: UserError when batch_size is below
+    the number of processes."""
+    processes = processes or Processes()
+    if batch_size < processes.world_size:
+        raise UserError(f"--batch-size {batch_size} is below the {processes.world_size} processes sharing each batch; "
+                        f"use at least {processes.world_size}")
+    if labels is None:
+        labels = class_labels(n, model.num_classes)
+    generator = torch.Generator().manual_seed(seed)
+    sampling = None if model.SINGLE_PASS else sampling
+    what = f"{sampling.sampler}{sampling.steps or ''}" if sampling else type(model).__name__.lower()
+    shares = []  # this process's rows of each batch
+    for start in tqdm(range(0, n, batch_size), desc=f"sampling {what}",
+                      disable=not (progress and processes.is_main), unit="batch"):
+        rows = processes.rows(min(batch_size, n - start))
+        if len(rows) == 0:  # the last batch, smaller than the number of processes: no later batch needs the draws
+            shares.append(torch.empty((0, *model.image_shape), dtype=torch.uint8))
+            continue
+        batch = slice(start, start + rows.total)
+        images = sample_images(model, len(rows), generator, sampling,
+                               rows.take(labels[batch]) if labels is not None else None,
+                               rows.take(noise[batch]) if noise is not None else None, rows)
+        shares.append(model_to_uint8(images).cpu())
+    gathered = gather_to_main(shares, processes)  # [rank][batch]
+    if gathered is None:
+        return None
+    return torch.cat([share for batch in zip(*gathered) for share in batch]), labels
+
+
+
+def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, settings: dict) -> Path:
+    """Write images as uint8 N×H×W×C (like `ddpmlab sample`), labels (−1: none) and the settings JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images.permute(0, 2, 3, 1).numpy(),
+                        labels=labels.numpy() if labels is not None else np.full(len(images), -1),
+                        settings=np.str_(json.dumps(settings, sort_keys=True)))
+    return path
+
+
+
+def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
+    """uint8 N×C×H×W images saved at `path` with exactly these settings; None when absent or different."""
+    try:
+        with np.load(path, allow_pickle=False) as data:  # never pickles: a planted object array is refused
+            if json.loads(str(data["settings"])) != json.loads(json.dumps(settings, sort_keys=True)):
+                return None
+            images = data["images"]
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile):
+        return None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) != settings["n"]:
+        return None  # not what this file's settings promise: draw the samples again
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
