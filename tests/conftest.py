@@ -1,6 +1,7 @@
 """Tiny runs built once per session, shared by the tests of hostile input and of the CLI."""
 
 import pytest
+import torch
 
 from ddpmlab.config import DataConfig, load_config
 from ddpmlab.train import Trainer
@@ -52,3 +53,18 @@ def isolated_cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("DDPMLAB_CACHE", str(folder))
     return folder
+
+class ConvBackbone(torch.nn.Module):
+    """One 3×3 convolution, no `.prediction` or `.spec`: the config alone says what it predicts."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, t, labels=None):
+        return self.net(x)
+
+
+@pytest.fixture
+def conv_backbone():
+    return ConvBackbone()

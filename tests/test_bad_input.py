@@ -110,7 +110,7 @@ BAD_TEXTS = ["", "null", "~", "nan", ".nan", "NaN", "inf", "-inf", ".inf", "-.in
 TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=16)
 NUMBERS = st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True)).map(str)
 CHOICES = {"method": METHODS, "data.name": DATASETS, "diffusion.schedule": SCHEDULES, "diffusion.prediction": PREDICTIONS,
-           "diffusion.loss_weighting": LOSS_WEIGHTINGS, "sample.sampler": SAMPLERS, "train.device": ("auto", "cpu", "cuda"),
+           "diffusion.loss_weighting": LOSS_WEIGHTINGS, "sample.sampler": tuple(SAMPLERS), "train.device": ("auto", "cpu", "cuda"),
            "train.lr_schedule": LR_SCHEDULES,
            "vaegan.reconstruction": RECONSTRUCTIONS, "data.on_bad_image": BAD_IMAGE_POLICIES}
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "method"]
@@ -284,7 +284,7 @@ OUT_KINDS = ["grid.png", "arrays.npz", "pngs/", "x.jpg", "noext", "", "existing"
 SAMPLE_FLAGS = {
     "--n": flag_value(st.integers(1, 4).map(str)),
     "--steps": flag_value(st.integers(1, 5).map(str)),
-    "--sampler": flag_value(st.sampled_from(SAMPLERS)),
+    "--sampler": flag_value(st.sampled_from(tuple(SAMPLERS))),
     "--spacing": flag_value(st.sampled_from(ALL_SPACINGS)),
     "--eta": flag_value(st.floats(0, 1).map(repr)),
     "--class": flag_value(st.integers(0, 3).map(str)),

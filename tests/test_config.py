@@ -9,13 +9,7 @@ import pytest
 
 import ddpmlab
 from ddpmlab.cli import main
-from ddpmlab.config import (
-    Config,
-    load_config,
-    preset_description,
-    preset_names,
-    resume_changes,
-)
+from ddpmlab.config import Config, load_config, preset_description, preset_names, resume_changes
 from ddpmlab.errors import UserError
 from ddpmlab.methods.ddpm import build_schedule
 

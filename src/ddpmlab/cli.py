@@ -13,12 +13,7 @@ from ddpmlab.commands import bench, compare, config, evaluate, pretrained, sampl
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabWarning, UserError
-from ddpmlab.samplers import (
-    EVALUATION_STEPS,
-    SAMPLERS,
-    default_steps_text,
-    spacings_text,
-)
+from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, default_steps_text, spacings_text
 from ddpmlab.version import __version__
 
 _PYTHON_FORMAT_WARNING = warnings.formatwarning

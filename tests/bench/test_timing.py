@@ -6,13 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddpmlab.bench.timing import (
-    count_flops,
-    data_shape,
-    images_per_second,
-    matmul_rate,
-    timed_calls,
-)
+from ddpmlab.bench.timing import count_flops, data_shape, images_per_second, matmul_rate, timed_calls
 from ddpmlab.config import DataConfig
 
 

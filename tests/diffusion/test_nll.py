@@ -9,14 +9,8 @@ from numpy.polynomial.hermite_e import hermegauss
 from scipy.stats import norm
 
 from ddpmlab.diffusion import NoiseSchedule, gather, predict_x0_from_eps, v_from_x0_eps
-from ddpmlab.diffusion.nll import (
-    bound_terms_bits_per_dim,
-    discretized_gaussian_log_likelihood,
-    nll_bits_per_dim,
-    normal_kl,
-    prior_bpd,
-    stratified_timesteps,
-)
+from ddpmlab.diffusion.nll import (bound_terms_bits_per_dim, discretized_gaussian_log_likelihood, nll_bits_per_dim,
+                                   normal_kl, prior_bpd, stratified_timesteps)
 from ddpmlab.errors import UserError
 from ddpmlab.images import uint8_to_model
 

@@ -3,19 +3,8 @@ import math
 import pytest
 import torch
 
-from ddpmlab.diffusion import (
-    NoiseSchedule,
-    diffusion_loss,
-    min_snr_weight,
-    predict_eps_from_v,
-    predict_eps_from_x0,
-    predict_x0_from_eps,
-    predict_x0_from_v,
-    q_posterior,
-    q_sample,
-    v_from_x0_eps,
-    x0_and_eps,
-)
+from ddpmlab.diffusion import (NoiseSchedule, diffusion_loss, min_snr_weight, predict_eps_from_v, predict_eps_from_x0,
+                               predict_x0_from_eps, predict_x0_from_v, q_posterior, q_sample, v_from_x0_eps, x0_and_eps)
 
 
 @pytest.fixture

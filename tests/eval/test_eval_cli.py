@@ -142,7 +142,7 @@ def test_a_checkpoint_folder_is_evaluated_into_its_runs_eval_folder(tiny_run, sy
 
 def test_fewer_than_2048_samples_for_fid_warns_and_counts_are_printed(tiny_run, synthetic_classifier, capsys, monkeypatch):
     from ddpmlab.errors import UserError
-    from ddpmlab.eval import run as run_module
+    from ddpmlab.commands import evaluate as run_module
 
     def stop(*args, **kwargs):
         raise UserError("stopped before Inception")
@@ -226,7 +226,7 @@ def test_sweep_scores_every_point_from_the_same_x_T_and_plots_it(tiny_run, synth
 
 
 def test_sweep_table_gives_each_point_relative_to_the_longest_ddpm_chain():
-    from ddpmlab.eval.sweep import sweep_table
+    from ddpmlab.report.tables import sweep_table
 
     def point(sampler, steps, fd, seconds):
         return {"sampler": sampler, "spacing": "s", "steps": steps, "nfe": steps, "seconds_per_1000": seconds,
@@ -245,7 +245,7 @@ def test_sweep_table_gives_each_point_relative_to_the_longest_ddpm_chain():
 def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_classifier, monkeypatch):
     import torch
 
-    import ddpmlab.store.load as build
+    import ddpmlab.commands.sweep as build  # where the sweep looks load_trained up
 
     classifier, _ = synthetic_classifier
     args = ["eval", str(tiny_run), "--sweep", "ddim:2", "--classifier", str(classifier), "--n", "8", "--device", "cpu",

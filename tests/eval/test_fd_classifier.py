@@ -9,13 +9,7 @@ from ddpmlab import UserError
 from ddpmlab.config import DataConfig
 from ddpmlab.eval import classifier as clf
 from ddpmlab.eval.cache import dataset_key
-from ddpmlab.eval.classifier import (
-    classifier_lr,
-    held_out_split,
-    load_classifier,
-    save_classifier,
-    train_classifier,
-)
+from ddpmlab.eval.classifier import classifier_lr, held_out_split, load_classifier, save_classifier, train_classifier
 
 TINY = DataConfig(name="synthetic", synthetic_count=512, val_fraction=0.1)
 

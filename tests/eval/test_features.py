@@ -4,12 +4,7 @@ import torch
 
 from ddpmlab import UserError
 from ddpmlab.eval import features
-from ddpmlab.eval.features import (
-    ClassifierFeatures,
-    find_inception_weights,
-    inception_input,
-    tf_bilinear_resize,
-)
+from ddpmlab.eval.features import ClassifierFeatures, find_inception_weights, inception_input, tf_bilinear_resize
 
 
 def test_tf_bilinear_resize_samples_at_target_times_scale():

@@ -2,12 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpmlab.eval.features import (
-    INCEPTION_ID,
-    InceptionFeatures,
-    find_inception_weights,
-    save_fp16_copy,
-)
+from ddpmlab.eval.features import INCEPTION_ID, InceptionFeatures, find_inception_weights, save_fp16_copy
 
 WEIGHTS = find_inception_weights()
 pytestmark = pytest.mark.skipif(

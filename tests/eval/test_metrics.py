@@ -5,12 +5,7 @@ from scipy import linalg
 
 from ddpmlab import UserError
 from ddpmlab.eval import metrics
-from ddpmlab.eval.metrics import (
-    FeatureStats,
-    frechet_distance,
-    kernel_inception_distance,
-    precision_recall,
-)
+from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
 
 
 def random_spd(rng, d, n=None):

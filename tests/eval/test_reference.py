@@ -12,14 +12,8 @@ from ddpmlab.data import load_dataset
 from ddpmlab.eval.cache import cache_dir, dataset_key
 from ddpmlab.eval.classifier import classifier_features
 from ddpmlab.eval.features import ClassifierFeatures
-from ddpmlab.eval.reference import (
-    feature_stats,
-    load_reference,
-    reference_features,
-    reference_path,
-    save_reference,
-    subset_indices,
-)
+from ddpmlab.eval.reference import (feature_stats, load_reference, reference_features, reference_path, save_reference,
+                                    subset_indices)
 from ddpmlab.eval.scores import fd_between
 
 TINY = DataConfig(name="synthetic", synthetic_count=512, val_fraction=0.1)

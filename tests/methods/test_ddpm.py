@@ -9,15 +9,8 @@ import torch
 from ddpmlab.config import METHODS, load_config
 from ddpmlab.diffusion import diffusion_loss
 from ddpmlab.errors import UserError
-from ddpmlab.methods import (
-    BASELINES,
-    METHOD_CLASSES,
-    MethodNet,
-    build_method,
-    optimizer_settings,
-    rebuild_method,
-    sample_images,
-)
+from ddpmlab.methods import (BASELINES, METHOD_CLASSES, MethodNet, build_method, optimizer_settings, rebuild_method,
+                             sample_images)
 from ddpmlab.samplers import SamplingSettings, sample
 
 

@@ -2,14 +2,7 @@ import pytest
 import torch
 
 from ddpmlab import UserError
-from ddpmlab.nets.baselines import (
-    ConvDecoder,
-    Discriminator,
-    GaussianEncoder,
-    dcgan_init_,
-    stage_layout,
-    stage_widths,
-)
+from ddpmlab.nets.baselines import ConvDecoder, Discriminator, GaussianEncoder, dcgan_init_, stage_layout, stage_widths
 
 
 @pytest.mark.parametrize("size,layout", [(8, (1, 4)), (16, (2, 4)), (28, (2, 7)), (32, (3, 4)), (64, (4, 4)), (20, (2, 5))])

@@ -4,15 +4,8 @@ helpers."""
 import math
 
 from ddpmlab.report.plots import evenly_spaced, family_columns, loss_curves
-from ddpmlab.report.render import (
-    fmt_count,
-    fmt_number,
-    fmt_seconds,
-    json_safe,
-    metric_cell,
-    render_html,
-    render_markdown,
-)
+from ddpmlab.report.render import (fmt_count, fmt_number, fmt_seconds, json_safe, metric_cell, render_html,
+                                   render_markdown)
 
 
 def test_numbers_as_text():

@@ -5,17 +5,8 @@ import random
 
 import pytest
 
-from ddpmlab.report.stability import (
-    THRESHOLDS,
-    coefficient_of_variation,
-    count_non_finite,
-    count_spikes,
-    ema,
-    loss_stability,
-    relative_trend,
-    run_stability,
-    verdict,
-)
+from ddpmlab.report.stability import (THRESHOLDS, coefficient_of_variation, count_non_finite, count_spikes, ema,
+                                      loss_stability, relative_trend, run_stability, verdict)
 from ddpmlab.store.metrics_csv import MetricsLog
 
 STEPS = list(range(10, 1010, 10))  # 100 logged rows

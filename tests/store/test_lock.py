@@ -33,7 +33,7 @@ def hold_lock(run_dir: Path) -> subprocess.Popen:
     """Another process that holds the run's lock until its stdin closes."""
     src = str(Path(ddpmlab.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    lock_file = str(Path(ddpmlab.__file__).parent / "train" / "lock.py")
+    lock_file = str(Path(ddpmlab.__file__).parent / "store" / "lock.py")
     process = subprocess.Popen([sys.executable, "-c", HOLD, lock_file, str(run_dir)], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().strip() == "held"

@@ -61,7 +61,7 @@ if SHIPPED:
         check_samples(f"pretrained:{name}")
         info = pretrained.read_info(pretrained.package_root() / name)
         assert info["training"]["steps"] > 0 and info["scores"], f"{name}: info.json lacks training or scores"
-        assert export.folder_bytes(pretrained.package_root() / name) < pretrained.MAX_BYTES
+        assert export.folder_bytes(pretrained.package_root() / name) < export.MAX_BYTES
 
     CONDITIONAL = [name for name in SHIPPED if pretrained.read_info(pretrained.package_root() / name)["num_classes"]]
     if CONDITIONAL:
@@ -88,7 +88,7 @@ def test_the_class_check_passes_real_images_and_fails_wrong_ones():
 
 
 def test_package_data_ships_every_file_of_a_model_folder(exported):
-    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()  # tomllib is Python 3.11+
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()  # tomllib is Python 3.11+
     globs = json.loads(re.search(r"\[tool\.setuptools\.package-data\]\s*ddpmlab = (\[.*?\])", pyproject, re.S).group(1))
     for path in (exported["root"] / "tiny").iterdir():
         assert any(fnmatch.fnmatch(f"pretrained/tiny/{path.name}", glob) for glob in globs), path.name
@@ -194,7 +194,7 @@ def test_export_refusals(exported, root, monkeypatch, tmp_path):
         export.export_pretrained(run, "tiny")
     with pytest.raises(UserError, match="lowercase letters"):
         export.export_pretrained(run, "../escape")
-    monkeypatch.setattr(pretrained, "MAX_BYTES", 100_000)
+    monkeypatch.setattr(export, "MAX_BYTES", 100_000)
     with pytest.raises(UserError, match=r"would take 0\.7 MB, over the 0\.1 MB limit; try --fp16"):
         export.export_pretrained(run, "big")
     assert not (root / "big").exists() and not [p for p in root.iterdir() if p.name.startswith(".")]

@@ -60,7 +60,7 @@ def test_grids_are_sampled_with_the_configs_parameterisation(tmp_path, monkeypat
 
     seen = []
     real_sample = ddpm_module.sample
-    monkeypatch.setattr(ddpm_module, "sample", lambda *a, **k: seen.append(k.get("prediction")) or real_sample(*a, **k))
+    monkeypatch.setattr(ddpm_module, "sample", lambda *a, **k: seen.append(a[3].prediction) or real_sample(*a, **k))
 
     Trainer(tiny("diffusion.prediction=v", "train.steps=20"), tmp_path / "run", model=conv_backbone, progress=False).train()
     assert seen == ["v"]

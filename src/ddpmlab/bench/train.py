@@ -7,14 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ddpmlab.bench.timing import (
-    check_positive,
-    count_flops,
-    data_shape,
-    images_per_second,
-    matmul_rate,
-    timed_calls,
-)
+from ddpmlab.bench.timing import check_positive, count_flops, data_shape, images_per_second, matmul_rate, timed_calls
 from ddpmlab.config import Config, load_config
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError

@@ -27,25 +27,10 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import held_out_split, train_classifier_to_file
 from ddpmlab.eval.reference import reference_features, subset_indices
-from ddpmlab.eval.samples import (
-    class_labels,
-    generate_samples,
-    load_samples,
-    save_samples,
-)
-from ddpmlab.eval.scores import (
-    FEATURE_BATCH,
-    FEATURE_METRICS,
-    INCEPTION_METRICS,
-    METRICS,
-    MIN_FID_SAMPLES,
-    check_pr_counts,
-    class_conditional_scores,
-    distance_scores,
-    extractor_ids,
-    needed_extractors,
-    parse_metrics,
-)
+from ddpmlab.eval.samples import class_labels, generate_samples, load_samples, save_samples
+from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRICS, METRICS, MIN_FID_SAMPLES,
+                                 check_pr_counts, class_conditional_scores, distance_scores, extractor_ids,
+                                 needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import sampling_speed, training_cost
 from ddpmlab.paths import check_writable_file, check_writable_folder, safe_name
 from ddpmlab.report.tables import results_table, sweep_table

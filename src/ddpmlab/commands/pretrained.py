@@ -17,30 +17,23 @@ from safetensors.torch import save_file
 
 from ddpmlab.config import config_from_dict, save_config
 from ddpmlab.errors import UserError
+from ddpmlab.eval.scores import SHORT_LABELS
 from ddpmlab.methods import rebuild_method
 from ddpmlab.report.render import fmt_seconds
 from ddpmlab.samplers import default_spacing
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.load import find_checkpoint
-from ddpmlab.store.pretrained import (
-    CONFIG_FILE,
-    FORMAT,
-    INFO_FILE,
-    MAX_BYTES,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    as_float32,
-    pretrained_names,
-    pretrained_root,
-    read_info,
-    stored_state,
-)
+from ddpmlab.store.pretrained import (CONFIG_FILE, FORMAT, INFO_FILE, METRICS_FILE, WEIGHTS_FILE, as_float32,
+                                      pretrained_names, pretrained_root, read_info, stored_state)
 from ddpmlab.version import __version__
 
-# the `ddpmlab eval` results keys worth shipping, with how `pretrained list` names them
-SCORE_LABELS = {"fid_inception": "FID", "fd_classifier": "FD", "kid_inception": "KID", "nll_bits_per_dim": "NLL bits/dim",
-                "precision_inception": "precision", "recall_inception": "recall", "class_accuracy": "class accuracy"}
+# the `ddpmlab eval` results keys worth shipping, in the order `pretrained list` shows them (labels: the registry's)
+SCORE_KEYS = ("fid_inception", "fd_classifier", "kid_inception", "nll_bits_per_dim", "precision_inception",
+              "recall_inception", "class_accuracy")
+SCORE_LABELS = {key: SHORT_LABELS[key] for key in SCORE_KEYS}
 
+
+MAX_BYTES = 20_000_000  # a shipped model's folder stays under 20 MB (issue 15)
 
 
 def score_summary(score: dict) -> str:
@@ -54,7 +47,6 @@ def score_summary(score: dict) -> str:
     weights = "" if score.get("measured_on", "shipped weights") == "shipped weights" else f"; {score['measured_on']}"
     return (f"{values} ({protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, "
             f"{how}, seed {protocol.get('seed')}{weights})")
-
 
 
 def pretrained_table(root: str | Path | None = None) -> str:
@@ -77,14 +69,12 @@ def pretrained_table(root: str | Path | None = None) -> str:
     return "\n".join(blocks)
 
 
-
 def check_name(name: str) -> str:
     """`name` if it is a usable model name (lowercase letters, digits, '-', '_', '.'; not starting with '.'),
     else UserError."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
         raise UserError(f"pretrained NAME {name!r}: use lowercase letters, digits, '.', '_', '-' (e.g. fashion-mnist)")
     return name
-
 
 
 def training_devices(run_dir: Path | None) -> list[str]:
@@ -96,12 +86,10 @@ def training_devices(run_dir: Path | None) -> list[str]:
     return sorted(set(re.findall(r"(?:new run|resumed at step \d+): \S+, device (\S+),", text)))
 
 
-
 def this_machine() -> str:
     """A description of the machine running this: CPU cores and processor, and the GPU if there is one."""
     cpu = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
     return cpu + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
-
 
 
 def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str) -> dict:
@@ -140,7 +128,6 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
                        f"--seed {settings['seed']}{batch} --ref-n {reference.get('count', 10000)}"}
 
 
-
 def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list[list[str]]] | None:
     """(header, rows with step <= `step`) of the run's metrics.csv, as text; None when there is none."""
     path = Path(run_dir) / "metrics.csv" if run_dir is not None else None
@@ -154,10 +141,8 @@ def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list
         return header, [row for row in reader if row and int(float(row[0])) <= step]
 
 
-
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
-
 
 
 def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores: list[str | Path] = (),

@@ -15,18 +15,12 @@ from ddpmlab.methods import samples_in_one_pass
 from ddpmlab.paths import check_writable_file, check_writable_folder
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
-from ddpmlab.store.load import (
-    load_trained,
-    stored_class_names,
-    stored_method,
-    weights_file,
-)
+from ddpmlab.store.load import load_trained, stored_class_names, stored_method, weights_file
 from ddpmlab.store.pretrained import pretrained_name
 
 DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
                    ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
                    ("sweep", "--sweep"))
-
 
 
 def check_diffusion_flags(args, source: str) -> None:
@@ -40,11 +34,9 @@ def check_diffusion_flags(args, source: str) -> None:
             raise UserError(f"{method} samples in one pass; {given[0]} applies to diffusion models")
 
 
-
 def check_guidance(guidance: float | None) -> None:
     if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
         raise UserError(f"--guidance must be a finite number >= 0 (0: no guidance), got {guidance}")
-
 
 
 def check_sample_output(out: str) -> Path:
@@ -59,7 +51,6 @@ def check_sample_output(out: str) -> Path:
         raise UserError(f"--out must end in .png (grid), .npz (arrays) or / (one PNG per image), got {out}")
     check_writable_file(path, "--out")
     return path
-
 
 
 def run(args) -> int:
@@ -119,11 +110,9 @@ def run(args) -> int:
     return 0
 
 
-
 def weights_label(source: str, weights: Path) -> str:
     """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
     return source if pretrained_name(source) is not None else weights.name
-
 
 
 def sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:

@@ -42,7 +42,6 @@ class SuiteRun:
     overrides: list[str] = field(default_factory=list)
 
 
-
 @dataclass
 class Suite:
     name: str
@@ -57,13 +56,11 @@ class Suite:
     ref_n: int = DEFAULT_REF_N
 
 
-
 # -- reading a suite ---------------------------------------------------------------------------------
 def suite_names() -> list[str]:
     """Names of the suites shipped in the package, sorted."""
     folder = resources.files("ddpmlab") / "suites"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
 
 
 def read_suite_file(source: str) -> tuple[str, dict]:
@@ -82,14 +79,12 @@ def read_suite_file(source: str) -> tuple[str, dict]:
     return name, data
 
 
-
 def _text(value, what: str) -> str:
     """A YAML scalar (string or number) as text; UserError naming `what` for a mapping, list, boolean or null (whose
     str() a YAML of nested aliases can make endless)."""
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise UserError(f"{what} must be a string, got {shown(value)}")
-
 
 
 def parse_suite(name: str, data: dict, source: str) -> Suite:
@@ -136,12 +131,10 @@ def parse_suite(name: str, data: dict, source: str) -> Suite:
     return suite
 
 
-
 def load_suite(source: str) -> Suite:
     """The suite a shipped name or YAML path describes; UserError for an unknown suite or a malformed file."""
     name, data = read_suite_file(source)
     return parse_suite(name, data, source)
-
 
 
 # -- measuring ---------------------------------------------------------------------------------------

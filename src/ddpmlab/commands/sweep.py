@@ -14,16 +14,8 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import reference_features
 from ddpmlab.eval.samples import generate_samples, load_samples, save_samples
-from ddpmlab.eval.scores import (
-    FEATURE_BATCH,
-    INCEPTION_METRICS,
-    MIN_FID_SAMPLES,
-    check_pr_counts,
-    distance_scores,
-    extractor_ids,
-    needed_extractors,
-    parse_metrics,
-)
+from ddpmlab.eval.scores import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, check_pr_counts, distance_scores,
+                                 extractor_ids, needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import machine_load
 from ddpmlab.eval.sweep import parse_sweep, point_name
 from ddpmlab.paths import check_writable_folder, safe_name

@@ -12,13 +12,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ddpmlab.config.sections import (
-    INT64_MAX,
-    INT64_MIN,
-    TOP_LEVEL_KEYS,
-    Config,
-    config_to_dict,
-)
+from ddpmlab.config.sections import INT64_MAX, INT64_MIN, TOP_LEVEL_KEYS, Config, config_to_dict
 from ddpmlab.config.validate import validate
 from ddpmlab.errors import UserError
 from ddpmlab.paths import atomic_write_bytes
@@ -30,13 +24,11 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-
 def preset_description(name: str) -> str:
     """The first comment line of a shipped preset, e.g. "Seconds on a CPU: synthetic shapes, ..."."""
     text = (resources.files("ddpmlab") / "presets" / f"{name}.yaml").read_text()
     first = next((line for line in text.splitlines() if line.startswith("#")), "")
     return first.lstrip("# ").strip()
-
 
 
 def parse_yaml(text: str | bytes, source: str) -> Any:
@@ -50,7 +42,6 @@ def parse_yaml(text: str | bytes, source: str) -> Any:
                         f"mappings, lists, strings and numbers") from None
 
 
-
 def read_yaml_file(path: str | Path, source: str | None = None) -> Any:
     """`parse_yaml` of the file at `path`; UserError when it is missing or unreadable."""
     path, source = Path(path), source or str(path)
@@ -60,7 +51,6 @@ def read_yaml_file(path: str | Path, source: str | None = None) -> Any:
         raise UserError(f"file not found: {source}") from None
     except OSError as exc:
         raise UserError(f"{source}: cannot read ({exc.strerror or exc})") from None
-
 
 
 def _read_yaml(source: str) -> dict:
@@ -79,11 +69,9 @@ def _read_yaml(source: str) -> dict:
     return data
 
 
-
 def shown(value: Any) -> str:
     """`value`'s repr cut short (a hostile YAML can nest aliases into a structure whose full repr never ends)."""
     return _SHORT_REPR.repr(value)
-
 
 
 _SHORT_REPR = reprlib.Repr()
@@ -91,10 +79,8 @@ _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
 _SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 4, 4
 
 
-
 # YAML 1.1 reads "1e-3" and "2E-4" (no dot) as strings; every number a user writes is accepted as a number
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
 
 
 def _as_number(value: Any) -> Any:
@@ -105,7 +91,6 @@ def _as_number(value: Any) -> Any:
         except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
             return value
     return value
-
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -156,11 +141,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
-
 def _literal_text(choice: Any) -> str:
     """A Literal's value as a user writes it in YAML: true, false, auto."""
     return str(choice).lower() if isinstance(choice, bool) else str(choice)
-
 
 
 def _merge(config: Config, data: dict, source: str) -> None:
@@ -187,7 +170,6 @@ def _merge(config: Config, data: dict, source: str) -> None:
             setattr(section, key, _coerce(value, hints[key], f"{section_name}.{key}"))
 
 
-
 def parse_overrides(overrides: list[str]) -> dict:
     """['train.steps=10', 'model.channel_mult=[1,2]', 'method=vae'] -> {'train': {'steps': 10}, 'model': {...},
     'method': 'vae'}; values are YAML."""
@@ -209,14 +191,12 @@ def parse_overrides(overrides: list[str]) -> dict:
     return data
 
 
-
 def config_from_dict(data: dict, source: str = "config") -> Config:
     """A validated Config from a {section: {key: value}} mapping over the defaults."""
     config = Config()
     _merge(config, data, source)
     validate(config)
     return config
-
 
 
 def load_config(source: str, overrides: list[str] | None = None) -> Config:
@@ -228,14 +208,12 @@ def load_config(source: str, overrides: list[str] | None = None) -> Config:
     return config
 
 
-
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """A copy of `config` with `key=value` overrides applied and validated."""
     copy = config_from_dict(config_to_dict(config))
     _merge(copy, parse_overrides(overrides), "override")
     validate(copy)
     return copy
-
 
 
 def save_config(config: Config, path: str | Path) -> None:

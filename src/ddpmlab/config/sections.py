@@ -176,8 +176,6 @@ RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.lr_schedule", "train.lr_en
                     "train.tensorboard", "data.root", "data.download", "sample.*")
 
 
-
-
 def config_to_dict(config: Config) -> dict:
     """Plain nested dict (YAML-ready)."""
     return dataclasses.asdict(config)

@@ -4,24 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ddpmlab.config.sections import (
-    BAD_IMAGE_POLICIES,
-    BASELINE_SECTIONS,
-    DATASETS,
-    EVAL_METRICS,
-    LOSS_WEIGHTINGS,
-    LR_SCHEDULES,
-    METHODS,
-    PREDICTIONS,
-    RECONSTRUCTIONS,
-    RESUME_SAFE_KEYS,
-    SCHEDULES,
-    Config,
-    DCGANConfig,
-    VAEConfig,
-    VAEGANConfig,
-    flatten,
-)
+from ddpmlab.config.sections import (BAD_IMAGE_POLICIES, BASELINE_SECTIONS, DATASETS, EVAL_METRICS, LOSS_WEIGHTINGS,
+                                     LR_SCHEDULES, METHODS, PREDICTIONS, RECONSTRUCTIONS, RESUME_SAFE_KEYS, SCHEDULES,
+                                     Config, DCGANConfig, VAEConfig, VAEGANConfig, flatten)
 from ddpmlab.diffusion.schedule import linear_beta_range
 from ddpmlab.errors import UserError
 from ddpmlab.samplers import SAMPLERS
@@ -41,7 +26,6 @@ def resume_changes(saved: Config, requested: Config, step: int) -> None:
                         f"give train.steps >= {step} to continue it")
 
 
-
 def eval_metric_names(text: str) -> list[str]:
     """train.eval_metrics "fd,fid" -> ["fd", "fid"] in the order given (the first ranks checkpoints); UserError
     naming the key for an unknown or missing name."""
@@ -52,11 +36,9 @@ def eval_metric_names(text: str) -> list[str]:
     return names
 
 
-
 def _check(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise UserError(f"invalid config value {key}: {message}")
-
 
 
 def validate(config: Config) -> None:
@@ -132,7 +114,6 @@ def validate(config: Config) -> None:
     _check(s.batch_size > 0, "sample.batch_size", "must be positive")
 
 
-
 def _check_baseline_sections(config: Config) -> None:
     """A baseline section's keys apply to its own method only; a baseline is unconditional; values in range."""
     for name in BASELINE_SECTIONS:
@@ -145,7 +126,6 @@ def _check_baseline_sections(config: Config) -> None:
         check_baseline_section(name, section)
     _check(not (config.model.conditional and config.method != "ddpm"), "model.conditional",
            f"method={config.method} is unconditional; class conditioning (model.conditional=true) applies to method=ddpm")
-
 
 
 def check_baseline_section(name: str, section: VAEConfig | DCGANConfig | VAEGANConfig) -> None:

@@ -2,23 +2,9 @@
 FD classifier (classifier.py), cached real-image references (reference.py), samples (samples.py), cost (speed.py),
 evaluation during training (during_training.py) and a sampler sweep's SPEC (sweep.py)."""
 
-from ddpmlab.eval.classifier import (
-    classifier_features,
-    load_classifier,
-    train_classifier,
-)
-from ddpmlab.eval.features import (
-    ClassifierFeatures,
-    FeatureExtractor,
-    InceptionFeatures,
-    find_inception_weights,
-)
-from ddpmlab.eval.metrics import (
-    FeatureStats,
-    frechet_distance,
-    kernel_inception_distance,
-    precision_recall,
-)
+from ddpmlab.eval.classifier import classifier_features, load_classifier, train_classifier
+from ddpmlab.eval.features import ClassifierFeatures, FeatureExtractor, InceptionFeatures, find_inception_weights
+from ddpmlab.eval.metrics import FeatureStats, frechet_distance, kernel_inception_distance, precision_recall
 from ddpmlab.eval.reference import reference_features
 from ddpmlab.eval.speed import sampling_speed, training_cost
 

@@ -23,7 +23,6 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
-
 def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_size: int, seed: int,
                      labels: torch.Tensor | None = None, noise: torch.Tensor | None = None, progress: bool = True,
                      processes: Processes | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -66,7 +65,6 @@ def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_
     return torch.cat([share for batch in zip(*gathered) for share in batch]), labels
 
 
-
 def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, settings: dict) -> Path:
     """Write images as uint8 N×H×W×C (like `ddpmlab sample`), labels (−1: none) and the settings JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +72,6 @@ def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, 
                         labels=labels.numpy() if labels is not None else np.full(len(images), -1),
                         settings=np.str_(json.dumps(settings, sort_keys=True)))
     return path
-
 
 
 def load_samples(path: Path, settings: dict) -> torch.Tensor | None:

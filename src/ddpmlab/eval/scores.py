@@ -17,13 +17,8 @@ from ddpmlab.config import DataConfig
 from ddpmlab.errors import UserError
 from ddpmlab.eval.classifier import check_classifier_fits, classifier_features
 from ddpmlab.eval.features import FeatureExtractor, InceptionFeatures
-from ddpmlab.eval.metrics import (
-    PR_NEIGHBOURS,
-    FeatureStats,
-    frechet_distance,
-    kernel_inception_distance,
-    precision_recall,
-)
+from ddpmlab.eval.metrics import (PR_NEIGHBOURS, FeatureStats, frechet_distance, kernel_inception_distance,
+                                  precision_recall)
 from ddpmlab.eval.reference import feature_stats
 
 FEATURE_BATCH = {"classifier": 500, "inception": 50}  # images per feature batch of each extractor
@@ -128,7 +123,6 @@ def check_pr_counts(metrics: list[str], **counts: int) -> None:
                             f"and recall look at each image's {PR_NEIGHBOURS}rd nearest neighbour), got {count}")
 
 
-
 def needed_extractors(metrics: list[str], data_cfg: DataConfig, channels: int, image_size: int,
                       classifier: str | Path | None, device: torch.device) -> tuple[dict, dict]:
     """({"classifier"|"inception": FeatureExtractor}, classifier facts), loaded before any long work so that a
@@ -168,7 +162,6 @@ def class_conditional_scores(extractor, images: torch.Tensor, labels: torch.Tens
                                         feature_stats(fake_c, extractor.extractor_id)))
     return {"class_accuracy": float((predicted == labels).float().mean()),
             "fd_classifier_per_class": float(np.mean(distances)) if distances else None}
-
 
 
 def extractor_ids(extractors: dict[str, FeatureExtractor], scores: dict) -> dict:

@@ -8,14 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpmlab.nets.layers import (
-    AttentionBlock,
-    Downsample,
-    ResBlock,
-    Upsample,
-    group_norm,
-    timestep_embedding,
-)
+from ddpmlab.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
 
 
 @dataclass

@@ -16,7 +16,6 @@ def format_value(key: str, value) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
 
 
-
 def sample_counts(results: dict) -> dict[str, str]:
     """{metric key: how many images it was measured on}, e.g. "2000 samples vs 10000 test"."""
     counts = {}
@@ -42,7 +41,6 @@ def sample_counts(results: dict) -> dict[str, str]:
         if "repeats" in speed:
             counts["sampling_images_per_s"] = f"{speed['repeats']} batches of {speed['batch_size']}"
     return counts
-
 
 
 def results_table(results: dict) -> str:

@@ -115,14 +115,12 @@ class SamplingSettings:
         return cls(name, steps, eta=sample_cfg.eta, guidance=sample_cfg.guidance,
                    clip_denoised=sample_cfg.clip_denoised).with_(**given)
 
-    @classmethod
-    def for_evaluation(cls, T: int, sampler: str | None = None, steps: int | None = None, **given) -> "SamplingSettings":
-        """`ddpmlab eval`'s protocol, the same for every run: DDIM at EVALUATION_STEPS (capped at T) unless the
-        user names a sampler or steps; another sampler at its own default."""
-        name = sampler or "ddim"
-        if steps is None and name == "ddim":
-            steps = min(EVALUATION_STEPS, T)
-        return cls(name, steps).with_(**{key: value for key, value in given.items() if value is not None})
+    def for_evaluation(self, T: int) -> "SamplingSettings":
+        """These settings under `ddpmlab eval`'s protocol, the same for every run: DDIM without steps runs
+        EVALUATION_STEPS (capped at T); any other sampler without steps its own default."""
+        if self.steps is None and self.sampler == "ddim":
+            return self.with_(steps=min(EVALUATION_STEPS, T))
+        return self
 
     def with_(self, **changes) -> "SamplingSettings":
         """A copy with `changes`."""

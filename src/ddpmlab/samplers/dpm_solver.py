@@ -14,12 +14,7 @@ from tqdm.auto import tqdm
 
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.rng import BatchSlice, randn
-from ddpmlab.samplers.common import (
-    Denoiser,
-    Sampler,
-    distinct_timesteps,
-    nearest_timesteps,
-)
+from ddpmlab.samplers.common import Denoiser, Sampler, distinct_timesteps, nearest_timesteps
 
 SPACINGS = ("time-quadratic", "logSNR", "time-uniform")
 # Measured against the exact probability-flow solution at 10 and 20 NFE (Gaussian and two-mode data; linear

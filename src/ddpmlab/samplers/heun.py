@@ -10,12 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpmlab.diffusion import NoiseSchedule
-from ddpmlab.samplers.common import (
-    Denoiser,
-    Sampler,
-    distinct_timesteps,
-    nearest_timesteps,
-)
+from ddpmlab.samplers.common import Denoiser, Sampler, distinct_timesteps, nearest_timesteps
 
 SPACINGS = ("karras",)
 RHO = 7.0

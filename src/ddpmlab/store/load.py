@@ -13,13 +13,7 @@ from ddpmlab.errors import UserError
 from ddpmlab.methods import rebuild_method
 from ddpmlab.rng import resolve_device
 from ddpmlab.store import checkpoint as ckpt
-from ddpmlab.store.pretrained import (
-    WEIGHTS_FILE,
-    as_float32,
-    is_pretrained_folder,
-    read_info,
-    resolve_source,
-)
+from ddpmlab.store.pretrained import WEIGHTS_FILE, as_float32, is_pretrained_folder, read_info, resolve_source
 
 
 def find_checkpoint(path: str | Path) -> Path:

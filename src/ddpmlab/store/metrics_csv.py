@@ -14,7 +14,6 @@ from ddpmlab.paths import atomic_write_bytes
 COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s", "bad_steps")
 
 
-
 class MetricsLog:
     """Appends rows to RUN_DIR/metrics.csv, whose columns are fixed per run: `columns` when the file is new; on
     resume the file's own header is kept (with any of `columns` it lacks added at the end, e.g. `fd` when evaluation
@@ -56,12 +55,10 @@ class MetricsLog:
             self.mirror.close()
 
 
-
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
-
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -69,7 +66,6 @@ def read_metrics(path: Path) -> list[dict]:
     it is not such a table (numbers only, a `step` in every row)."""
     with Path(path).open(newline="") as handle:
         return _parse_rows(handle, path)
-
 
 
 def _parse_rows(lines, path) -> list[dict]:
@@ -82,7 +78,6 @@ def _parse_rows(lines, path) -> list[dict]:
     if any(row.get("step") is None for row in rows):
         raise UserError(f"{path}: not a ddpmlab metrics table (a row without a step); restore it or delete it")
     return rows
-
 
 
 def loss_columns(columns) -> list[str]:

@@ -24,7 +24,6 @@ PREFIX = "pretrained:"
 ROOT_ENV = "DDPMLAB_PRETRAINED_DIR"
 CONFIG_FILE, WEIGHTS_FILE, INFO_FILE, METRICS_FILE = "config.yaml", "model.safetensors", "info.json", "metrics.csv"
 FORMAT = "ddpmlab-pretrained-1"
-MAX_BYTES = 20_000_000  # a shipped model's folder stays under 20 MB (issue 15)
 
 
 def package_root() -> Path:

@@ -111,7 +111,6 @@ def run_of(path: Path) -> Path:
     return path
 
 
-
 def eval_folder(run_dir: Path) -> Path:
     """Where evaluation results go without --out: RUN_DIR/eval; for a pretrained model, whose folder is part of the
     installed package and never written to, eval/pretrained-NAME in the current directory."""

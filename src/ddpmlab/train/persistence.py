@@ -14,13 +14,7 @@ import torch
 from torch import nn
 
 from ddpmlab import distributed
-from ddpmlab.config import (
-    apply_overrides,
-    eval_metric_names,
-    load_config,
-    resume_changes,
-    save_config,
-)
+from ddpmlab.config import apply_overrides, eval_metric_names, load_config, resume_changes, save_config
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.methods import stored_spec
@@ -49,7 +43,6 @@ class Persistence:
         self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
         self.start_session_log()
 
-
     @classmethod
     def resume(cls, run_dir: str | Path, overrides: list[str] | None = None, model: nn.Module | None = None,
                progress: bool = True) -> "Persistence":
@@ -71,7 +64,6 @@ class Persistence:
         trainer.lock = lock
         return trainer
 
-
     @classmethod
     def _resume_owned(cls, run_dir: Path, overrides: list[str] | None, model: nn.Module | None,
                       progress: bool) -> "Persistence":
@@ -89,7 +81,6 @@ class Persistence:
         distributed.on_main(lambda: trainer.continue_run_dir(unfinished, damaged), trainer.processes)  # all have read
         return trainer
 
-
     def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
         """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log,
         noting the `unfinished` writes removed and moving the `damaged` checkpoints aside (warned about)."""
@@ -104,7 +95,6 @@ class Persistence:
             self.run_log.note(f"checkpoint {folder.name} is damaged ({reason}); resumed from step_{self.step:07d} "
                               f"instead and moved the damaged one to {aside.relative_to(self.run_dir)}", warning=True)
 
-
     def start_session_log(self, resumed_from: int | None = None) -> None:
         """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise;
         with train.tensorboard, mirror metrics.csv to RUN_DIR/tensorboard."""
@@ -118,7 +108,6 @@ class Persistence:
             self.run_log.note(f"the noise schedule ends at alpha_bar_T = {final:.3g} > {NEAR_PURE_NOISE:g}: x_T still "
                               f"carries the image, yet sampling starts from pure noise, so samples and the NLL's prior "
                               f"term suffer; use more diffusion.timesteps, larger betas or schedule=cosine", warning=True)
-
 
     def metric_columns(self) -> tuple[str, ...]:
         """metrics.csv's columns for this method: every run's, then the method's own logs, for a method with
@@ -149,7 +138,6 @@ class Persistence:
         return ckpt.save_checkpoint(self.run_dir, self.step, self.model.state_dict(), self.ema.shadow.state_dict(),
                                     optimizers, rng, {"wall_s": self.wall_clock()}, metadata,
                                     self.config.train.keep_checkpoints)
-
 
     def load_checkpoint(self, folder: Path) -> None:
         progress = ckpt.read_progress(folder)

@@ -9,12 +9,10 @@ import time
 SAME_STOP_S = 1.0  # Ctrl-C under torchrun reaches a worker twice (from the terminal, then from torchrun): one request
 
 
-
 class StopFlag:
     requested = False
     signum: int | None = None
     at = 0.0
-
 
 
 @contextlib.contextmanager

@@ -17,12 +17,7 @@ from ddpmlab.data import load_dataset, to_model_batch
 from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
 from ddpmlab.images import save_grid
-from ddpmlab.methods import (
-    build_method,
-    optimizer_settings,
-    run_sampling,
-    sample_images,
-)
+from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
 from ddpmlab.paths import storage_errors_as_user_errors
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.store import checkpoint as ckpt
