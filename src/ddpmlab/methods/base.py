@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpmlab.config import check_baseline_section
 from ddpmlab.rng import BatchSlice
 
 
@@ -81,7 +82,7 @@ class BaselineNet(MethodNet, Protocol):
 
     @classmethod
     def from_spec(cls, spec: Any) -> "BaselineNet":
-        """An identical, untrained module from its spec dict (methods.base.section_spec)."""
+        """An identical, untrained module from its spec dict (SectionNetwork.spec)."""
         ...
 
 
@@ -100,16 +101,36 @@ def bce_with_logits(logits: torch.Tensor, real: bool) -> torch.Tensor:
 OPTIMIZER_KEYS = ("lr", "beta1")  # the keys of a baseline's config section that are not its network's arguments
 
 
-def section_with(section: Any, options: dict) -> Any:
-    """A baseline's config section (a dataclass of ddpmlab.config) with network `options` on top."""
-    unknown = set(options) - {f.name for f in fields(section)}
-    if unknown:
-        raise TypeError(f"unknown {type(section).__name__} options: {', '.join(sorted(unknown))}")
-    return replace(section, **options)
+class SectionNetwork(nn.Module):
+    """A baseline whose one declaration is its config section (SECTION, of type SECTION_TYPE): built from the section
+    (with network keys on top), checked by config.check_baseline_section, stored in checkpoints as `spec` (the image
+    shape and the section's network keys) and rebuilt from that spec by `from_spec`."""
 
+    SECTION: ClassVar[str]
+    SECTION_TYPE: ClassVar[type]
 
-def section_spec(channels: int, image_size: int, section: Any) -> dict:
-    """What rebuilds a baseline's network (stored in its checkpoints as model_spec): the image shape and the
-    network's keys of its config section."""
-    return {"channels": channels, "image_size": image_size,
-            **{key: value for key, value in asdict(section).items() if key not in OPTIMIZER_KEYS}}
+    def __init__(self, channels: int, image_size: int, section: Any | None, network: dict):
+        super().__init__()
+        self.channels, self.image_size = channels, image_size
+        section = section or self.SECTION_TYPE()
+        unknown = set(network) - {f.name for f in fields(section)}
+        if unknown:
+            raise TypeError(f"unknown {type(section).__name__} options: {', '.join(sorted(unknown))}")
+        self.config = replace(section, **network)
+        check_baseline_section(self.SECTION, self.config)
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "SectionNetwork":
+        """An identical, untrained network from its spec dict."""
+        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
+        return cls(spec["channels"], spec["image_size"], **network)
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this network (a checkpoint's model_spec): the image shape and its section's network keys."""
+        return {"channels": self.channels, "image_size": self.image_size,
+                **{key: value for key, value in asdict(self.config).items() if key not in OPTIMIZER_KEYS}}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.channels, self.image_size, self.image_size

@@ -7,14 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ddpmlab.config import DCGANConfig, check_baseline_section
-from ddpmlab.methods.base import (
-    Phase,
-    bce_with_logits,
-    section_spec,
-    section_with,
-    unconditional,
-)
+from ddpmlab.config import DCGANConfig
+from ddpmlab.methods.base import Phase, SectionNetwork, bce_with_logits, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, Discriminator, dcgan_init_
 from ddpmlab.rng import BatchSlice, model_device, randn
 
@@ -29,9 +23,10 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return bce_with_logits(fake_logits, real=True)
 
 
-class DCGAN(nn.Module):
+class DCGAN(SectionNetwork):
     """Generator G: z ~ N(0, I) (100-d) -> image in [-1, 1]; discriminator D: image -> logit. Adam 2e-4, β1 = 0.5."""
 
+    SECTION, SECTION_TYPE = "dcgan", DCGANConfig
     SINGLE_PASS = True
     DEFAULT_LR = 2e-4
     DEFAULT_BETAS = (0.5, 0.999)
@@ -41,28 +36,10 @@ class DCGAN(nn.Module):
     def __init__(self, channels: int = 3, image_size: int = 32, section: DCGANConfig | None = None, **network):
         """A DCGAN for channels × image_size² images, its networks from the `dcgan` config section (`network` keys,
         e.g. latent_dim=20, on top); UserError for values out of range."""
-        super().__init__()
-        self.channels, self.image_size = channels, image_size
-        self.config = section_with(section or DCGANConfig(), network)
-        check_baseline_section("dcgan", self.config)
+        super().__init__(channels, image_size, section, network)
         latent_dim, base_channels = self.config.latent_dim, self.config.base_channels
         self.generator_net = dcgan_init_(ConvDecoder(latent_dim, channels, image_size, base_channels))
         self.discriminator = dcgan_init_(Discriminator(channels, image_size, base_channels))
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "DCGAN":
-        """An identical, untrained DCGAN from its spec dict (methods.base.section_spec)."""
-        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
-        return cls(spec["channels"], spec["image_size"], **network)
-
-    @property
-    def spec(self) -> dict:
-        """What rebuilds this network: the image shape and the network keys of its `dcgan` config section."""
-        return section_spec(self.channels, self.image_size, self.config)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.channels, self.image_size, self.image_size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.generator_net.parameters()), "discriminator": list(self.discriminator.parameters())}

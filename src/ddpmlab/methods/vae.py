@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ddpmlab.config import VAEConfig, check_baseline_section
-from ddpmlab.methods.base import Phase, section_spec, section_with, unconditional
+from ddpmlab.config import VAEConfig
+from ddpmlab.methods.base import Phase, SectionNetwork, unconditional
 from ddpmlab.nets.baselines import ConvDecoder, GaussianEncoder
 from ddpmlab.rng import BatchSlice, model_device, randn
 
@@ -33,7 +33,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) ->
     return mu + torch.exp(0.5 * logvar) * eps
 
 
-class VAE(nn.Module):
+class VAE(SectionNetwork):
     """A VAE whose loss is the negative ELBO per image, in nats: recon + kl_weight · kl (batch means).
 
     Likelihood: p(x | z) = N(x; decoder(z), decoder_std² I) on images in [-1, 1], a Gaussian with a fixed
@@ -43,6 +43,7 @@ class VAE(nn.Module):
     q(z | x) is a diagonal Gaussian from the convolutional encoder; p(z) = N(0, I).
     """
 
+    SECTION, SECTION_TYPE = "vae", VAEConfig
     SINGLE_PASS = True
     DEFAULT_LR = 1e-3
     DEFAULT_BETAS = (0.9, 0.999)
@@ -52,27 +53,9 @@ class VAE(nn.Module):
     def __init__(self, channels: int = 3, image_size: int = 32, section: VAEConfig | None = None, **network):
         """A VAE for channels × image_size² images, its network from the `vae` config section (`network` keys, e.g.
         latent_dim=16, on top); UserError for values out of range."""
-        super().__init__()
-        self.channels, self.image_size = channels, image_size
-        self.config = section_with(section or VAEConfig(), network)
-        check_baseline_section("vae", self.config)
+        super().__init__(channels, image_size, section, network)
         self.encoder = GaussianEncoder(channels, image_size, self.config.base_channels, self.config.latent_dim)
         self.decoder = ConvDecoder(self.config.latent_dim, channels, image_size, self.config.base_channels)
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "VAE":
-        """An identical, untrained VAE from its spec dict (methods.base.section_spec)."""
-        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
-        return cls(spec["channels"], spec["image_size"], **network)
-
-    @property
-    def spec(self) -> dict:
-        """What rebuilds this network: the image shape and the network keys of its `vae` config section."""
-        return section_spec(self.channels, self.image_size, self.config)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.channels, self.image_size, self.image_size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"model": list(self.parameters())}

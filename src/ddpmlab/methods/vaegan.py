@@ -8,21 +8,10 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ddpmlab.config import VAEGANConfig, check_baseline_section
-from ddpmlab.methods.base import (
-    Phase,
-    bce_with_logits,
-    section_spec,
-    section_with,
-    unconditional,
-)
+from ddpmlab.config import VAEGANConfig
+from ddpmlab.methods.base import Phase, SectionNetwork, bce_with_logits, unconditional
 from ddpmlab.methods.vae import gaussian_kl, gaussian_nll, reparameterize
-from ddpmlab.nets.baselines import (
-    ConvDecoder,
-    Discriminator,
-    GaussianEncoder,
-    dcgan_init_,
-)
+from ddpmlab.nets.baselines import ConvDecoder, Discriminator, GaussianEncoder, dcgan_init_
 from ddpmlab.rng import BatchSlice, model_device, randn
 
 
@@ -42,7 +31,7 @@ def feature_nll(real_features: torch.Tensor, recon_features: torch.Tensor) -> to
     return 0.5 * (real_features - recon_features).pow(2).flatten(1).sum(dim=1)
 
 
-class VAEGAN(nn.Module):
+class VAEGAN(SectionNetwork):
     """Encoder, decoder (= generator) and a discriminator that sees real, reconstructed and prior-sampled images.
 
     Generator loss (encoder + decoder, one optimizer):
@@ -58,6 +47,7 @@ class VAEGAN(nn.Module):
     adversarial gradient through reconstructions, and the decoder's reconstruction weight γ is 1.
     """
 
+    SECTION, SECTION_TYPE = "vaegan", VAEGANConfig
     SINGLE_PASS = True
     DEFAULT_LR = 2e-4
     DEFAULT_BETAS = (0.5, 0.999)
@@ -67,29 +57,11 @@ class VAEGAN(nn.Module):
     def __init__(self, channels: int = 3, image_size: int = 32, section: VAEGANConfig | None = None, **network):
         """A VAE-GAN for channels × image_size² images, its networks from the `vaegan` config section (`network`
         keys, e.g. latent_dim=16, on top); UserError for values out of range."""
-        super().__init__()
-        self.channels, self.image_size = channels, image_size
-        self.config = section_with(section or VAEGANConfig(), network)
-        check_baseline_section("vaegan", self.config)
+        super().__init__(channels, image_size, section, network)
         latent_dim, base_channels = self.config.latent_dim, self.config.base_channels
         self.encoder = dcgan_init_(GaussianEncoder(channels, image_size, base_channels, latent_dim))
         self.decoder = dcgan_init_(ConvDecoder(latent_dim, channels, image_size, base_channels))
         self.discriminator = dcgan_init_(Discriminator(channels, image_size, base_channels))
-
-    @classmethod
-    def from_spec(cls, spec: dict) -> "VAEGAN":
-        """An identical, untrained VAEGAN from its spec dict (methods.base.section_spec)."""
-        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size")}
-        return cls(spec["channels"], spec["image_size"], **network)
-
-    @property
-    def spec(self) -> dict:
-        """What rebuilds this network: the image shape and the network keys of its `vaegan` config section."""
-        return section_spec(self.channels, self.image_size, self.config)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.channels, self.image_size, self.image_size
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"generator": list(self.encoder.parameters()) + list(self.decoder.parameters()),
