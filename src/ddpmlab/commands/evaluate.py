@@ -90,6 +90,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     out_dir = Path(out) if out is not None else eval_folder(run_dir)
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
+    guidance = config.sample.guidance if model.num_classes else None
     if model.SINGLE_PASS:
         if "nll" in metrics and requested is not None:
             raise UserError(f"the nll metric is the diffusion models' variational bound; a {config.method} run has "
@@ -97,7 +98,6 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         metrics = [m for m in metrics if m != "nll"]
         sampling, sampler, steps, spacing, eta = None, config.method, None, None, None  # one pass: the name says so
     else:
-        guidance = config.sample.guidance if model.num_classes else None
         sampling = sampling.for_evaluation(schedule.T).with_(
             guidance=guidance, clip_denoised=config.sample.clip_denoised).resolved(schedule.T)
         sampler, steps, spacing, eta = sampling.sampler, sampling.steps, sampling.spacing, sampling.eta
@@ -112,7 +112,6 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing) + (
         f"-step{step}" if source != run_dir else "")
     split = held_out_split(config.data)
-    guidance = config.sample.guidance if model.num_classes else None
     settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                 "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps, "spacing": spacing,
                 "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),

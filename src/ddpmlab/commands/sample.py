@@ -54,6 +54,7 @@ def check_sample_output(out: str) -> Path:
 
 
 def run(args) -> int:
+    """`ddpmlab sample SOURCE --out ...`: images of a diffusion model by its sampler, of a baseline in one pass."""
     out = check_sample_output(args.out)
     if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
         raise UserError("--n and --batch-size must be positive")
@@ -94,20 +95,29 @@ def run(args) -> int:
         return 0
     images, labels = generated
     weights = weights_file(args.source, not args.no_ema)
-    if args.out.endswith(("/", "\\")):
-        save_images(images, out)
-    elif out.suffix == ".png" and args.per_class:
-        save_labelled_grid(images, stored_class_names(args.source, model.num_classes, not args.no_ema), out)
-    elif out.suffix == ".png":
-        save_grid(images, out, scale=2)
-    else:
-        save_samples(out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
-                                           "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe, "eta": eta,
-                                           "seed": args.seed, "guidance": guidance})
+    class_names = (stored_class_names(args.source, model.num_classes, not args.no_ema)
+                   if args.per_class and out.suffix == ".png" else None)
+    write_samples(args, out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
+                                              "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe,
+                                              "eta": eta, "seed": args.seed, "guidance": guidance}, class_names)
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
         f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
     print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
     return 0
+
+
+def write_samples(args, out: Path, images: torch.Tensor, labels: torch.Tensor | None, settings: dict,
+                  class_names: list[str] | None = None) -> None:
+    """Write uint8 images where --out says: one PNG each in a folder (DIR/), a grid (FILE.png; one labelled row per
+    class with `class_names`), or arrays with `settings` (FILE.npz)."""
+    if args.out.endswith(("/", "\\")):
+        save_images(images, out)
+    elif out.suffix == ".png" and class_names is not None:
+        save_labelled_grid(images, class_names, out)
+    elif out.suffix == ".png":
+        save_grid(images, out, scale=2)
+    else:
+        save_samples(out, images, labels, settings)
 
 
 def weights_label(source: str, weights: Path) -> str:
@@ -124,13 +134,8 @@ def sample_one_pass(args, out: Path, model, config, step: int, processes) -> int
         return 0
     images = generated[0]
     weights = weights_file(args.source, not args.no_ema)
-    if args.out.endswith(("/", "\\")):
-        save_images(images, out)
-    elif out.suffix == ".png":
-        save_grid(images, out, scale=2)
-    else:
-        save_samples(out, images, None, {"source": str(args.source), "weights": str(weights), "step": step,
-                                         "method": config.method, "seed": args.seed})
+    write_samples(args, out, images, None, {"source": str(args.source), "weights": str(weights), "step": step,
+                                            "method": config.method, "seed": args.seed})
     print(f"wrote {n} samples ({config.method}, one pass) from {weights_label(args.source, weights)} at step {step} "
           f"to {out}")
     return 0

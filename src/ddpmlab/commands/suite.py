@@ -24,14 +24,13 @@ from pathlib import Path
 
 from ddpmlab.config import INT64_MAX, INT64_MIN, parse_yaml, read_yaml_file, shown
 from ddpmlab.errors import UserError
-from ddpmlab.eval.scores import FEATURE_METRICS, METRICS
+from ddpmlab.eval.scores import METRICS
 from ddpmlab.paths import safe_name
 
 SUITE_KEYS = ("description", "runs", "n", "metrics", "seed", "sweep", "classifier", "ref_n")
 RUN_KEYS = ("name", "run", "config", "overrides")
 DEFAULT_N, DEFAULT_METRICS, DEFAULT_REF_N = 1000, "fd", 10000
 EVAL_METRICS = tuple(name for name in METRICS if name != "speed")  # what a suite may ask for; speed always measured
-SWEEP_METRICS = FEATURE_METRICS
 
 
 @dataclass

@@ -95,11 +95,6 @@ def headline_key(name: str) -> str:
     return next(iter(METRICS[name].labels))
 
 
-def metric_of_key(key: str) -> str | None:
-    """The metric name (fd, fid, ...) whose result key `key` is, None for a key of no metric."""
-    return next((name for name, m in METRICS.items() if key in m.labels), None)
-
-
 def parse_metrics(text: str | None, device: torch.device, allowed=tuple(METRICS)) -> list[str]:
     """'fid,fd' -> ['fid', 'fd'] in `allowed` order; None -> the device's defaults (on a CPU the cpu_default ones, on
     a GPU all); UserError names an unknown one."""

@@ -24,7 +24,6 @@ class Sampler:
     spacings: tuple[str, ...]
     default_spacing: str
     default_steps: int | None
-    summary: str  # a few words for --help
     evaluations: Callable[[int], int] = lambda steps: steps
 
 

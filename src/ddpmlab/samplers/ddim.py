@@ -66,5 +66,4 @@ def run(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool
     return ddim_sample(denoiser, x, settings.steps, settings.eta, generator, progress, settings.spacing, rows)
 
 
-SAMPLER = Sampler("ddim", run, SPACINGS, default_spacing="leading", default_steps=None,
-                  summary="Song et al., eta 0 deterministic")
+SAMPLER = Sampler("ddim", run, SPACINGS, default_spacing="leading", default_steps=None)

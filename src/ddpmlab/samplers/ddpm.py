@@ -52,5 +52,4 @@ def run(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool
     return ddpm_sample(denoiser, x, settings.variance, generator, progress, settings.steps, settings.spacing, rows)
 
 
-SAMPLER = Sampler("ddpm", run, SPACINGS, default_spacing="linspace", default_steps=None,
-                  summary="ancestral (Ho et al.), respaced when steps < T")
+SAMPLER = Sampler("ddpm", run, SPACINGS, default_spacing="linspace", default_steps=None)

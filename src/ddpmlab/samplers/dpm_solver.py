@@ -115,7 +115,5 @@ def run_sde(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: 
     return dpm_solver_sample(denoiser, x, settings.steps, settings.spacing, progress, True, generator, rows)
 
 
-SAMPLER = Sampler("dpm-solver++", run, SPACINGS, DEFAULT_SPACING, default_steps=20,
-                  summary="DPM-Solver++(2M), deterministic")
-SDE_SAMPLER = Sampler("sde-dpm-solver++", run_sde, SPACINGS, DEFAULT_SPACING, default_steps=20,
-                      summary="SDE-DPM-Solver++(2M), fresh noise each step")
+SAMPLER = Sampler("dpm-solver++", run, SPACINGS, DEFAULT_SPACING, default_steps=20)
+SDE_SAMPLER = Sampler("sde-dpm-solver++", run_sde, SPACINGS, DEFAULT_SPACING, default_steps=20)

@@ -76,4 +76,4 @@ def run(denoiser: Denoiser, x: torch.Tensor, settings, generator, progress: bool
 
 # Karras et al. use 18 Heun steps = 35 evaluations on CIFAR-10
 SAMPLER = Sampler("heun", run, SPACINGS, default_spacing="karras", default_steps=18,
-                  summary="EDM Algorithm 1, 2·steps − 1 evaluations", evaluations=lambda steps: 2 * steps - 1)
+                  evaluations=lambda steps: 2 * steps - 1)
