@@ -46,7 +46,7 @@ def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_
         labels = class_labels(n, model.num_classes)
     generator = torch.Generator().manual_seed(seed)
     sampling = None if model.SINGLE_PASS else sampling
-    what = f"{sampling.sampler}{sampling.steps or ''}" if sampling else type(model).__name__.lower()
+    what = f"{sampling.sampler}{sampling.steps or ''}" if sampling else model.SECTION
     shares = []  # this process's rows of each batch
     for start in tqdm(range(0, n, batch_size), desc=f"sampling {what}",
                       disable=not (progress and processes.is_main), unit="batch"):

@@ -59,7 +59,7 @@ def sampling_speed(model, schedule, shape, sampling: SamplingSettings | None = N
     """
     device = torch.device(device) if device is not None else model_device(model)
     if schedule is None:
-        net, warm_up, timed, name, steps = model, None, None, type(model).__name__.lower(), None
+        net, warm_up, timed, name, steps = model, None, None, model.SECTION, None  # the method: vae, dcgan, ...
     else:
         net = model if isinstance(model, DDPM) else DDPM(model, schedule, image_shape=tuple(shape[1:]))
         timed = (sampling or SamplingSettings()).resolved(schedule.T)

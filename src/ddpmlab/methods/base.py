@@ -106,7 +106,7 @@ class SectionNetwork(nn.Module):
     (with network keys on top), checked by config.check_baseline_section, stored in checkpoints as `spec` (the image
     shape and the section's network keys) and rebuilt from that spec by `from_spec`."""
 
-    SECTION: ClassVar[str]
+    SECTION: ClassVar[str]  # the config section's name, which is also the method's (config.method)
     SECTION_TYPE: ClassVar[type]
 
     def __init__(self, channels: int, image_size: int, section: Any | None, network: dict):
