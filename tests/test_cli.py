@@ -285,3 +285,21 @@ def test_out_of_memory_is_one_line_and_other_runtime_errors_stay_bugs(capsys):
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         _handle(bug, None)
+
+
+def test_library_warnings_and_notes_are_shown_by_the_cli_as_one_line_each_once_per_command(monkeypatch, capsys):
+    import warnings
+
+    from ddpmlab.commands import config as config_command
+    from ddpmlab.errors import DdpmlabNote, DdpmlabWarning
+
+    def warn_then_show(args):
+        for _ in range(3):  # the same warning from the same place: shown once
+            warnings.warn("skipped 2 images\nof 9", DdpmlabWarning, stacklevel=1)
+        warnings.warn("took over a stale lock", DdpmlabNote, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(config_command, "presets", warn_then_show)
+    for _ in range(2):  # and again in the next command of the same process
+        assert main(["presets"]) == 0
+        assert capsys.readouterr().err.splitlines() == ["warning: skipped 2 images\\nof 9", "note: took over a stale lock"]

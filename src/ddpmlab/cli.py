@@ -12,7 +12,7 @@ import warnings
 from ddpmlab.commands import bench, compare, config, evaluate, pretrained, sample, train
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
-from ddpmlab.errors import DdpmlabWarning, UserError
+from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
 from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, default_steps_text, spacings_text
 from ddpmlab.version import __version__
 
@@ -255,16 +255,28 @@ def _add_bench_options(parser: argparse.ArgumentParser, batch_size: int | None, 
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
-    """A DdpmlabWarning as one line `warning: ...`; any other warning as Python prints it."""
+    """A DdpmlabWarning as one line `warning: ...` (a DdpmlabNote as `note: ...`); any other warning as Python
+    prints it."""
     if issubclass(category, DdpmlabWarning):
-        return f"warning: {_one_line(str(message))}\n"
+        return f"{'note' if issubclass(category, DdpmlabNote) else 'warning'}: {_one_line(str(message))}\n"
     return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Every warning on stderr as _format_warning writes it (the stderr of now, which tests may have replaced)."""
+    (file or sys.stderr).write(_format_warning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; user mistakes print `error: ...` on stderr and return 2."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    warnings.formatwarning = _format_warning
+    """Entry point; user mistakes print `error: ...` on stderr and return 2, the library's warnings and notes are
+    shown as one line each (the same one once per command)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", DdpmlabWarning)
+        warnings.showwarning = _show_warning
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["--"]:  # `torchrun ... -m ddpmlab -- sample ... --n 64`: the `--` keeps torchrun off our options
         argv = argv[1:]
     if argv[:1] == ["eval"] and len(argv) > 1 and argv[1] in EVAL_TOOLS:

@@ -1,5 +1,7 @@
 """The one exception type for user mistakes, printed by the CLI as `error: ...` (exit 2), and the one warning type
-for what a user should know but need not fix, printed by the CLI as `warning: ...`."""
+for what a user should know but need not fix, printed by the CLI as `warning: ...` (`note: ...` for a DdpmlabNote).
+
+Library code never prints these itself: it raises or warns, and the CLI decides how they are shown."""
 
 
 class UserError(Exception):
@@ -12,3 +14,8 @@ class UserError(Exception):
 class DdpmlabWarning(UserWarning):
     """Something the user should know that does not stop the work, e.g. images skipped as unreadable (issued with
     `warnings.warn`, so the same message from the same place is shown once per process)."""
+
+
+class DdpmlabNote(DdpmlabWarning):
+    """Information about something ddpmlab did on its own that needs no action, e.g. a stale lock taken over or a
+    damaged cache recomputed; printed by the CLI as `note: ...`."""

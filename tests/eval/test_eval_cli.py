@@ -197,9 +197,6 @@ def test_conditional_eval_reports_class_accuracy_and_per_class_fd(tiny_condition
 
 
 def test_sweep_scores_every_point_from_the_same_x_T_and_plots_it(tiny_run, synthetic_classifier, capsys):
-    from ddpmlab.eval.sweep import parse_sweep
-
-    assert parse_sweep("ddpm:100,ddim:2,5,heun:3", 100) == [("ddpm", 100), ("ddim", 2), ("ddim", 5), ("heun", 3)]
     classifier, _ = synthetic_classifier
     assert main(["eval", str(tiny_run), "--sweep", "ddim:3,dpm-solver++:3,heun:2", "--classifier", str(classifier),
                  "--n", "16", "--batch-size", "8", "--device", "cpu", "--quiet", "--name", "t"]) == 0

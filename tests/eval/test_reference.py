@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from ddpmlab.config import DataConfig
 from ddpmlab.data import load_dataset
+from ddpmlab.errors import DdpmlabNote
 from ddpmlab.eval.cache import cache_dir, dataset_key
 from ddpmlab.eval.classifier import classifier_features
 from ddpmlab.eval.features import ClassifierFeatures
@@ -67,10 +69,11 @@ def test_mismatches_recompute(tmp_path, monkeypatch):
     other = DataConfig(name="synthetic", synthetic_count=512, val_fraction=0.2)
     assert not reference_features(other, "val", extractor, 40, progress=False)[2]["cached"]
     assert extractor.calls == 4
-    # a corrupt file is recomputed, not an error
+    # a corrupt file is recomputed with a note, not an error
     with open(info["path"], "wb") as handle:
         handle.write(b"not an npz")
-    assert not reference_features(TINY, "val", extractor, 40, progress=False)[2]["cached"]
+    with pytest.warns(DdpmlabNote, match="are damaged .*; recomputing them"):
+        assert not reference_features(TINY, "val", extractor, 40, progress=False)[2]["cached"]
 
 
 def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
@@ -118,7 +121,7 @@ def test_fd_of_real_images_is_zero_against_themselves_and_grows_with_noise(synth
         fd_between(stats, feature_stats(np.zeros((3, extractor.dim)), "other"))
 
 
-def test_a_damaged_cache_is_recomputed_with_a_note(tmp_path, monkeypatch, capsys):
+def test_a_damaged_cache_is_recomputed_with_a_note(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPMLAB_CACHE", str(tmp_path))
     extractor = Counting()
     features, _, info = reference_features(TINY, "val", extractor, 40, progress=False)
@@ -132,25 +135,31 @@ def test_a_damaged_cache_is_recomputed_with_a_note(tmp_path, monkeypatch, capsys
                         intact[:position]):
             with open(path, "wb") as handle:
                 handle.write(damaged)
-            loaded = load_reference(path, extractor.extractor_id, 40, identity)
-            note = capsys.readouterr().err
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                loaded = load_reference(path, extractor.extractor_id, 40, identity)
+            notes = [str(w.message) for w in caught if w.category is DdpmlabNote]
             if loaded is None:
-                assert note.startswith(f"note: the cached reference statistics {path} are damaged") or not note
-                flips += bool(note)
+                assert len(notes) <= 1 and all(n.startswith(f"the cached reference statistics {path} are damaged")
+                                               for n in notes), notes
+                flips += bool(notes)
             else:
+                assert not notes
                 np.testing.assert_array_equal(loaded[0], features)  # a flip in what no one reads (zip timestamps)
     assert flips >= 60
     # altered consistently (a valid zip, its CRCs right): only the SHA-256 tells
     with np.load(io.BytesIO(intact)) as data:
         arrays = {key: data[key] for key in data.files}
     np.savez(path, **{**arrays, "features": np.where(arrays["features"] > 0, 1.0, arrays["features"])})
-    assert load_reference(path, extractor.extractor_id, 40, identity) is None
-    assert "its SHA-256 differs from the one recorded" in capsys.readouterr().err
-    _, _, again = reference_features(TINY, "val", extractor, 40, progress=False)
-    assert not again["cached"] and extractor.calls == 2 and "recomputing them" in capsys.readouterr().err
+    with pytest.warns(DdpmlabNote, match="its SHA-256 differs from the one recorded"):
+        assert load_reference(path, extractor.extractor_id, 40, identity) is None
+    with pytest.warns(DdpmlabNote, match="recomputing them"):
+        _, _, again = reference_features(TINY, "val", extractor, 40, progress=False)
+    assert not again["cached"] and extractor.calls == 2
     assert reference_features(TINY, "val", extractor, 40, progress=False)[2]["cached"]  # the rewrite is intact
     # a cache written before checksums (no sha256) is still read
     del arrays["sha256"]
     np.savez(path, **arrays)
-    np.testing.assert_array_equal(load_reference(path, extractor.extractor_id, 40, identity)[0], features)
-    assert capsys.readouterr().err == ""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DdpmlabNote)
+        np.testing.assert_array_equal(load_reference(path, extractor.extractor_id, 40, identity)[0], features)

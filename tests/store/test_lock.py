@@ -3,6 +3,7 @@ is taken over from a dead one with a note, and is released however the owner end
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import ddpmlab
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabNote, UserError
 from ddpmlab.store.lock import LOCK_FILE, RunLock
 from ddpmlab.train import Trainer
 
@@ -66,13 +67,13 @@ def test_a_live_owner_keeps_others_off_the_run(run, capsys):
     assert main(["train", "--resume", str(run), "--quiet", "train.steps=3"]) == 0
 
 
-def test_a_dead_owners_lock_is_taken_over_with_a_note(run, capsys):
+def test_a_dead_owners_lock_is_taken_over_with_a_note(run):
     owner = hold_lock(run)
     owner.send_signal(signal.SIGKILL)  # no chance to release: the file stays, the kernel drops the flock
     owner.wait(timeout=60)
     assert json.loads((run / LOCK_FILE).read_text())["pid"] == owner.pid
-    trainer = Trainer.resume(run, ["train.steps=3"], progress=False)
-    assert (f"note: took over {run / LOCK_FILE} from process {owner.pid} on " in capsys.readouterr().err)
+    with pytest.warns(DdpmlabNote, match=f"took over {re.escape(str(run / LOCK_FILE))} from process {owner.pid} on "):
+        trainer = Trainer.resume(run, ["train.steps=3"], progress=False)
     assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
     trainer.train()
     assert not (run / LOCK_FILE).exists()
@@ -89,10 +90,10 @@ def test_one_process_cannot_own_a_run_twice(tmp_path):
     RunLock(tmp_path).release()
 
 
-def test_force_keeps_no_stale_lock_and_a_lock_alone_is_no_content(tmp_path, capsys):
+def test_force_keeps_no_stale_lock_and_a_lock_alone_is_no_content(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / LOCK_FILE).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": "elsewhere"}))
-    trainer = Trainer(load_config("tiny", ["train.steps=1"]), tmp_path / "run", progress=False)  # no --force needed
-    assert "took over" in capsys.readouterr().err
+    with pytest.warns(DdpmlabNote, match="took over"):  # no --force needed
+        trainer = Trainer(load_config("tiny", ["train.steps=1"]), tmp_path / "run", progress=False)
     trainer.train()
     assert not (tmp_path / "run" / LOCK_FILE).exists()

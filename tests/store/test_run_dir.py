@@ -5,7 +5,7 @@ import pytest
 
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
 
@@ -85,13 +85,14 @@ def test_resume_below_the_current_step_is_refused_and_config_kept(tmp_path):
     assert (tmp_path / "run" / "config.yaml").read_text() == before
 
 
-def test_a_schedule_far_from_noise_is_warned_about_once_in_stderr_and_run_log(tmp_path, capsys):
+def test_a_schedule_far_from_noise_is_warned_about_once_as_a_warning_and_in_run_log(tmp_path, recwarn):
     Trainer(tiny("train.steps=1", "diffusion.beta_start=1e-4", "diffusion.beta_end=0.02"), tmp_path / "a", progress=False)
-    err = capsys.readouterr().err
-    assert err.count("warning: the noise schedule ends at alpha_bar_T = 0.364") == 1
+    warned = [str(w.message) for w in recwarn if w.category is DdpmlabWarning]
+    assert [m.startswith("the noise schedule ends at alpha_bar_T = 0.364") for m in warned] == [True]
     assert "warning: the noise schedule ends at alpha_bar_T = 0.364" in (tmp_path / "a" / "run.log").read_text()
+    recwarn.clear()
     Trainer(tiny("train.steps=1"), tmp_path / "b", progress=False)  # the scaled default: no warning
-    assert "warning" not in capsys.readouterr().err
+    assert not [w for w in recwarn if w.category is DdpmlabWarning]
     assert "parameters" in (tmp_path / "b" / "run.log").read_text()
 
 

@@ -10,8 +10,8 @@ in place of the other.
 from __future__ import annotations
 
 import json
-import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from ddpmlab.config import DataConfig, config_from_dict, parse_overrides
 from ddpmlab.data import load_dataset
 from ddpmlab.diffusion.nll import nll_bits_per_dim
 from ddpmlab.distributed import Processes, current, from_main, on_main, rank_device
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import held_out_split, train_classifier_to_file
 from ddpmlab.eval.reference import reference_features, subset_indices
@@ -102,9 +102,9 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
             guidance=guidance, clip_denoised=config.sample.clip_denoised).resolved(schedule.T)
         sampler, steps, spacing, eta = sampling.sampler, sampling.steps, sampling.spacing, sampling.eta
     if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics) and processes.is_main:
-        print(f"warning: FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
-              f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
-              file=sys.stderr)
+        warnings.warn(f"FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
+                      f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
+                      DdpmlabWarning, stacklevel=2)
     channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = on_main(lambda: needed_extractors(metrics, config.data, channels, image_size,
                                                                      classifier, device), processes) or ({}, {})

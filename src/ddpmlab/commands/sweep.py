@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import reference_features
 from ddpmlab.eval.samples import generate_samples, load_samples, save_samples
@@ -49,7 +49,8 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
     points = parse_sweep(sweep, schedule.T)
     if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics):
-        print(f"warning: FID/KID/PR on {n} samples per point: below {MIN_FID_SAMPLES}, biased high", file=sys.stderr)
+        warnings.warn(f"FID/KID/PR on {n} samples per point: below {MIN_FID_SAMPLES}, biased high", DdpmlabWarning,
+                      stacklevel=2)
     channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
@@ -96,8 +97,8 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
         results["extractors"] = extractor_ids(extractors, scores)
     untimed = [p for p in results["points"] if p["seconds_per_1000"] is None]
     if untimed:
-        print(f"note: {len(untimed)} point(s) reused saved samples, so they have no timing; delete "
-              f"{out_dir}/sweep-{name}-*.npz to time them", file=sys.stderr)
+        warnings.warn(f"{len(untimed)} point(s) reused saved samples, so they have no timing; delete "
+                      f"{out_dir}/sweep-{name}-*.npz to time them", DdpmlabNote, stacklevel=2)
     results["metric_keys"] = list(results["points"][0]["metrics"])
     results["machine"] = machine_load()
     if classifier_facts:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import torch
 
 from ddpmlab.config import DataConfig
 from ddpmlab.data import load_dataset
+from ddpmlab.errors import DdpmlabNote
 from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity
 from ddpmlab.eval.features import FeatureExtractor
 from ddpmlab.eval.metrics import FeatureStats
@@ -98,7 +99,8 @@ def load_reference(path: Path, extractor_id: str, count: int, identity: dict) ->
 
 
 def _damaged(path: Path, why: str) -> None:
-    print(f"note: the cached reference statistics {path} are damaged ({why}); recomputing them", file=sys.stderr)
+    warnings.warn(f"the cached reference statistics {path} are damaged ({why}); recomputing them", DdpmlabNote,
+                  stacklevel=3)
     return None
 
 

@@ -11,12 +11,12 @@ import fcntl
 import json
 import os
 import socket
-import sys
+import warnings
 import weakref
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabNote, UserError
 from ddpmlab.paths import storage_errors_as_user_errors
 
 LOCK_FILE = ".lock"
@@ -36,8 +36,8 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(owner).encode(), 0)
         if previous.get("pid") not in (None, os.getpid()):
-            print(f"note: took over {self.path} from process {previous['pid']} on {previous.get('host', '?')}, "
-                  f"which is no longer running (an interrupted run)", file=sys.stderr)
+            warnings.warn(f"took over {self.path} from process {previous['pid']} on {previous.get('host', '?')}, "
+                          f"which is no longer running (an interrupted run)", DdpmlabNote, stacklevel=2)
         self._release = weakref.finalize(self, _unlock, fd, str(self.path))
 
     def release(self) -> None:

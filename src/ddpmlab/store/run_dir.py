@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
+import warnings
 from pathlib import Path
 
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabNote, UserError
 from ddpmlab.paths import check_writable_folder
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.lock import LOCK_FILE
@@ -93,8 +93,8 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
                 (run_dir / folder).rmdir()
         if foreign:
             names = ", ".join(str(p.relative_to(run_dir)) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-            print(f"note: --force removed the earlier run in {run_dir} and kept {len(foreign)} file(s) ddpmlab did not "
-                  f"write: {names}", file=sys.stderr)
+            warnings.warn(f"--force removed the earlier run in {run_dir} and kept {len(foreign)} file(s) ddpmlab did "
+                          f"not write: {names}", DdpmlabNote, stacklevel=2)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 

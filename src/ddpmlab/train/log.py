@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from ddpmlab.errors import DdpmlabWarning
 from ddpmlab.store.metrics_csv import loss_columns, read_metrics
 
 # scores of the EMA network's samples during training (train.eval_metrics), on the rows of the steps evaluated
@@ -16,7 +17,8 @@ QUALITY_COLUMNS = {"fd": "FD (classifier)", "fid": "FID (Inception)"}
 
 
 class RunLog:
-    """RUN_DIR/run.log: timestamped notes of every session (device, sizes, warnings); warnings also go to stderr."""
+    """RUN_DIR/run.log: timestamped notes of every session (device, sizes, warnings); warnings are also issued as
+    DdpmlabWarnings."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -26,7 +28,7 @@ class RunLog:
         with self.path.open("a") as handle:
             handle.write(f"{stamp} {'warning: ' if warning else ''}{message}\n")
         if warning:
-            print(f"warning: {message}", file=sys.stderr)
+            warnings.warn(message, DdpmlabWarning, stacklevel=2)
 
 
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
