@@ -147,7 +147,7 @@ class Persistence:
         if mismatch:
             raise UserError(f"{folder}: checkpoint does not fit this model: {mismatch}")
         optimizers = ckpt.read_tensors(folder / ckpt.OPTIMIZER_FILE)
-        if "param_groups" in optimizers:  # one optimizer's state: a DDPM checkpoint written before the methods
+        if "param_groups" in optimizers:  # a single optimizer stored unnamed (the DDPM checkpoints of version 0.1)
             optimizers = {"model": optimizers}
         if set(optimizers) != set(self.optimizers):
             raise UserError(f"{folder}: checkpoint has optimizer states for {', '.join(sorted(optimizers))}, this "
