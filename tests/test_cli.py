@@ -303,3 +303,22 @@ def test_library_warnings_and_notes_are_shown_by_the_cli_as_one_line_each_once_p
     for _ in range(2):  # and again in the next command of the same process
         assert main(["presets"]) == 0
         assert capsys.readouterr().err.splitlines() == ["warning: skipped 2 images\\nof 9", "note: took over a stale lock"]
+
+
+def test_the_readmes_second_method_on_a_preset_trains_into_its_own_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    quick = ["train.steps=1", "train.sample_every=1000", "train.val_every=1000", "--quiet"]
+    assert main(["train", "tiny", *quick]) == 0
+    assert main(["train", "tiny", "method=dcgan", *quick]) == 0, capsys.readouterr().err
+    assert "method: dcgan" in (tmp_path / "runs" / "tiny-dcgan" / "config.yaml").read_text()
+    assert "method: ddpm" in (tmp_path / "runs" / "tiny" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("argv,folder", [(["tiny"], "runs/tiny"), (["tiny", "method=ddpm"], "runs/tiny"),
+                                         (["fashion-mnist-vae"], "runs/fashion-mnist-vae"),
+                                         (["fashion-mnist-vae", "method=ddpm"], "runs/fashion-mnist-vae-ddpm")])
+def test_the_default_run_folder_names_a_method_the_config_does_not_declare(argv, folder):
+    from ddpmlab.commands.train import default_run_dir
+    from ddpmlab.config import load_config
+
+    assert default_run_dir(argv[0], load_config(argv[0], argv[1:])).as_posix() == folder

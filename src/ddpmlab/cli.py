@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
                                             "ddpmlab train --resume DIR [key=value ...]")
     train.add_argument("config", nargs="?", help="preset name (see `ddpmlab presets`) or YAML path")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=2000")
-    train.add_argument("--run-dir", help="output folder (default runs/<config name>)")
+    train.add_argument("--run-dir", help="output folder (default runs/<config name>; "
+                       "runs/<config name>-<method> when method=... overrides the config's own)")
     train.add_argument("--force", action="store_true",
                        help="replace the run in an existing run directory (only the files ddpmlab wrote are removed)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
@@ -162,6 +163,7 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                "hour; on a GPU: all of them.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR",
                           help="a run directory (its newest checkpoint is evaluated), one of its checkpoint folders, "
+                               "one weights file (on its own: results in FILE's folder/eval/FILE unless --out), "
                                "or pretrained:NAME (results in eval/pretrained-NAME unless --out)")
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
     evaluate.add_argument("--n", type=_int64, default=10000, help="images to sample (default 10000)")
@@ -225,16 +227,18 @@ def _add_bench_parser(commands) -> argparse.ArgumentParser:
                                 description="Throughput on random data; nothing is downloaded or written. --json "
                                             "prints one JSON line whose images_per_s is the median.")
     kinds = bench.add_subparsers(dest="bench_command", required=True)
-    train = kinds.add_parser("train", help="full training steps of CONFIG's U-Net: images/s, FLOPs, matmul share")
+    train = kinds.add_parser("train", help="full training steps of CONFIG's method (DDPM, VAE, GAN): images/s, "
+                                             "FLOPs, matmul share")
     train.add_argument("config", help="preset name or YAML path")
     train.add_argument("overrides", nargs="*", help="section.key=value")
     train.add_argument("--steps", type=_int64, default=5, help="timed steps, median taken (default 5)")
     train.add_argument("--warmup", type=_int64, default=1, help="untimed steps first (default 1)")
     _add_bench_options(train, None, "the config's train.batch_size")
-    sample = kinds.add_parser("sample", help="images/s and network evaluations/s of a sampler on CONFIG's U-Net")
+    sample = kinds.add_parser("sample", help="images/s and network evaluations/s of a sampler on CONFIG's U-Net, "
+                                               "or of a baseline's one pass")
     sample.add_argument("config", help="preset name or YAML path")
     sample.add_argument("overrides", nargs="*", help="section.key=value")
-    sample.add_argument("--sampler", required=True, help=", ".join(SAMPLERS))
+    sample.add_argument("--sampler", help=", ".join(SAMPLERS) + " (a diffusion model's; a baseline samples in one pass)")
     sample.add_argument("--steps", type=_int64, help=f"sampling steps (default: {default_steps_text()})")
     sample.add_argument("--repeats", type=_int64, default=3, help="timed batches, median taken (default 3)")
     _add_bench_options(sample, None, "the config's sample.batch_size")

@@ -70,3 +70,49 @@ def test_sample_reports_its_layout(capsys):
                  "--batch-size", "2", "--repeats", "1", "--device", "cpu", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["channels_last"] is True and result["bf16"] is False and result["images_per_s"] > 0
+
+
+# parameters of each method's networks on the tiny preset's 3×16×16 images (the U-Net: 177,427)
+METHOD_PARAMETERS = {"vae": 1_055_683, "dcgan": 475_844, "vaegan": 1_978_884}
+
+
+@pytest.mark.parametrize("method", METHOD_PARAMETERS)
+def test_train_times_the_method_asked_for_through_its_own_loss(method, capsys, monkeypatch):
+    from ddpmlab.methods import BASELINES
+
+    phases = []
+    original = BASELINES[method].training_phases
+
+    def recorded(self, *args, **kwargs):
+        for phase in original(self, *args, **kwargs):
+            phases.append(phase.group)
+            yield phase
+
+    monkeypatch.setattr(BASELINES[method], "training_phases", recorded)
+    assert main(["bench", "train", "tiny", f"method={method}", "--batch-size", "2", "--steps", "1", "--warmup", "0",
+                 "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == method and result["parameters"] == METHOD_PARAMETERS[method]
+    groups = list(BASELINES[method](3, 16).parameter_groups())
+    assert phases[:len(groups)] and set(phases) == set(groups)  # every optimizer's phase ran
+    assert 0 < result["forward_flops_per_image"] < result["train_flops_per_image"]
+
+
+@pytest.mark.parametrize("method", METHOD_PARAMETERS)
+def test_sample_draws_a_baseline_in_its_one_pass(method, capsys):
+    assert main(["bench", "sample", "tiny", f"method={method}", "--batch-size", "2", "--repeats", "1", "--device",
+                 "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["method"], result["sampler"], result["steps"], result["nfe"]) == (method, method, None, 1)
+    assert result["parameters"] == METHOD_PARAMETERS[method] and result["images_per_s"] > 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tiny", "method=dcgan", "--sampler", "ddim"], "dcgan samples in one pass; --sampler applies to diffusion models"),
+    (["tiny", "method=vae", "--steps", "3"], "vae samples in one pass; --steps applies to diffusion models"),
+    (["tiny"], "a ddpm model needs --sampler: ddpm, ddim"),
+])
+def test_sample_refuses_sampler_flags_that_do_not_apply(args, message, capsys):
+    assert main(["bench", "sample", *args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1

@@ -12,7 +12,7 @@ import torch
 
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.methods import sample_images
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store import checkpoint as ckpt
@@ -235,3 +235,21 @@ def test_a_damaged_shipped_file_is_named_before_use(exported, tmp_path, monkeypa
     weights.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"model\.safetensors: damaged, its SHA-256 differs .*reinstall ddpmlab"):
         load_trained("pretrained:tiny32", device="cpu")
+
+
+@pytest.mark.parametrize("damage", ["{ not json", '{"format": "ddpmlab-pretrained-1", "training": [], "scores": 3}'])
+def test_list_names_a_damaged_model_and_lists_the_rest(damage, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    for name in ("cpu-demo", "cpu-demo-vae"):  # info.json is all that list reads
+        (tmp_path / name).mkdir()
+        shutil.copy(pretrained.package_root() / name / "info.json", tmp_path / name / "info.json")
+        (tmp_path / name / "model.safetensors").write_bytes(b"")
+    (tmp_path / "cpu-demo" / "info.json").write_text(damage)
+    monkeypatch.setenv(pretrained.ROOT_ENV, str(tmp_path))
+    with pytest.warns(DdpmlabWarning) as caught:
+        assert main(["pretrained", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained:cpu-demo-vae  vae" in out and "pretrained:cpu-demo " not in out
+    assert [str(w.message).split(": ")[0] for w in caught] == ["pretrained:cpu-demo left out"]
+    assert str(tmp_path / "cpu-demo" / "info.json") in str(caught[0].message)

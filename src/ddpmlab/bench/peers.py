@@ -16,6 +16,7 @@ from ddpmlab.bench.train import TrainingStep, random_batch, switch_text
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
+from ddpmlab.methods import build_method
 from ddpmlab.methods.ddpm import build_schedule, build_unet
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import sample
@@ -111,7 +112,7 @@ def bench_peers(batch_size: int = 8, steps: int = 1, rounds: int = 5, warmup: in
     ours, theirs, config = cifar10_networks(overrides)
     schedule = build_schedule(config.diffusion)
     x0, _, _ = random_batch(config, batch_size, device)
-    training = {side: TrainingStep(model.to(device), schedule, config, x0)
+    training = {side: TrainingStep(build_method(config, 3, 32, backbone=model), config, x0)
                 for side, model in (("ours", ours), ("theirs", theirs))}
     shape = tuple(x0.shape)
 

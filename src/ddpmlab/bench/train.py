@@ -1,74 +1,88 @@
-"""`ddpmlab bench train`: the speed of full training steps of a config's model on random data of its shape."""
+"""`ddpmlab bench train`: the speed of full training steps of a config's method on random data of its shape."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from ddpmlab.bench.timing import check_positive, count_flops, data_shape, images_per_second, matmul_rate, timed_calls
 from ddpmlab.config import Config, load_config
-from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
-from ddpmlab.methods.ddpm import build_schedule, build_unet
+from ddpmlab.methods import build_method, optimizer_settings
+from ddpmlab.methods.base import Phase
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.train import hotpath
 from ddpmlab.train.ema import EMA
 
 
 class TrainingStep:
-    """One optimisation step as the Trainer runs it, on a fixed random batch: `diffusion_loss` (bf16 autocast on
-    CUDA when train.bf16), backward, gradient clipping, AdamW, EMA, with the config's speed switches
-    (train.fused_adam, channels_last, compile; the batch is on the device already). Calling it runs one step;
-    `model` may be any nn.Module with the `(x_t, t, labels=None)` signature, so a peer's network runs the very
-    same step. The model is moved to x0's device and, with channels_last, to that layout, in place."""
+    """One training iteration as the Trainer runs it, on a fixed random batch, for any method's network
+    (ddpmlab.methods.MethodNet: a DDPM around any backbone, a VAE, a GAN): for each of the method's phases, its
+    loss (forward under bf16 autocast on CUDA when train.bf16), backward, gradient clipping and its AdamW step
+    (the method's learning rate and betas), then EMA, with the config's speed switches (train.fused_adam,
+    channels_last, compile; the batch is on the device already). Calling it runs one iteration. The network is
+    moved to x0's device and, with channels_last, to that layout, in place."""
 
-    def __init__(self, model: nn.Module, schedule: NoiseSchedule, config: Config, x0: torch.Tensor,
-                 labels: torch.Tensor | None = None):
+    def __init__(self, net: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None = None):
         t, device = config.train, x0.device
         self.switches = {"fused_adam": hotpath.resolve_switch(t.fused_adam, device),
                          "channels_last": hotpath.resolve_switch(t.channels_last, device), "compile": t.compile}
         layout = hotpath.memory_format(t.channels_last, device)
-        self.model = model.to(device, memory_format=layout).train()
-        self.schedule, self.x0, self.labels = schedule, x0.contiguous(memory_format=layout), labels
-        self.diffusion = config.diffusion
+        self.model = net.to(device, memory_format=layout).train()
+        self.x0, self.labels = x0.contiguous(memory_format=layout), labels
         self.grad_clip = t.grad_clip or float("inf")
         self.bf16 = device.type == "cuda" and t.bf16
-        self.optimizer = hotpath.adamw(model.parameters(), t.lr, (0.9, 0.999), t.weight_decay, self.switches["fused_adam"])
-        self.ema = EMA(model, t.ema_decay)
+        lr, betas = optimizer_settings(config)
+        self.groups = self.model.parameter_groups()
+        self.optimizers = {group: hotpath.adamw(params, lr, betas, t.weight_decay, self.switches["fused_adam"])
+                           for group, params in self.groups.items()}
+        self.ema = EMA(self.model, t.ema_decay)
         if t.compile:
-            self.model.compile()
-        self.generator = seeded_generator(device, t.seed)  # t and ε, as the Trainer draws them
+            hotpath.compile_networks(self.model)  # after EMA's copy, as the Trainer does
+        self.generator = seeded_generator(device, t.seed)  # latents, t and ε, as the Trainer draws them
         self.steps = 0
 
-    def autocast(self):
-        return hotpath.autocast(self.x0.device, self.bf16)
-
-    def loss(self) -> torch.Tensor:
-        """The training loss of the batch, as a scalar tensor with its graph."""
-        with self.autocast():
-            return diffusion_loss(self.model, self.schedule, self.x0, self.labels, self.diffusion.prediction,
-                                  self.diffusion.loss_weighting, self.diffusion.min_snr_gamma, self.generator)
+    def phases(self) -> Iterator[Phase]:
+        """The method's phases on the batch, each one's forward pass under autocast (its backward not)."""
+        phases = self.model.training_phases(self.x0, self.generator, self.labels)
+        while True:
+            with hotpath.autocast(self.x0.device, self.bf16):
+                phase = next(phases, None)
+            if phase is None:
+                return
+            yield phase
 
     def __call__(self) -> None:
-        loss = self.loss()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        for phase in self.phases():
+            optimizer = self.optimizers[phase.group]
+            optimizer.zero_grad(set_to_none=True)
+            phase.loss.backward()
+            nn.utils.clip_grad_norm_(self.groups[phase.group], self.grad_clip)
+            optimizer.step()
         self.ema.update(self.model, self.steps)
         self.steps += 1
 
     def flops(self) -> tuple[int, int]:
-        """(forward, forward + backward) FLOPs of the batch, counted on one pass each; the weights are not updated."""
+        """(forward, forward + backward) FLOPs of one iteration on the batch, all phases, counted on one pass each;
+        the weights are not updated."""
+        def forward() -> None:
+            for _ in self.phases():
+                pass
+
+        def forward_backward() -> None:
+            for phase in self.phases():
+                phase.loss.backward()
+
         # a compiled network runs its kernels past the counter: count on the eager one
         with torch.compiler.set_stance("force_eager") if self.switches["compile"] else contextlib.nullcontext():
-            forward = count_flops(lambda: self.loss())
-            both = count_flops(lambda: self.loss().backward())
-        self.optimizer.zero_grad(set_to_none=True)
-        return forward, both
+            counts = count_flops(forward), count_flops(forward_backward)
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        return counts
 
 
 def random_batch(config: Config, batch_size: int, device: torch.device, seed: int = 0):
@@ -86,9 +100,10 @@ def random_batch(config: Config, batch_size: int, device: torch.device, seed: in
 
 def bench_train(config_name: str, overrides: list[str] | None = None, batch_size: int | None = None, steps: int = 5,
                 warmup: int = 1, device: str = "auto") -> dict:
-    """Training speed of a config's U-Net: images_per_s (batch / median step time of `steps` timed steps after
-    `warmup` untimed ones), seconds per step, peak memory, FLOPs per image (forward; forward + backward) and the
-    achieved share of the device's measured matmul rate. UserError for a bad config, size, count or device."""
+    """Training speed of the config's method (a DDPM's U-Net, a VAE, a GAN's two networks), a step being one
+    TrainingStep through the method's own loss and phases: images_per_s (batch / median step time of `steps` timed
+    steps after `warmup` untimed ones), seconds per step, peak memory, FLOPs per image (forward; forward + backward)
+    and the achieved share of the device's measured matmul rate. UserError for a bad config, size, count or device."""
     config = load_config(config_name, overrides)
     batch_size = batch_size if batch_size is not None else config.train.batch_size
     check_positive(batch_size=batch_size, steps=steps)
@@ -97,8 +112,8 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
     device = resolve_device(device)
     torch.manual_seed(config.train.seed)
     x0, labels, classes = random_batch(config, batch_size, device)
-    model = build_unet(config.model, x0.shape[1], x0.shape[-1], classes, config.diffusion.prediction).to(device)
-    step = TrainingStep(model, build_schedule(config.diffusion), config, x0, labels)
+    model = build_method(config, x0.shape[1], x0.shape[-1], classes)
+    step = TrainingStep(model, config, x0, labels)
     timed_calls(step, 0, warmup, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -108,7 +123,7 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
     rate = matmul_rate(device)
     images_per_s = images_per_second(batch_size, seconds)
     flops_per_image = train_flops / batch_size
-    return {"benchmark": "train", "config": config_name, "overrides": list(overrides or []),
+    return {"benchmark": "train", "config": config_name, "method": config.method, "overrides": list(overrides or []),
             "images_per_s": images_per_s, "seconds_per_step": batch_size / images_per_s, "seconds": seconds,
             "batch_size": batch_size, "steps": steps, "warmup": warmup, "device": str(device),
             "image_shape": list(x0.shape[1:]), "parameters": sum(p.numel() for p in model.parameters()),
@@ -127,7 +142,7 @@ def describe_train(result: dict) -> str:
     """The human-readable lines of a bench_train result."""
     r = result
     return "\n".join([
-        f"{r['config']}: {r['parameters']:,} parameters, batch {r['batch_size']} of {'×'.join(map(str, r['image_shape']))}"
+        f"{r['config']}: {r['method']}, {r['parameters']:,} parameters, batch {r['batch_size']} of {'×'.join(map(str, r['image_shape']))}"
         f" on {r['device']}{' (bf16 autocast)' if r['bf16'] else ''}, {r['steps']} timed steps after {r['warmup']} warm-up",
         f"  switches: {switch_text(r)}",
         f"  {r['images_per_s']:.2f} images/s (median), {r['seconds_per_step']:.3f} s per step; "

@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from ddpmlab.config import config_from_dict, save_config
-from ddpmlab.errors import UserError
+from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.scores import SHORT_LABELS
 from ddpmlab.methods import rebuild_method
 from ddpmlab.report.render import fmt_seconds
@@ -50,23 +51,34 @@ def score_summary(score: dict) -> str:
 
 
 def pretrained_table(root: str | Path | None = None) -> str:
-    """`ddpmlab pretrained list`: one block per shipped model (method, classes, training, scores)."""
+    """`ddpmlab pretrained list`: one block per shipped model (method, classes, training, scores). A model whose
+    info.json cannot be read or shown is left out with a DdpmlabWarning naming it; the others are listed."""
     names = pretrained_names(root)
     if not names:
         return f"no pretrained models in {pretrained_root(root)}"
     blocks = []
     for name in names:
-        info = read_info(pretrained_root(root) / name)
-        training = info.get("training", {})
-        classes = f", {info['num_classes']} classes" if info.get("num_classes") else ""
-        shape = "×".join(map(str, info.get("image_shape") or []))
-        lines = [f"pretrained:{name}  {info.get('method')}{classes}, {shape} images, "
-                 f"{info.get('parameters', 0):,} parameters, {info.get('weights', {}).get('dtype')} weights",
-                 f"  trained {training.get('steps')} steps in {fmt_seconds(training.get('wall_s'))} on "
-                 f"{info.get('machine')}, finished {training.get('finished')}"]
-        lines += [f"  {score_summary(score)}" for score in info.get("scores", [])] or ["  no scores recorded"]
-        blocks.append("\n".join(lines))
-    return "\n".join(blocks)
+        try:
+            blocks.append(model_block(name, read_info(pretrained_root(root) / name)))
+        except UserError as exc:
+            warnings.warn(f"pretrained:{name} left out: {exc}", DdpmlabWarning)
+        except (AttributeError, KeyError, TypeError, ValueError):  # valid JSON of the wrong shape
+            path = pretrained_root(root) / name / INFO_FILE
+            warnings.warn(f"pretrained:{name} left out: {path}: damaged pretrained model info", DdpmlabWarning)
+    return "\n".join(blocks) or f"no readable pretrained models in {pretrained_root(root)}"
+
+
+def model_block(name: str, info: dict) -> str:
+    """The lines `pretrained list` shows for one model, from its info.json."""
+    training = info.get("training", {})
+    classes = f", {info['num_classes']} classes" if info.get("num_classes") else ""
+    shape = "×".join(map(str, info.get("image_shape") or []))
+    lines = [f"pretrained:{name}  {info.get('method')}{classes}, {shape} images, "
+             f"{info.get('parameters', 0):,} parameters, {info.get('weights', {}).get('dtype')} weights",
+             f"  trained {training.get('steps')} steps in {fmt_seconds(training.get('wall_s'))} on "
+             f"{info.get('machine')}, finished {training.get('finished')}"]
+    lines += [f"  {score_summary(score)}" for score in info.get("scores", [])] or ["  no scores recorded"]
+    return "\n".join(lines)
 
 
 def check_name(name: str) -> str:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from ddpmlab.config import load_config
+from ddpmlab.config import Config, load_config
 from ddpmlab.errors import UserError
 from ddpmlab.train import Trainer
+
+
+def default_run_dir(config_name: str, config: Config) -> Path:
+    """runs/<config name>, or runs/<config name>-<method> when an override trains another method than the config
+    file declares (`tiny method=dcgan` -> runs/tiny-dcgan), so that each method of a preset has its own folder."""
+    name = Path(config_name).stem
+    try:
+        declared = load_config(config_name).method
+    except UserError:  # the file alone is incomplete (its overrides complete it): it declares the default method
+        declared = Config().method
+    return Path("runs") / (name if config.method == declared else f"{name}-{config.method}")
 
 
 def run(args) -> int:
@@ -22,7 +33,7 @@ def run(args) -> int:
         if not args.config:
             raise UserError("give a CONFIG (preset name or YAML path) or --resume DIR")
         config = load_config(args.config, args.overrides)
-        run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+        run_dir = Path(args.run_dir or default_run_dir(args.config, config))
         trainer = Trainer(config, run_dir, force=args.force, progress=not args.quiet)
     say = print if trainer.processes.is_main else (lambda *line, **options: None)
     say(f"{trainer.run_dir}: {trainer.description}", flush=True)

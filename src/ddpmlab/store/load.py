@@ -16,13 +16,41 @@ from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.pretrained import WEIGHTS_FILE, as_float32, is_pretrained_folder, read_info, resolve_source
 
 
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def check_weights_path(path: Path) -> None:
+    """UserError naming what a file given where trained weights are expected is, unless it is a .safetensors file:
+    a config file (a run's config.yaml names its run directory) or anything else."""
+    if path.suffix == WEIGHTS_SUFFIX:
+        return
+    if path.suffix in (".yaml", ".yml"):
+        run = path.parent
+        fix = (f"give its run directory {run}" if ckpt.list_checkpoints(run)
+               else "give a run directory, a checkpoint folder, one .safetensors weights file or pretrained:NAME")
+        raise UserError(f"{path} is a config file, not trained weights; {fix}")
+    raise UserError(f"{path} is not a weights file (.safetensors); give a run directory, a checkpoint folder, one "
+                    f".safetensors weights file or pretrained:NAME")
+
+
+def is_lone_weights(path: Path) -> bool:
+    """Whether `path` is a weights file outside any checkpoint or pretrained folder (loaded from its metadata alone)."""
+    folder = path.parent
+    return path.is_file() and not ((folder / ckpt.PROGRESS_FILE).is_file() or is_pretrained_folder(folder))
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder from a run directory (its newest), a checkpoint folder, or a weights file inside one;
-    a pretrained model's folder from `pretrained:NAME` or the folder itself."""
+    a pretrained model's folder from `pretrained:NAME` or the folder itself. UserError for a weights file outside
+    a checkpoint folder (see is_lone_weights) and for a file that holds no weights."""
     path = resolve_source(path)
     if not path.exists():
         raise UserError(f"no such run directory or checkpoint: {path}")
     if path.is_file():
+        check_weights_path(path)
+        if is_lone_weights(path):
+            raise UserError(f"{path}: a weights file on its own, outside a checkpoint folder; give the checkpoint "
+                            f"folder it came from")
         return path.parent
     if (path / ckpt.PROGRESS_FILE).is_file() or is_pretrained_folder(path):
         return path
@@ -37,6 +65,7 @@ def weights_file(path: str | Path, use_ema: bool = True) -> Path:
     checkpoint folder, the EMA weights (or the raw ones when not use_ema); a pretrained model's (EMA) weights."""
     path = resolve_source(path)
     if path.is_file():
+        check_weights_path(path)
         return path
     folder = find_checkpoint(path)
     if is_pretrained_folder(folder):
@@ -55,16 +84,36 @@ def checkpoint_step(folder: Path) -> int:
 
 def load_trained(path: str | Path, use_ema: bool = True, device=None):
     """(network in eval mode on `device`, NoiseSchedule or None, Config, step) from a run directory, a checkpoint
-    folder or one weights file inside a checkpoint (that file is used, whatever `use_ema` says), or a pretrained
-    model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32).
+    folder or one weights file (that file is used, whatever `use_ema` says; outside a checkpoint folder, its
+    metadata alone rebuilds the network: config, model spec, method and step, as ddpmlab writes them), or a
+    pretrained model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32).
 
     The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
     others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
     (VAE, DCGAN, VAE-GAN), which has no schedule (None). Draw images with ddpmlab.methods.sample_images.
-    Raises UserError for a missing, corrupt or foreign checkpoint, and for one whose progress or weights file differs
-    from the checksum recorded when it was written.
+    Raises UserError for a missing, corrupt or foreign checkpoint, for a weights file whose metadata lacks what
+    rebuilds it (naming the missing key), and for one whose progress or weights file differs from the checksum
+    recorded when it was written.
     """
-    folder, weights = find_checkpoint(path), weights_file(path, use_ema)
+    weights = weights_file(path, use_ema)
+    lone = is_lone_weights(weights)
+    folder = weights if lone else find_checkpoint(path)  # what error messages name
+    if not lone:
+        verify(folder, weights)
+    state, metadata = ckpt.read_weights(weights)
+    step = metadata_step(weights, metadata) if lone else checkpoint_step(folder)
+    config, net = rebuilt_network(folder, metadata)
+    state = as_float32(state)
+    mismatch = ckpt.state_mismatch(net.state_dict(), state)
+    if mismatch:
+        raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
+    net.load_state_dict(state)
+    schedule = None if net.SINGLE_PASS else net.schedule
+    return net.to(resolve_device(device)).eval(), schedule, config, step
+
+
+def verify(folder: Path, weights: Path) -> None:
+    """The checksum check of a checkpoint's (or pretrained model's) progress and weights files before use."""
     try:
         ckpt.verify_checkpoint(folder, [ckpt.PROGRESS_FILE] + ([weights.name] if weights.parent == folder else []))
     except ckpt.DamagedCheckpoint as exc:
@@ -72,23 +121,46 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
             raise
         raise UserError(f"{exc.reason}; reinstall ddpmlab (pip install --force-reinstall ddpmlab) or export the model "
                         f"again") from None
-    step = checkpoint_step(folder)
-    state, metadata = ckpt.read_weights(weights)
-    state = as_float32(state)
+
+
+# the metadata a weights file needs to be loaded on its own, with what each holds
+REBUILD_KEYS = {"config": "the run's config", "model_spec": "the network's shape", "step": "the training step"}
+
+
+def missing_metadata(where: Path, key: str) -> UserError:
+    """The error for weights whose metadata lacks `key` (one of REBUILD_KEYS)."""
+    fix = "; use the checkpoint folder or run directory it came from" if where.is_file() else ""
+    return UserError(f"{where}: its metadata has no '{key}' ({REBUILD_KEYS[key]}), which loading the weights "
+                     f"needs{fix}")
+
+
+def metadata_step(weights: Path, metadata: dict[str, str]) -> int:
+    """The training step a weights file's metadata records (ddpmlab writes it into every checkpoint file)."""
+    try:
+        return int(metadata["step"])
+    except KeyError:
+        raise missing_metadata(weights, "step") from None
+    except ValueError:
+        raise UserError(f"{weights}: checkpoint metadata is corrupt (step {metadata['step']!r})") from None
+
+
+def rebuilt_network(where: Path, metadata: dict[str, str]):
+    """(Config, untrained network of the stored method) from a weights file's metadata; UserError naming a missing
+    key, for a custom backbone's weights (no spec to rebuild from) and for corrupt metadata."""
+    for key in ("config", "model_spec"):
+        if key not in metadata:
+            raise missing_metadata(where, key)
+    if not metadata["model_spec"]:
+        raise UserError(f"{where}: weights of a custom backbone (no stored model spec), which ddpmlab cannot rebuild; "
+                        f"load them into that backbone in Python")
     try:
         config, spec = json.loads(metadata["config"]), json.loads(metadata["model_spec"])
         if not isinstance(config, dict) or not isinstance(spec, dict):
             raise ValueError("not JSON objects")
-        config = config_from_dict(config, str(folder))
-        net = rebuild_method(metadata.get("method") or "ddpm", spec, config)
+        config = config_from_dict(config, str(where))
+        return config, rebuild_method(metadata.get("method") or "ddpm", spec, config)
     except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
-        raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
-    mismatch = ckpt.state_mismatch(net.state_dict(), state)
-    if mismatch:
-        raise UserError(f"{folder}: weights do not match the stored model spec: {mismatch}")
-    net.load_state_dict(state)
-    schedule = None if net.SINGLE_PASS else net.schedule
-    return net.to(resolve_device(device)).eval(), schedule, config, step
+        raise UserError(f"{where}: checkpoint metadata is missing or corrupt") from None
 
 
 def stored_method(path: str | Path, use_ema: bool = True) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ddpmlab.errors import DdpmlabNote, UserError
 from ddpmlab.paths import check_writable_folder
 from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.load import check_weights_path, is_lone_weights
 from ddpmlab.store.lock import LOCK_FILE
 from ddpmlab.store.pretrained import is_pretrained_folder, resolve_source
 
@@ -100,8 +101,12 @@ def prepare_run_dir(run_dir: Path, force: bool) -> None:
 
 def run_of(path: Path) -> Path:
     """The run directory of a run directory or of one of its checkpoint folders (RUN/checkpoints/step_X); a
-    pretrained model's folder for `pretrained:NAME` or that folder."""
+    pretrained model's folder for `pretrained:NAME` or that folder; for a weights file, its checkpoint folder's run,
+    or the file itself when it lies outside any checkpoint folder (a lone weights file)."""
     path = resolve_source(path)
+    if path.is_file():
+        check_weights_path(path)
+        return path if is_lone_weights(path) else run_of(path.parent)
     if not path.is_dir():
         raise UserError(f"no such run directory or checkpoint folder: {path}")
     if (path / ckpt.PROGRESS_FILE).is_file():
@@ -113,5 +118,8 @@ def run_of(path: Path) -> Path:
 
 def eval_folder(run_dir: Path) -> Path:
     """Where evaluation results go without --out: RUN_DIR/eval; for a pretrained model, whose folder is part of the
-    installed package and never written to, eval/pretrained-NAME in the current directory."""
+    installed package and never written to, eval/pretrained-NAME in the current directory; for a lone weights file
+    FILE.safetensors, FILE's folder/eval/FILE."""
+    if run_dir.is_file():
+        return run_dir.parent / "eval" / run_dir.stem
     return Path("eval") / f"pretrained-{run_dir.name}" if is_pretrained_folder(run_dir) else run_dir / "eval"
