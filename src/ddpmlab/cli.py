@@ -13,7 +13,7 @@ from ddpmlab.commands import bench, compare, config, evaluate, pretrained, sampl
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
-from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, default_steps_text, spacings_text
+from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, VARIANCES, default_steps_text, spacings_text
 from ddpmlab.version import __version__
 
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   f"and ddim; otherwise {default_steps_text()})")
     sample.add_argument("--spacing", help=f"timestep spacing: {spacings_text()} (default: each sampler's first)")
     sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
+    sample.add_argument("--variance", choices=VARIANCES, default=None,
+                        help="ddpm's reverse variance: posterior (beta tilde) or beta, Ho et al.'s for FID 3.17 "
+                             "(default: the run's sample.variance)")
     sample.add_argument("--n", type=_int64, default=None, help="number of images (default: the run's sample.n)")
     sample.add_argument("--batch-size", type=_int64, default=None, help="images per batch (default: the run's)")
     sample.add_argument("--seed", type=_int64, default=0)
@@ -175,6 +178,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                                "samples --n images per point from the same x_T and writes RUN_DIR/eval/sweep-*.json, "
                                ".png and .npz (metrics fd, fid, kid, pr; --sampler/--steps are not used)")
     evaluate.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
+    evaluate.add_argument("--variance", choices=VARIANCES, default=None,
+                          help="ddpm's reverse variance: posterior or beta (default: the run's sample.variance)")
     evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=_int64, default=0)
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
