@@ -78,7 +78,8 @@ class Pipeline:
     @torch.no_grad()
     def denoise(self, x_t: torch.Tensor, t, labels=None) -> torch.Tensor:
         """The network's raw output at x_t (N×C×H×W) and timestep t (an int, or N of them, in 0..T−1; index t is the
-        paper's t+1): its ε, x_0 or v prediction as trained (`pipe.config.diffusion.prediction`), on x_t's device."""
+        paper's t+1): its ε, x_0 or v prediction as trained (`pipe.config.diffusion.prediction`), on x_t's device.
+        labels of a class-conditional model may include the null label, num_classes (None: all null)."""
         if self.net.SINGLE_PASS:
             raise UserError(f"{self.config.method} draws an image in one network pass: it has no denoiser to call "
                             f"(denoise applies to diffusion models)")
@@ -92,18 +93,19 @@ class Pipeline:
         self.net.eval()
         try:
             device = self.device
-            return self.net(x_t.to(device), t.to(device), labels=self._labels(labels, len(x_t)))
+            return self.net(x_t.to(device), t.to(device), labels=self._labels(labels, len(x_t), null=True))
         finally:
             self.net.train(was_training)
 
-    def _labels(self, labels, n: int) -> torch.Tensor | None:
+    def _labels(self, labels, n: int, null: bool = False) -> torch.Tensor | None:
         if labels is None:
             return None
         if not self.num_classes:
             raise UserError("labels need a class-conditional model; this one is unconditional")
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
-        if labels.numel() != n or not ((0 <= labels) & (labels < self.num_classes)).all():
-            raise UserError(f"labels must be {n} class indices in 0..{self.num_classes - 1}")
+        last = self.num_classes if null else self.num_classes - 1
+        if labels.numel() != n or not ((0 <= labels) & (labels <= last)).all():
+            raise UserError(f"labels must be {n} class indices in 0..{last}")
         return labels.to(self.device)
 
     def _noise(self, noise: torch.Tensor | None, n: int) -> torch.Tensor | None:
