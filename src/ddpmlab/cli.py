@@ -9,7 +9,7 @@ import re
 import sys
 import warnings
 
-from ddpmlab.commands import bench, compare, config, evaluate, pretrained, sample, train
+from ddpmlab.commands import bench, compare, config, evaluate, export, pretrained, sample, train
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
@@ -103,6 +103,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_bench_parser(commands)
     _add_pretrained_parser(commands)
+    _add_export_parser(commands)
+    return parser
+
+
+def _add_export_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "export", help="write a trained diffusion model in another format: a diffusers DDPMPipeline folder",
+        description="ddpmlab export SOURCE --format diffusers --out DIR: model_index.json, unet/config.json, "
+                    "unet/diffusion_pytorch_model.safetensors and scheduler/scheduler_config.json, which "
+                    "diffusers.DDPMPipeline.from_pretrained(DIR) loads. Baselines have no such format.")
+    parser.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), one weights file, "
+                                       "pretrained:NAME or a diffusers folder")
+    parser.add_argument("--format", choices=export.FORMATS, default="diffusers", help="default diffusers")
+    parser.add_argument("--out", required=True, help="a new or empty folder")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     return parser
 
 
@@ -293,7 +308,8 @@ def _main(argv: list[str]) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": train.run, "sample": sample.run, "presets": config.presets, "config": config.show,
-                "eval": evaluate.run, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run}
+                "eval": evaluate.run, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run,
+                "export": export.run}
     return _handle(handlers[args.command], args, splits_over_processes=args.command in DISTRIBUTED_COMMANDS)
 
 
