@@ -14,7 +14,7 @@ def pipe():
 
 
 def test_load_is_the_package_api_and_holds_what_load_trained_returns(pipe):
-    net, schedule, config, step = load_trained("pretrained:cpu-demo", device="cpu")
+    _, schedule, config, step = load_trained("pretrained:cpu-demo", device="cpu")
     assert isinstance(pipe, ddpmlab.Pipeline)
     assert pipe.step == step and pipe.config == config and pipe.schedule.T == schedule.T == 1000
     assert torch.equal(pipe.schedule.betas, schedule.betas)

@@ -45,7 +45,8 @@ def test_export_refuses_baselines_non_empty_folders_and_bad_sources(tmp_path, ca
     assert not out.exists()
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert "exists and is not an empty folder" in one_line_error(capsys, ["export", "pretrained:cpu-demo", "--out", out])
+    assert "exists and is not an empty folder" in one_line_error(
+        capsys, ["export", "pretrained:cpu-demo", "--out", out])
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert "no such run directory" in one_line_error(capsys, ["export", tmp_path / "missing", "--out", tmp_path / "o"])
     with pytest.raises(SystemExit, match="2"):  # argparse's own check, as one line

@@ -1,5 +1,5 @@
-"""Ancestral sampling (σ² = β and β̃) and DDIM follow diffusers' DDPMScheduler and DDIMScheduler step by step from the
-same x_T with the same per-step noise, clipping x̂_0 as their config says; the schedules are imported from those
+"""Ancestral sampling (σ² = β and β̃) and DDIM follow diffusers' DDPMScheduler and DDIMScheduler step by step from
+the same x_T with the same per-step noise, clipping x̂_0 as their config says; the schedules are imported from those
 configs (ddpmlab.store.diffusers_format)."""
 
 import pytest
@@ -7,7 +7,11 @@ import torch
 
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.samplers import sample
-from ddpmlab.store.diffusers_format import diffusion_config, sample_config, scheduler_betas
+from ddpmlab.store.diffusers_format import (
+    diffusion_config,
+    sample_config,
+    scheduler_betas,
+)
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the optional [peers] extra: pip install -e .[peers]")
 

@@ -9,7 +9,7 @@ import torch
 import ddpmlab
 from ddpmlab.cli import main
 from ddpmlab.nets import UNet
-from ddpmlab.store.diffusers_format import (diffusers_state, scheduler_betas, unet_spec, write_diffusers)
+from ddpmlab.store.diffusers_format import diffusers_state, scheduler_betas, unet_config, unet_spec, write_diffusers
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the optional [peers] extra: pip install -e .[peers]")
 
@@ -80,7 +80,8 @@ def test_a_pipeline_folder_imports_in_every_weights_format(tmp_path, layout):
     unet = small_unet()
     scheduler = diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
                                         clip_sample=False)
-    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path, safe_serialization=layout == "pipeline")
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(
+        tmp_path, safe_serialization=layout == "pipeline")
     if layout == "legacy-names":  # diffusers before 0.14 named attention query, key, value, proj_attn
         names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
         state = torch.load(tmp_path / "unet" / "diffusion_pytorch_model.bin", weights_only=True)
@@ -155,8 +156,6 @@ def test_unets_ddpmlab_cannot_express_are_refused_on_export():
 
 
 def write_diffusers_check(unet):
-    from ddpmlab.store.diffusers_format import unet_config
-
     unet_config(unet.spec)
     diffusers_state(unet.state_dict(), unet.spec)
 
@@ -191,7 +190,8 @@ def test_bad_folders_are_one_line_errors_and_write_nothing(capsys, small_folder,
     config = json.loads((small_folder / "unet" / "config.json").read_text())
     (small_folder / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [32, 96]}))
     assert "weights do not match" in cli_error(capsys, ["sample", small_folder, "--out", tmp_path / "x.png"])
-    (small_folder / "unet" / "config.json").write_text(json.dumps({**config, "mid_block_type": "UNetMidBlock2DCrossAttn"}))
+    cross = {**config, "mid_block_type": "UNetMidBlock2DCrossAttn"}
+    (small_folder / "unet" / "config.json").write_text(json.dumps(cross))
     assert "mid_block_type='UNetMidBlock2DCrossAttn' has no ddpmlab" in cli_error(
         capsys, ["sample", small_folder, "--out", tmp_path / "x.png"])
     (small_folder / "scheduler" / "scheduler_config.json").write_text(json.dumps({"variance_type": "learned_range"}))
@@ -200,8 +200,8 @@ def test_bad_folders_are_one_line_errors_and_write_nothing(capsys, small_folder,
     (small_folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
     (small_folder / "scheduler" / "scheduler_config.json").write_text("{}")
     assert "not readable weights" in cli_error(capsys, ["sample", small_folder, "--out", tmp_path / "x.png"])
-    (small_folder / "model_index.json").write_text(json.dumps({"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"],
-                                                              "vqvae": ["diffusers", "VQModel"]}))
+    latent = {"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "vqvae": ["diffusers", "VQModel"]}
+    (small_folder / "model_index.json").write_text(json.dumps(latent))
     assert "LDMPipeline with vqvae" in cli_error(capsys, ["sample", small_folder, "--out", tmp_path / "x.png"])
     assert not (tmp_path / "x.png").exists()
 

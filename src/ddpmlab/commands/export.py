@@ -1,4 +1,4 @@
-"""`ddpmlab export SOURCE --format diffusers --out DIR`: a trained diffusion model as a diffusers DDPMPipeline folder."""
+"""`ddpmlab export SOURCE --format diffusers --out DIR`: a diffusion model as a diffusers DDPMPipeline folder."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def run(args) -> int:
 
     # Write the folder.
     write_diffusers(net, config, out)
-    print(f"wrote {args.source} (step {step}, {'raw' if args.no_ema else 'EMA'} weights) as a diffusers DDPMPipeline to "
-          f"{out}; load it with diffusers.DDPMPipeline.from_pretrained")
+    weights = "raw" if args.no_ema else "EMA"
+    print(f"wrote {args.source} (step {step}, {weights} weights) as a diffusers DDPMPipeline to {out}; load it with "
+          f"diffusers.DDPMPipeline.from_pretrained")
     return 0

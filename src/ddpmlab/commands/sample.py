@@ -74,7 +74,8 @@ def run(args) -> int:
     if method != "ddpm" and args.variance is not None:
         raise UserError(f"--variance applies to --sampler ddpm only, not {method}")
     sampling = SamplingSettings.of_run(config.sample, schedule.T, method, args.steps, spacing=args.spacing,
-                                       eta=args.eta, guidance=args.guidance, variance=args.variance).resolved(schedule.T)
+                                       eta=args.eta, guidance=args.guidance,
+                                       variance=args.variance).resolved(schedule.T)
     steps, spacing, nfe, guidance = sampling.steps, sampling.spacing, sampling.nfe(schedule.T), sampling.guidance
     eta = sampling.eta if method == "ddim" else None
     variance = sampling.variance if method == "ddpm" else None
@@ -106,7 +107,8 @@ def run(args) -> int:
                                               "eta": eta, "variance": variance, "seed": args.seed,
                                               "guidance": guidance}, class_names)
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
-        f", eta {eta}" if method == "ddim" else "") + (f", variance {variance}" if variance else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
+        f", eta {eta}" if method == "ddim" else "") + (f", variance {variance}" if variance else "") + (
+        f", guidance {guidance}" if labels is not None and guidance else "")
     print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
     return 0
 

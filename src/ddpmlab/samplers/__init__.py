@@ -78,7 +78,8 @@ class SamplingSettings:
     """How a diffusion model draws samples: the one object every command, method and sampler passes along.
 
     steps None: the sampler's default (all T for ddpm and ddim, 20 for the dpm-solvers, 18 for heun); spacing None:
-    its default; eta for DDIM only; variance for ddpm only (None: "posterior"); guidance w for a conditional model with labels;
+    its default; eta for DDIM only; variance for ddpm only (None: "posterior"); guidance w for a conditional model
+    with labels;
     prediction None: the model's own parameterisation.
     """
 

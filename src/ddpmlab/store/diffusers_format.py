@@ -12,6 +12,7 @@ torch.load(weights_only=True)).
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -37,7 +38,8 @@ VARIANCE_TYPES = {"fixed_small": "posterior", "fixed_small_log": "posterior", "f
                   "fixed_large_log": "beta"}
 # UNet2DModel's defaults, for keys a config.json leaves out
 UNET_DEFAULTS = {"in_channels": 3, "out_channels": 3, "center_input_sample": False, "time_embedding_type": "positional",
-                 "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True, "mid_block_type": "UNetMidBlock2D",
+                 "time_embedding_dim": None, "freq_shift": 0, "flip_sin_to_cos": True,
+                 "mid_block_type": "UNetMidBlock2D",
                  "layers_per_block": 2, "mid_block_scale_factor": 1, "downsample_padding": 1, "downsample_type": "conv",
                  "upsample_type": "conv", "dropout": 0.0, "act_fn": "silu", "attention_head_dim": 8,
                  "norm_num_groups": 32, "attn_norm_num_groups": None, "norm_eps": 1e-5,
@@ -131,7 +133,8 @@ def unet_spec(config: dict, prediction: str = "eps") -> UNetSpec:
         raise UserError(f"UNet2DModel sample_size={c.get('sample_size')!r}: ddpmlab needs one square size, a multiple "
                         f"of {multiple}")
     groups = c["norm_num_groups"]
-    if not isinstance(groups, int) or any(w % groups for w in widths) or c["attn_norm_num_groups"] not in (None, groups):
+    if not isinstance(groups, int) or any(w % groups for w in widths) \
+            or c["attn_norm_num_groups"] not in (None, groups):
         raise UserError(f"UNet2DModel norm_num_groups={groups!r}: ddpmlab needs one group count dividing every width")
     head = c["attention_head_dim"]
     heads = [w for w, a in zip(widths, attention) if a] + [widths[-1]]
@@ -368,9 +371,10 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as exc:
-        raise UserError(f"{path}: not readable weights ({str(exc).splitlines()[0][:120] if str(exc) else exc})") from None
-    except Exception as exc:  # torch.load's refusal of anything but tensors is an UnpicklingError
-        raise UserError(f"{path}: not a plain weights file ({type(exc).__name__}); it is never unpickled") from None
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not readable weights ({reason})") from None
+    except pickle.UnpicklingError:  # torch.load(weights_only=True) refuses anything but tensors and plain containers
+        raise UserError(f"{path}: holds more than weights; it is never unpickled") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state dict of tensors")
     return state
