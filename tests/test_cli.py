@@ -162,6 +162,7 @@ def test_sample_defaults_come_from_the_run_and_folders_get_one_png_per_image(tra
     (["--sampler", "ddpm", "--steps", "0"], "ddpm steps=0 must be an integer in 1..100"),
     (["--sampler", "ddpm", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
     (["--sampler", "heun", "--eta", "0.5"], "--eta applies to --sampler ddim only"),
+    (["--sampler", "ddim", "--variance", "beta"], "--variance applies to --sampler ddpm only"),
     (["--sampler", "ddim", "--spacing", "karras"], "ddim spacing 'karras' is not one of"),
     (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
     (["--guidance", "inf"], "--guidance must be a finite number >= 0"),

@@ -141,6 +141,7 @@ def test_baseline_presets_train_the_published_epochs(name, method, images, epoch
 
 @pytest.mark.parametrize("override,fragment", [
     ("data.on_bad_image=maybe", "invalid config value data.on_bad_image: 'maybe' is not one of error, skip"),
+    ("sample.variance=wide", "invalid config value sample.variance: 'wide' is not one of posterior, beta"),
     ("train.steps=9223372036854775808", "train.steps must be an integer in -2**63..2**63-1"),  # 2**63
     ("train.seed=-9223372036854775809", "train.seed must be an integer in -2**63..2**63-1"),
     ("model.channels=1e300", "model.channels must be an integer in -2**63..2**63-1"),

@@ -1,4 +1,4 @@
-"""The README's Python API example is run as written."""
+"""The README's Python API examples are run as written."""
 
 import re
 from pathlib import Path
@@ -6,11 +6,13 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_python_api_example_runs(tmp_path, monkeypatch):
-    section = README.read_text().split("## Python API", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def test_python_api_examples_run(tmp_path, monkeypatch):
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "untrained.png").stat().st_size > 0
 
 

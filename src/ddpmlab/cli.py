@@ -9,11 +9,11 @@ import re
 import sys
 import warnings
 
-from ddpmlab.commands import bench, compare, config, evaluate, pretrained, sample, train
+from ddpmlab.commands import bench, compare, config, evaluate, export, pretrained, sample, train
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
-from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, default_steps_text, spacings_text
+from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, VARIANCES, default_steps_text, spacings_text
 from ddpmlab.version import __version__
 
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
                                                   f"and ddim; otherwise {default_steps_text()})")
     sample.add_argument("--spacing", help=f"timestep spacing: {spacings_text()} (default: each sampler's first)")
     sample.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the run's sample.eta)")
+    sample.add_argument("--variance", choices=VARIANCES, default=None,
+                        help="ddpm's reverse variance: posterior (beta tilde) or beta, Ho et al.'s for FID 3.17 "
+                             "(default: the run's sample.variance)")
     sample.add_argument("--n", type=_int64, default=None, help="number of images (default: the run's sample.n)")
     sample.add_argument("--batch-size", type=_int64, default=None, help="images per batch (default: the run's)")
     sample.add_argument("--seed", type=_int64, default=0)
@@ -101,6 +104,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare_parser(commands)
     _add_bench_parser(commands)
     _add_pretrained_parser(commands)
+    _add_export_parser(commands)
+    return parser
+
+
+def _add_export_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "export", help="write a trained diffusion model in another format: a diffusers DDPMPipeline folder",
+        description="ddpmlab export SOURCE --format diffusers --out DIR: model_index.json, unet/config.json, "
+                    "unet/diffusion_pytorch_model.safetensors and scheduler/scheduler_config.json, which "
+                    "diffusers.DDPMPipeline.from_pretrained(DIR) loads. Baselines have no such format.")
+    parser.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), one weights file, "
+                                       "pretrained:NAME or a diffusers folder")
+    parser.add_argument("--format", choices=export.FORMATS, default="diffusers", help="default diffusers")
+    parser.add_argument("--out", required=True, help="a new or empty folder")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     return parser
 
 
@@ -177,6 +195,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
                                "samples --n images per point from the same x_T and writes RUN_DIR/eval/sweep-*.json, "
                                ".png and .npz (metrics fd, fid, kid, pr; --sampler/--steps are not used)")
     evaluate.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
+    evaluate.add_argument("--variance", choices=VARIANCES, default=None,
+                          help="ddpm's reverse variance: posterior or beta (default: the run's sample.variance)")
     evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=_int64, default=0)
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
@@ -292,7 +312,8 @@ def _main(argv: list[str]) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": train.run, "sample": sample.run, "presets": config.presets, "config": config.show,
-                "eval": evaluate.run, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run}
+                "eval": evaluate.run, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run,
+                "export": export.run}
     return _handle(handlers[args.command], args, splits_over_processes=args.command in DISTRIBUTED_COMMANDS)
 
 

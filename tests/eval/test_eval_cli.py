@@ -33,7 +33,7 @@ def test_fd_nll_speed_end_to_end_and_samples_reused(tiny_run, synthetic_classifi
     assert results["extractors"] == {"fd_classifier": facts["extractor_id"]}
     assert len(results["settings"].pop("weights_digest")) == 8
     assert results["settings"] == {"checkpoint_step": 40, "weights": "ema", "sampler": "ddim", "steps": 5, "eta": 0.0,
-                                   "spacing": "leading", "nfe": 5,
+                                   "variance": None, "spacing": "leading", "nfe": 5,
                                    "n": 32, "batch_size": 16, "seed": 0, "guidance": None, "clip_denoised": True,
                                    "device_type": "cpu"}
     assert results["reference_split"] == "val" and results["reference"][facts["extractor_id"]]["count"] == 51

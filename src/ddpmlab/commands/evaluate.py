@@ -35,7 +35,7 @@ from ddpmlab.eval.speed import sampling_speed, training_cost
 from ddpmlab.paths import check_writable_file, check_writable_folder, safe_name
 from ddpmlab.report.tables import results_table, sweep_table
 from ddpmlab.rng import resolve_device
-from ddpmlab.samplers import SAMPLERS, SamplingSettings, default_spacing
+from ddpmlab.samplers import SAMPLERS, VARIANCES, SamplingSettings, default_spacing
 from ddpmlab.store.checkpoint import weights_digest
 from ddpmlab.store.load import load_trained
 from ddpmlab.store.pretrained import resolve_source
@@ -43,10 +43,12 @@ from ddpmlab.store.run_dir import eval_folder, run_of
 from ddpmlab.version import __version__
 
 
-def default_name(method: str, steps: int | None, n: int, seed: int, use_ema: bool, spacing: str | None = None) -> str:
-    """e.g. "ddim50-n10000-seed0", "vae-n10000-seed0" for a single-pass method (+ "-trailing" for a spacing other than the sampler's default, "-raw" for the
-    non-EMA weights)."""
+def default_name(method: str, steps: int | None, n: int, seed: int, use_ema: bool, spacing: str | None = None,
+                 variance: str | None = None) -> str:
+    """e.g. "ddim50-n10000-seed0", "vae-n10000-seed0" for a single-pass method (+ "-trailing" for a spacing other than
+    the sampler's default, "-beta" for ddpm's σ² = β, "-raw" for the non-EMA weights)."""
     extra = f"-{spacing}" if spacing not in (None, default_spacing(method)) else ""
+    extra += f"-{variance}" if variance not in (None, VARIANCES[0]) else ""
     return f"{method}{'' if steps is None else steps}{extra}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
 
 
@@ -96,11 +98,13 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
             raise UserError(f"the nll metric is the diffusion models' variational bound; a {config.method} run has "
                             f"none: leave nll out of --metrics")
         metrics = [m for m in metrics if m != "nll"]
-        sampling, sampler, steps, spacing, eta = None, config.method, None, None, None  # one pass: the name says so
+        sampling, sampler, steps, spacing, eta, variance = None, config.method, None, None, None, None  # one pass
     else:
         sampling = sampling.for_evaluation(schedule.T).with_(
-            guidance=guidance, clip_denoised=config.sample.clip_denoised).resolved(schedule.T)
+            guidance=guidance, clip_denoised=config.sample.clip_denoised,
+            variance=sampling.variance or config.sample.variance).resolved(schedule.T)
         sampler, steps, spacing, eta = sampling.sampler, sampling.steps, sampling.spacing, sampling.eta
+        variance = sampling.variance if sampler == "ddpm" else None
     if n < MIN_FID_SAMPLES and any(m in INCEPTION_METRICS for m in metrics) and processes.is_main:
         warnings.warn(f"FID/KID/PR on {n} samples: below {MIN_FID_SAMPLES} (the Inception feature dimension) the "
                       f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
@@ -109,13 +113,14 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     extractors, classifier_facts = on_main(lambda: needed_extractors(metrics, config.data, channels, image_size,
                                                                      classifier, device), processes) or ({}, {})
     batch_size = batch_size or config.sample.batch_size
-    name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing) + (
+    name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing, variance) + (
         f"-step{step}" if source != run_dir else "")
     split = held_out_split(config.data)
     settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                 "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps, "spacing": spacing,
                 "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
-                "eta": eta if sampler == "ddim" else None, "n": n, "batch_size": batch_size, "seed": seed,
+                "eta": eta if sampler == "ddim" else None,
+                "variance": variance, "n": n, "batch_size": batch_size, "seed": seed,
                 "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
                 "device_type": device.type}
     results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(config.data), "reference_split": split,
@@ -292,13 +297,17 @@ def run(args) -> int:
             raise UserError("ddpmlab eval --sweep runs in one process; start it without torchrun")
         results = evaluate_sweep(args.run_dir, args.sweep, metrics=args.metrics, n=args.n, batch_size=args.batch_size,
                                  seed=args.seed, use_ema=not args.no_ema, device=args.device, name=args.name,
-                                 classifier=args.classifier, ref_n=args.ref_n, progress=not args.quiet, out=args.out)
+                                 classifier=args.classifier, ref_n=args.ref_n, progress=not args.quiet, out=args.out,
+                                 variance=args.variance)
         print(sweep_table(results))
         print(f"wrote {results['json']} and {results['plot']}")
         return 0
     if args.eta is not None and not 0 <= args.eta <= 1:
         raise UserError("--eta must be in [0, 1]")
-    sampling = SamplingSettings(args.sampler or "ddim", args.steps, args.spacing, eta=args.eta or 0.0)
+    if args.variance is not None and (args.sampler or "ddim") != "ddpm":
+        raise UserError(f"--variance applies to --sampler ddpm only, not {args.sampler or 'ddim'}")
+    sampling = SamplingSettings(args.sampler or "ddim", args.steps, args.spacing, eta=args.eta or 0.0,
+                                variance=args.variance)
     results = evaluate_run(args.run_dir, sampling, metrics=args.metrics, n=args.n, batch_size=args.batch_size,
                            seed=args.seed, use_ema=not args.no_ema, device=args.device, name=args.name,
                            classifier=args.classifier, ref_n=args.ref_n, nll_n=args.nll_n,

@@ -19,6 +19,7 @@ from ddpmlab.store.load import load_trained, stored_class_names, stored_method, 
 from ddpmlab.store.pretrained import pretrained_name
 
 DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
+                   ("variance", "--variance"),
                    ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
                    ("sweep", "--sweep"))
 
@@ -70,10 +71,14 @@ def run(args) -> int:
     method = args.sampler or config.sample.sampler
     if method != "ddim" and args.eta is not None:
         raise UserError(f"--eta applies to --sampler ddim only, not {method}")
+    if method != "ddpm" and args.variance is not None:
+        raise UserError(f"--variance applies to --sampler ddpm only, not {method}")
     sampling = SamplingSettings.of_run(config.sample, schedule.T, method, args.steps, spacing=args.spacing,
-                                       eta=args.eta, guidance=args.guidance).resolved(schedule.T)
+                                       eta=args.eta, guidance=args.guidance,
+                                       variance=args.variance).resolved(schedule.T)
     steps, spacing, nfe, guidance = sampling.steps, sampling.spacing, sampling.nfe(schedule.T), sampling.guidance
     eta = sampling.eta if method == "ddim" else None
+    variance = sampling.variance if method == "ddpm" else None
     n = args.n or (8 if args.per_class else config.sample.n)
     labels = None
     if model.num_classes:
@@ -99,9 +104,11 @@ def run(args) -> int:
                    if args.per_class and out.suffix == ".png" else None)
     write_samples(args, out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
                                               "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe,
-                                              "eta": eta, "seed": args.seed, "guidance": guidance}, class_names)
+                                              "eta": eta, "variance": variance, "seed": args.seed,
+                                              "guidance": guidance}, class_names)
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
-        f", eta {eta}" if method == "ddim" else "") + (f", guidance {guidance}" if labels is not None and guidance else "")
+        f", eta {eta}" if method == "ddim" else "") + (f", variance {variance}" if variance else "") + (
+        f", guidance {guidance}" if labels is not None and guidance else "")
     print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
     return 0
 

@@ -32,8 +32,9 @@ from ddpmlab.version import __version__
 def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = None, n: int = 1000,
                    batch_size: int | None = None, seed: int = 0, use_ema: bool = True, device: str = "auto",
                    name: str | None = None, classifier: str | Path | None = None, ref_n: int = 10000,
-                   progress: bool = True, out: str | Path | None = None) -> dict:
-    """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict."""
+                   progress: bool = True, out: str | Path | None = None, variance: str | None = None) -> dict:
+    """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict. ddpm's
+    points use `variance` (default: the run's sample.variance)."""
     device = resolve_device(device)
     metrics = parse_metrics(metrics or ("fd" if device.type == "cpu" else "fd,fid"), device)
     distance_metrics = [m for m in metrics if m in ("fd", *INCEPTION_METRICS)]
@@ -70,12 +71,14 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                "torch": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "points": []}
     for method, steps in points:
-        sampling = SamplingSettings(method, steps, guidance=guidance, clip_denoised=config.sample.clip_denoised)
+        sampling = SamplingSettings(method, steps, guidance=guidance, clip_denoised=config.sample.clip_denoised,
+                                    variance=variance or config.sample.variance)
         sampling = sampling.resolved(schedule.T)
         spacing = sampling.spacing
         settings = {"checkpoint_step": step, "weights": results["weights"], "weights_digest": results["weights_digest"],
                     "sampler": method, "steps": steps,
-                    "spacing": spacing, "eta": 0.0 if method == "ddim" else None, "n": n, "batch_size": batch_size,
+                    "spacing": spacing, "eta": 0.0 if method == "ddim" else None,
+                    "variance": sampling.variance if method == "ddpm" else None, "n": n, "batch_size": batch_size,
                     "seed": seed, "noise": "shared-x_T", "guidance": guidance,
                     "clip_denoised": config.sample.clip_denoised}
         samples_path = out_dir / f"sweep-{name}-{point_name(method, steps, spacing)}.npz"

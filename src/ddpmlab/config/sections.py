@@ -112,6 +112,7 @@ class SampleConfig:
     batch_size: int = 64
     guidance: float | None = None
     clip_denoised: bool = True
+    variance: str = "posterior"  # ddpm's reverse variance: σ² = β̃ (posterior) or β (Ho et al.'s FID 3.17)
 
 
 # The baselines (method=vae|dcgan|vaegan): their networks' arguments and their Adam settings (β2 = 0.999).

@@ -9,7 +9,7 @@ from ddpmlab.config.sections import (BAD_IMAGE_POLICIES, BASELINE_SECTIONS, DATA
                                      Config, DCGANConfig, VAEConfig, VAEGANConfig, flatten)
 from ddpmlab.diffusion.schedule import linear_beta_range
 from ddpmlab.errors import UserError
-from ddpmlab.samplers import SAMPLERS
+from ddpmlab.samplers import SAMPLERS, VARIANCES
 
 
 def resume_changes(saved: Config, requested: Config, step: int) -> None:
@@ -112,6 +112,7 @@ def validate(config: Config) -> None:
     _check(0.0 <= s.eta <= 1.0, "sample.eta", "must be in [0, 1]")
     _check(s.n > 0, "sample.n", "must be positive")
     _check(s.batch_size > 0, "sample.batch_size", "must be positive")
+    _check(s.variance in VARIANCES, "sample.variance", f"{s.variance!r} is not one of {', '.join(VARIANCES)}")
 
 
 def _check_baseline_sections(config: Config) -> None:

@@ -9,29 +9,32 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of (N,) timesteps -> (N, dim) float32 (Vaswani et al. 2017, as in Ho et al.)."""
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, flip_sin_to_cos: bool = False,
+                       freq_shift: float = 1) -> torch.Tensor:
+    """Sinusoidal embedding of (N,) timesteps -> (N, dim) float32 (Vaswani et al. 2017, as in Ho et al.):
+    [sin(t·f_i), cos(t·f_i)] with f_i = max_period^(−i/(dim/2 − freq_shift)); [cos, sin] when flip_sin_to_cos.
+    Ho et al.'s is freq_shift 1, no flip; diffusers' UNet2DModel names the same two options."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / max(half - 1, 1))
-    args = t.float()[:, None] * freqs[None]
-    embedding = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
-    return F.pad(embedding, (0, dim % 2))
+    exponents = -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32)
+    args = t.float()[:, None] * torch.exp(exponents / max(half - freq_shift, 1))[None]
+    halves = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
+    return F.pad(torch.cat(halves, dim=1), (0, dim % 2))
 
 
-def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int = 32, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm with `groups` groups (Ho et al. use 32), fewer when the channel count is not divisible."""
-    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=1e-6)
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
 class ResBlock(nn.Module):
     """Ho et al. residual block: GN-SiLU-conv, + projected time embedding, GN-SiLU-dropout-conv, skip."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int = 32):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int = 32, eps: float = 1e-6):
         super().__init__()
-        self.norm1 = group_norm(in_ch, groups)
+        self.norm1 = group_norm(in_ch, groups, eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch)
-        self.norm2 = group_norm(out_ch, groups)
+        self.norm2 = group_norm(out_ch, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -48,9 +51,9 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Single-head spatial self-attention with a residual connection (Ho et al., at 16×16)."""
 
-    def __init__(self, channels: int, groups: int = 32):
+    def __init__(self, channels: int, groups: int = 32, eps: float = 1e-6):
         super().__init__()
-        self.norm = group_norm(channels, groups)
+        self.norm = group_norm(channels, groups, eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
         nn.init.zeros_(self.proj.weight)
@@ -67,15 +70,23 @@ class AttentionBlock(nn.Module):
         return x + out.transpose(1, 2).reshape(n, c, h, w)
 
 
-class Downsample(nn.Module):
-    """Stride-2 3×3 convolution."""
+DOWNSAMPLE_PADDINGS = ("symmetric", "tf-same")
 
-    def __init__(self, channels: int):
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 convolution, its input padded by one on every side ("symmetric"), or on the right and bottom
+    only ("tf-same": TensorFlow's SAME padding for even sizes, as in Ho et al.'s code and diffusers'
+    downsample_padding=0)."""
+
+    def __init__(self, channels: int, padding: str = "symmetric"):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"padding must be one of {DOWNSAMPLE_PADDINGS}, got {padding!r}")
+        self.tf_same = padding == "tf-same"
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if self.tf_same else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.tf_same else x)
 
 
 def upsampling_taps() -> torch.Tensor:

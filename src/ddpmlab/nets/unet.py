@@ -25,6 +25,11 @@ class UNetSpec:
     image_size: int = 32
     num_classes: int | None = None
     prediction: str = "eps"
+    # conventions of imported models (diffusers' UNet2DModel names); the defaults are Ho et al.'s and ddpmlab's
+    downsample: str = "symmetric"  # or "tf-same": pad right and bottom by one (Ho et al.'s TF code)
+    norm_eps: float = 1e-6
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1
 
 
 class UNet(nn.Module):
@@ -47,10 +52,16 @@ class UNet(nn.Module):
         image_size: int = 32,
         num_classes: int | None = None,
         prediction: str = "eps",
+        downsample: str = "symmetric",
+        norm_eps: float = 1e-6,
+        flip_sin_to_cos: bool = False,
+        freq_shift: float = 1,
     ):
         super().__init__()
         self.spec = UNetSpec(in_channels, channels, list(channel_mult), num_res_blocks, list(attention_resolutions),
-                             dropout, groups, image_size, num_classes, prediction)
+                             dropout, groups, image_size, num_classes, prediction, downsample, norm_eps,
+                             flip_sin_to_cos, freq_shift)
+        eps = norm_eps
         self.prediction = prediction
         self.num_classes = num_classes
         self.multiple = 2 ** (len(channel_mult) - 1)
@@ -65,26 +76,28 @@ class UNet(nn.Module):
         ch = channels
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                self.down.append(_Stage(ResBlock(ch, channels * mult, emb_dim, dropout, groups),
-                                        AttentionBlock(channels * mult, groups) if resolution in attention_resolutions else None))
+                self.down.append(_Stage(ResBlock(ch, channels * mult, emb_dim, dropout, groups, eps),
+                                        AttentionBlock(channels * mult, groups, eps)
+                                        if resolution in attention_resolutions else None))
                 ch = channels * mult
                 skips.append(ch)
             if level != len(channel_mult) - 1:
-                self.down.append(Downsample(ch))
+                self.down.append(Downsample(ch, downsample))
                 skips.append(ch)
                 resolution //= 2
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, groups), AttentionBlock(ch, groups),
-                                  ResBlock(ch, ch, emb_dim, dropout, groups)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout, groups, eps), AttentionBlock(ch, groups, eps),
+                                  ResBlock(ch, ch, emb_dim, dropout, groups, eps)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(num_res_blocks + 1):
-                self.up.append(_Stage(ResBlock(ch + skips.pop(), channels * mult, emb_dim, dropout, groups),
-                                      AttentionBlock(channels * mult, groups) if resolution in attention_resolutions else None))
+                self.up.append(_Stage(ResBlock(ch + skips.pop(), channels * mult, emb_dim, dropout, groups, eps),
+                                      AttentionBlock(channels * mult, groups, eps)
+                                      if resolution in attention_resolutions else None))
                 ch = channels * mult
             if level != 0:
                 self.up.append(Upsample(ch))
                 resolution *= 2
-        self.norm_out = group_norm(ch, groups)
+        self.norm_out = group_norm(ch, groups, eps)
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
@@ -104,7 +117,9 @@ class UNet(nn.Module):
         pad_h, pad_w = -h_in % self.multiple, -w_in % self.multiple
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
-        emb = self.time_mlp(timestep_embedding(t, self.spec.channels).to(x.dtype))
+        spec = self.spec
+        emb = self.time_mlp(timestep_embedding(t, spec.channels, flip_sin_to_cos=spec.flip_sin_to_cos,
+                                               freq_shift=spec.freq_shift).to(x.dtype))
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)

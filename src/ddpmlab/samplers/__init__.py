@@ -78,7 +78,8 @@ class SamplingSettings:
     """How a diffusion model draws samples: the one object every command, method and sampler passes along.
 
     steps None: the sampler's default (all T for ddpm and ddim, 20 for the dpm-solvers, 18 for heun); spacing None:
-    its default; eta for DDIM only; variance for ddpm only; guidance w for a conditional model with labels;
+    its default; eta for DDIM only; variance for ddpm only (None: "posterior"); guidance w for a conditional model
+    with labels;
     prediction None: the model's own parameterisation.
     """
 
@@ -89,16 +90,17 @@ class SamplingSettings:
     guidance: float | None = None
     clip_denoised: bool = True
     prediction: str | None = None
-    variance: str = "posterior"
+    variance: str | None = None
 
     def resolved(self, T: int) -> "SamplingSettings":
         """These settings with steps and spacing filled in; UserError for values the sampler does not take."""
         steps = resolve_steps(sampler(self.sampler).name, self.steps, T)
         if self.sampler == "ddim" and not 0.0 <= self.eta <= 1.0:
             raise UserError(f"ddim eta={self.eta!r} must be in [0, 1] (0: deterministic, 1: DDPM's variance)")
-        if self.variance not in VARIANCES:
-            raise UserError(f"variance {self.variance!r} is not one of {', '.join(VARIANCES)}")
-        return replace(self, steps=steps, spacing=resolve_spacing(self.sampler, self.spacing))
+        variance = self.variance or VARIANCES[0]
+        if variance not in VARIANCES:
+            raise UserError(f"variance {variance!r} is not one of {', '.join(VARIANCES)}")
+        return replace(self, steps=steps, spacing=resolve_spacing(self.sampler, self.spacing), variance=variance)
 
     def nfe(self, T: int) -> int:
         """Network evaluations of one run of these settings."""
@@ -113,7 +115,7 @@ class SamplingSettings:
             steps = min(sample_cfg.steps, T)
         given = {key: value for key, value in given.items() if value is not None}
         return cls(name, steps, eta=sample_cfg.eta, guidance=sample_cfg.guidance,
-                   clip_denoised=sample_cfg.clip_denoised).with_(**given)
+                   clip_denoised=sample_cfg.clip_denoised, variance=sample_cfg.variance).with_(**given)
 
     def for_evaluation(self, T: int) -> "SamplingSettings":
         """These settings under `ddpmlab eval`'s protocol, the same for every run: DDIM without steps runs

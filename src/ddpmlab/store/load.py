@@ -1,5 +1,5 @@
-"""Find a checkpoint and load a trained network from it: a run directory, a checkpoint folder, one weights file or a
-pretrained model."""
+"""Find a checkpoint and load a trained network from it: a run directory, a checkpoint folder, one weights file, a
+pretrained model or a diffusers DDPM folder."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ddpmlab.errors import UserError
 from ddpmlab.methods import rebuild_method
 from ddpmlab.rng import resolve_device
 from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.diffusers_format import diffusers_folders, diffusers_weights_file, load_diffusers
 from ddpmlab.store.pretrained import WEIGHTS_FILE, as_float32, is_pretrained_folder, read_info, resolve_source
 
 
@@ -62,11 +63,15 @@ def find_checkpoint(path: str | Path) -> Path:
 
 def weights_file(path: str | Path, use_ema: bool = True) -> Path:
     """The weights a path names: a .safetensors file itself; in a run directory (its newest checkpoint) or a
-    checkpoint folder, the EMA weights (or the raw ones when not use_ema); a pretrained model's (EMA) weights."""
+    checkpoint folder, the EMA weights (or the raw ones when not use_ema); a pretrained model's (EMA) weights; a
+    diffusers folder's UNet weights (its only ones, whatever use_ema says)."""
     path = resolve_source(path)
     if path.is_file():
         check_weights_path(path)
         return path
+    folders = diffusers_folders(path)
+    if folders is not None:
+        return diffusers_weights_file(folders[0])
     folder = find_checkpoint(path)
     if is_pretrained_folder(folder):
         if not use_ema:
@@ -85,8 +90,9 @@ def checkpoint_step(folder: Path) -> int:
 def load_trained(path: str | Path, use_ema: bool = True, device=None):
     """(network in eval mode on `device`, NoiseSchedule or None, Config, step) from a run directory, a checkpoint
     folder or one weights file (that file is used, whatever `use_ema` says; outside a checkpoint folder, its
-    metadata alone rebuilds the network: config, model spec, method and step, as ddpmlab writes them), or a
-    pretrained model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32).
+    metadata alone rebuilds the network: config, model spec, method and step, as ddpmlab writes them), a
+    pretrained model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32), or a diffusers
+    DDPM folder (ddpmlab.store.diffusers_format: its only weights, whatever `use_ema` says; step 0).
 
     The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
     others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
@@ -95,6 +101,8 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     rebuilds it (naming the missing key), and for one whose progress or weights file differs from the checksum
     recorded when it was written.
     """
+    if diffusers_folders(resolve_source(path)) is not None:
+        return load_diffusers(resolve_source(path), device)
     weights = weights_file(path, use_ema)
     lone = is_lone_weights(weights)
     folder = weights if lone else find_checkpoint(path)  # what error messages name
@@ -165,12 +173,16 @@ def rebuilt_network(where: Path, metadata: dict[str, str]):
 
 def stored_method(path: str | Path, use_ema: bool = True) -> str:
     """The method ("ddpm", "vae", ...) whose weights a run directory, checkpoint folder or weights file holds, read
-    from the metadata alone; "ddpm" for checkpoints written before there were other methods."""
+    from the metadata alone; "ddpm" for checkpoints written before there were other methods and diffusers folders."""
+    if diffusers_folders(resolve_source(path)) is not None:
+        return "ddpm"
     return ckpt.read_metadata(weights_file(path, use_ema)).get("method") or "ddpm"
 
 
 def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True) -> list[str]:
     """The class names saved with a checkpoint's weights ("class K" where none were saved)."""
+    if diffusers_folders(resolve_source(path)) is not None:
+        return [f"class {k}" for k in range(num_classes)]
     with safe_open(str(weights_file(path, use_ema)), framework="pt") as handle:
         try:
             names = json.loads((handle.metadata() or {}).get("class_names") or "null")
