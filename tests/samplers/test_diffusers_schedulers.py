@@ -7,11 +7,7 @@ import torch
 
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.samplers import sample
-from ddpmlab.store.diffusers_format import (
-    diffusion_config,
-    sample_config,
-    scheduler_betas,
-)
+from ddpmlab.store.diffusers_format import diffusion_config, sample_config, scheduler_betas
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the optional [peers] extra: pip install -e .[peers]")
 

@@ -9,7 +9,8 @@ import torch
 import ddpmlab
 from ddpmlab.cli import main
 from ddpmlab.nets import UNet
-from ddpmlab.store.diffusers_format import diffusers_state, scheduler_betas, unet_config, unet_spec, write_diffusers
+from ddpmlab.store.diffusers_format import scheduler_betas, write_diffusers
+from ddpmlab.store.diffusers_unet import diffusers_state, unet_config, unet_spec
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the optional [peers] extra: pip install -e .[peers]")
 
