@@ -235,3 +235,26 @@ def test_a_damaged_shipped_file_is_named_before_use(exported, tmp_path, monkeypa
     weights.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"model\.safetensors: damaged, its SHA-256 differs .*reinstall ddpmlab"):
         load_trained("pretrained:tiny32", device="cpu")
+
+
+def test_list_gives_the_nll_its_own_protocol():
+    table = export.pretrained_table(pretrained.package_root())
+    line = next(line for line in table.splitlines() if "NLL" in line)
+    sampled, nll = line.split("; NLL")
+    assert "(2000 samples vs 10000 test, sde-dpm-solver++ 20 NFE, seed 0)" in sampled
+    assert nll == " bits/dim 3.936 (200 test images, 100 timesteps)"
+    info = pretrained.read_info(pretrained.package_root() / "cpu-demo")
+    assert "--nll-n 200 --nll-timesteps 100" in info["scores"][0]["command"]
+
+
+def test_an_nll_only_score_file_ships_without_a_sampling_protocol(tmp_path):
+    results = {"settings": {"checkpoint_step": 5, "weights": "ema", "weights_digest": "abcd0123", "nll_n": 200,
+                            "nll_timesteps": 100, "batch_size": 64, "seed": 0, "device_type": "cpu"},
+               "metrics": {"nll_bits_per_dim": 3.9, "nll_bits_per_dim_se": 0.1}, "metrics_requested": ["nll"],
+               "protocols": {"nll": {"n": 200, "split": "test", "timesteps": 100, "seed": 0}}}
+    (tmp_path / "nll.json").write_text(json.dumps(results))
+    entry = export.score_entry(tmp_path / "nll.json", 5, {"shipped weights": "abcd0123"}, "m")
+    assert entry["protocol"] is None and entry["protocols"]["nll"]["timesteps"] == 100
+    assert entry["command"] == ("ddpmlab eval pretrained:m --metrics nll --nll-n 200 --nll-timesteps 100 --seed 0 "
+                                "--batch-size 64")
+    assert export.score_summary(entry) == "NLL bits/dim 3.9 (200 test images, 100 timesteps)"
