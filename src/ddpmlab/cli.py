@@ -12,7 +12,7 @@ import warnings
 from ddpmlab.commands import bench, compare, config, evaluate, export, pretrained, sample, train
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
-from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
+from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, Interrupted, UserError
 from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, VARIANCES, default_steps_text, spacings_text
 from ddpmlab.version import __version__
 
@@ -193,7 +193,7 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--sweep", metavar="SPEC",
                           help="quality against cost: SPEC like ddpm:1000,ddim:10,20,50,dpm-solver++:10,20,heun:10 "
                                "samples --n images per point from the same x_T and writes RUN_DIR/eval/sweep-*.json, "
-                               ".png and .npz (metrics fd, fid, kid, pr; --sampler/--steps are not used)")
+                               ".png and .npz (metrics fd, fid, kid, pr; --sampler, --steps, --spacing, --eta are refused)")
     evaluate.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
     evaluate.add_argument("--variance", choices=VARIANCES, default=None,
                           help="ddpm's reverse variance: posterior or beta (default: the run's sample.variance)")
@@ -201,7 +201,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=_int64, default=0)
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    evaluate.add_argument("--name", help="name of the samples and results files (default e.g. ddim50-n10000-seed0); "
+    evaluate.add_argument("--name", help="name of the samples and results files (default e.g. step_0010000-ddim50-n10000-seed0, "
+                                         "step_0010000-nll-n1000-t1000 for nll alone); "
                                          "letters, digits, . _ - only, others are replaced")
     evaluate.add_argument("--out", help="folder for the results and samples (default RUN_DIR/eval), e.g. for a read-only run")
     evaluate.add_argument("--classifier", help="FD classifier file (default: the shipped or cached one for the dataset)")
@@ -354,6 +355,9 @@ def _handle(handler, args, splits_over_processes: bool = False) -> int:
         print(f"error: out of memory{f' (tried to allocate {size.group(1)})' if size else ''}; use a smaller "
               f"--batch-size or --n, or train.batch_size and the model's size", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # stopped by a signal after saving its work
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

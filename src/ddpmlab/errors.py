@@ -11,6 +11,15 @@ class UserError(Exception):
     """
 
 
+class Interrupted(Exception):
+    """The user stopped the work with a signal (Ctrl-C: SIGINT, or SIGTERM) and what was done is saved; the CLI
+    prints the message and exits 128 + the signal's number, the shell's convention, as `ddpmlab train` does."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 class DdpmlabWarning(UserWarning):
     """Something the user should know that does not stop the work, e.g. images skipped as unreadable (issued with
     `warnings.warn`, so the same message from the same place is shown once per process)."""

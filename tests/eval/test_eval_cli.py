@@ -24,7 +24,7 @@ def test_fd_nll_speed_end_to_end_and_samples_reused(tiny_run, synthetic_classifi
     assert run_eval(tiny_run, classifier, "--metrics", "fd,nll,speed", "--nll-n", 4, "--nll-timesteps", 4) == 0
     printed = capsys.readouterr().out
     assert "FD (classifier features)" in printed and "sampling (images/s)" in printed
-    results = json.loads((tiny_run / "eval" / "ddim5-n32-seed0.json").read_text())
+    results = json.loads((tiny_run / "eval" / "step_0000040-ddim5-n32-seed0.json").read_text())
     numbers = results["metrics"]
     for key in ("fd_classifier", "nll_bits_per_dim", "nll_bits_per_dim_se", "sampling_images_per_s",
                 "peak_memory_bytes", "train_wall_s", "train_images_per_s"):
@@ -40,13 +40,13 @@ def test_fd_nll_speed_end_to_end_and_samples_reused(tiny_run, synthetic_classifi
     assert results["speed"]["peak_memory_kind"].startswith("process peak RSS")
     assert results["training"]["train_steps"] == 40 and results["nll"] == {"n": 4, "split": "val", "timesteps": 4}
     assert set(results["timings_s"]) == {"sampling", "features_classifier", "distances", "nll"}
-    with np.load(tiny_run / "eval" / "ddim5-n32-seed0.npz") as samples:
+    with np.load(tiny_run / "eval" / "step_0000040-ddim5-n32-seed0.npz") as samples:
         assert samples["images"].shape == (32, 16, 16, 3) and samples["images"].dtype == np.uint8
         assert samples["labels"].shape == (32,)
 
     # the same settings again: the saved samples and reference features are reused, the number repeats exactly
     assert run_eval(tiny_run, classifier, "--metrics", "fd") == 0
-    again = json.loads((tiny_run / "eval" / "ddim5-n32-seed0.json").read_text())
+    again = json.loads((tiny_run / "eval" / "step_0000040-ddim5-n32-seed0.json").read_text())
     assert again["samples"]["reused"] and again["reference"][facts["extractor_id"]]["cached"]
     assert again["metrics"]["fd_classifier"] == numbers["fd_classifier"]
     # numbers of the earlier call on the same samples stay in the file
@@ -132,12 +132,12 @@ def test_a_checkpoint_folder_is_evaluated_into_its_runs_eval_folder(tiny_run, sy
     checkpoint = sorted((tiny_run / "checkpoints").iterdir())[0]
     assert run_eval(checkpoint, classifier, "--metrics", "fd") == 0
     step = int(checkpoint.name.split("_")[1])
-    assert (tiny_run / "eval" / f"ddim5-n32-seed0-step{step}.json").is_file()
+    assert (tiny_run / "eval" / f"step_{step:07d}-ddim5-n32-seed0.json").is_file()
     assert not (checkpoint / "eval").exists()
     assert run_eval(tiny_run, classifier, "--metrics", "fd", "--name", "../../escape/x") == 0
     assert (tiny_run / "eval" / "escape-x.json").is_file() and not (tiny_run.parent.parent / "escape").exists()
     assert run_eval(tiny_run, classifier, "--metrics", "fd", "--out", tmp_path / "elsewhere") == 0
-    assert (tmp_path / "elsewhere" / "ddim5-n32-seed0.json").is_file()
+    assert (tmp_path / "elsewhere" / "step_0000040-ddim5-n32-seed0.json").is_file()
 
 
 def test_fewer_than_2048_samples_for_fid_warns_and_counts_are_printed(tiny_run, synthetic_classifier, capsys, monkeypatch):
@@ -154,7 +154,7 @@ def test_fewer_than_2048_samples_for_fid_warns_and_counts_are_printed(tiny_run, 
     classifier, _ = synthetic_classifier
     assert run_eval(tiny_run, classifier, "--metrics", "fd,nll", "--nll-n", 4, "--nll-timesteps", 2) == 0
     table = capsys.readouterr().out
-    assert "32 samples vs 51 val" in table and "4 val images" in table
+    assert "32 samples vs 51 val" in table and "4 val images, 2 timesteps each" in table
 
 
 def test_a_classifier_trained_on_this_runs_reference_images_is_refused(tiny_run, tmp_path, capsys):
@@ -191,7 +191,7 @@ def test_per_class_grid_has_one_labelled_row_per_class(tiny_conditional_run, tmp
 def test_conditional_eval_reports_class_accuracy_and_per_class_fd(tiny_conditional_run, synthetic_classifier):
     classifier, _ = synthetic_classifier
     assert run_eval(tiny_conditional_run, classifier, "--metrics", "fd") == 0
-    numbers = json.loads((tiny_conditional_run / "eval" / "ddim5-n32-seed0.json").read_text())["metrics"]
+    numbers = json.loads((tiny_conditional_run / "eval" / "step_0000020-ddim5-n32-seed0.json").read_text())["metrics"]
     assert 0.0 <= numbers["class_accuracy"] <= 1.0 and numbers["class_accuracy"] * 32 == round(numbers["class_accuracy"] * 32)
     assert math.isfinite(numbers["fd_classifier_per_class"]) and numbers["fd_classifier_per_class"] > 0
 
@@ -231,15 +231,18 @@ def test_sweep_table_gives_each_point_relative_to_the_longest_ddpm_chain():
 
     points = [point("ddpm", 100, 12.0, 500.0), point("ddpm", 1000, 10.25, 4923.0), point("dpm-solver++", 20, 13.37, 99.8),
               point("ddim", 20, 9.0, None)]
-    results = {"metric_keys": ["fd_classifier"], "points": points}
-    lines = sweep_table(results).splitlines()
+    results = {"metric_keys": ["fd_classifier"], "points": points, "n": 500, "seed": 0, "reference_split": "test",
+               "reference": {"classifier-x": {"count": 10000}}, "extractors": {"fd_classifier": "classifier-x"}}
+    caption, *lines = sweep_table(results).splitlines()
+    assert caption == ("500 samples per point (seed 0, the same x_T for every point) vs 10000 test images; "
+                       "fd_classifier with classifier-x")
     assert "vs ddpm 1000" in lines[0]
     assert "+17.1 %" in lines[2] and "(reference)" in lines[3] and "+30.4 %" in lines[4]
     assert "-12.2 %" in lines[5] and lines[5].endswith("reused")
-    assert "vs ddpm" not in sweep_table({"metric_keys": ["fd_classifier"], "points": points[2:]})
+    assert "vs ddpm" not in sweep_table({**results, "points": points[2:]})
 
 
-def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_classifier, monkeypatch):
+def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_classifier, monkeypatch, capsys):
     import torch
 
     import ddpmlab.commands.sweep as build  # where the sweep looks load_trained up
@@ -253,9 +256,15 @@ def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_class
 
     assert main(args) == 0
     first = points()[0]
+    assert first["seconds_per_1000"] > 0 and first["timed"] == "now"
     assert main(args) == 0
-    assert points()[0]["seconds_per_1000"] is None and points()[0]["metrics"] == first["metrics"]  # reused
-    # other weights at the same checkpoint step (a run trained again in the same folder): drawn again, not reused
+    again = points()[0]
+    assert again["metrics"] == first["metrics"] and again["timed"] == "earlier"  # reused samples...
+    assert again["seconds_per_1000"] == first["seconds_per_1000"]  # ...keep the timing measured when drawn
+    plot = tiny_run / "eval" / "sweep-reuse.png"
+    written = {p: p.read_bytes() for p in (tiny_run / "eval").glob("sweep-reuse*")}
+    # other weights at the same checkpoint step (a run trained again, another run into the same --out): refused,
+    # the first weights' results and samples kept
     load_trained = build.load_trained
 
     def perturbed(*a, **k):
@@ -265,9 +274,9 @@ def test_sweep_reuses_samples_only_of_the_same_weights(tiny_run, synthetic_class
         return model, schedule, config, step
 
     monkeypatch.setattr(build, "load_trained", perturbed)
-    assert main(args) == 0
-    again = points()[0]
-    assert again["seconds_per_1000"] > 0 and again["metrics"] != first["metrics"]  # drawn again, timed
+    assert main(args) == 2
+    assert "holds results of other weights" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (tiny_run / "eval").glob("sweep-reuse*")} == written and plot.is_file()
 
 
 @pytest.mark.parametrize("spec,fragment", [("foo:3", "unknown sampler 'foo'"), ("3,4", "must start with a sampler"),
@@ -276,3 +285,50 @@ def test_bad_sweeps_are_one_line_errors(tiny_run, capsys, spec, fragment):
     assert main(["eval", str(tiny_run), "--sweep", spec, "--device", "cpu", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and fragment in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag", [["--sampler", "ddpm"], ["--steps", "7"], ["--spacing", "trailing"], ["--eta", "0.5"]])
+def test_a_sweep_refuses_the_flags_its_spec_decides(tiny_run, capsys, flag):
+    assert main(["eval", str(tiny_run), "--sweep", "ddim:3", *flag, "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --sweep names each point's sampler and steps; {flag[0]} does not apply") and (
+        len(err.splitlines()) == 1), err
+
+
+# -- results of different weights never replace each other (issue 23) -----------------------------------------
+def test_results_of_two_checkpoints_are_both_kept(synthetic_classifier, tmp_path, capsys):
+    from ddpmlab.config import load_config
+    from ddpmlab.train import Trainer
+
+    classifier, _ = synthetic_classifier
+    run = tmp_path / "run"
+    Trainer(load_config("tiny", ["train.steps=2"]), run, progress=False).train()
+    assert run_eval(run, classifier, "--metrics", "fd") == 0
+    first = run / "eval" / "step_0000002-ddim5-n32-seed0"
+    kept = {suffix: first.with_suffix(suffix).read_bytes() for suffix in (".json", ".npz")}
+    Trainer.resume(run, ["train.steps=4"], progress=False).train()
+    assert run_eval(run, classifier, "--metrics", "fd") == 0
+    assert {suffix: first.with_suffix(suffix).read_bytes() for suffix in (".json", ".npz")} == kept
+    second = json.loads((run / "eval" / "step_0000004-ddim5-n32-seed0.json").read_text())
+    assert second["settings"]["checkpoint_step"] == 4
+    # a --name already holding other weights' results is refused, not replaced
+    capsys.readouterr()
+    assert run_eval(run, classifier, "--metrics", "fd", "--name", "step_0000002-ddim5-n32-seed0") == 2
+    err = capsys.readouterr().err
+    assert "holds results of other weights (step 2" in err and len(err.strip().splitlines()) == 1
+    assert {suffix: first.with_suffix(suffix).read_bytes() for suffix in (".json", ".npz")} == kept
+
+
+def test_every_metric_carries_its_own_protocol_and_nll_alone_samples_nothing(tiny_run, synthetic_classifier):
+    classifier, _ = synthetic_classifier
+    assert run_eval(tiny_run, classifier, "--metrics", "nll", "--nll-n", 4, "--nll-timesteps", 2) == 0
+    path = tiny_run / "eval" / "step_0000040-nll-n4-t2.json"
+    results = json.loads(path.read_text())
+    assert results["protocols"] == {"nll": {"n": 4, "split": "val", "timesteps": 2, "seed": 0}}
+    assert "sampler" not in results["settings"] and "samples" not in results
+    assert not path.with_suffix(".npz").exists()
+    assert run_eval(tiny_run, classifier, "--metrics", "fd,nll", "--nll-n", 4, "--nll-timesteps", 2, "--name", "both") == 0
+    both = json.loads((tiny_run / "eval" / "both.json").read_text())["protocols"]
+    assert both["nll"] == {"n": 4, "split": "val", "timesteps": 2, "seed": 0}
+    assert both["fd"] == {"n": 32, "sampler": "ddim", "steps": 5, "spacing": "leading", "nfe": 5, "eta": 0.0,
+                          "seed": 0, "guidance": None, "reference_split": "val", "reference_n": 51}

@@ -19,7 +19,7 @@ def test_fd_and_speed_of_a_vae_run(synthetic_classifier, tmp_path, capsys):
             "--batch-size", "16", "--speed-repeats", "1", "--device", "cpu", "--quiet"]
     assert main(argv) == 0
     assert "FD (classifier features)" in capsys.readouterr().out
-    results = json.loads((run / "eval" / "vae-n32-seed0.json").read_text())
+    results = json.loads((run / "eval" / "step_0000010-vae-n32-seed0.json").read_text())
     numbers = results["metrics"]
     for key in ("fd_classifier", "sampling_images_per_s", "train_images_per_s"):
         assert math.isfinite(numbers[key]) and numbers[key] > 0, key
@@ -30,10 +30,10 @@ def test_fd_and_speed_of_a_vae_run(synthetic_classifier, tmp_path, capsys):
     # the kept samples are the EMA network's one pass with the seed, in batches of 16
     net, schedule, config, _ = load_trained(run)
     expected, labels = generate_samples(net, 32, None, batch_size=16, seed=0, progress=False)
-    with np.load(run / "eval" / "vae-n32-seed0.npz") as samples:
+    with np.load(run / "eval" / "step_0000010-vae-n32-seed0.npz") as samples:
         assert np.array_equal(samples["images"], expected.permute(0, 2, 3, 1).numpy()) and labels is None
     # the same settings again: the samples are reused and FD repeats exactly
     assert main(argv[:3] + ["fd"] + argv[4:]) == 0
-    again = json.loads((run / "eval" / "vae-n32-seed0.json").read_text())
+    again = json.loads((run / "eval" / "step_0000010-vae-n32-seed0.json").read_text())
     assert again["samples"]["reused"] and again["metrics"]["fd_classifier"] == numbers["fd_classifier"]
     assert not torch.equal(expected[:16], expected[16:])

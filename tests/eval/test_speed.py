@@ -51,5 +51,18 @@ def test_training_cost_from_metrics_csv(tmp_path):
     log.append(step=30, loss=0.4, images_per_s=200.0, wall_s=8.0)
     cost = training_cost(tmp_path, batch_size=16)
     assert cost == {"train_steps": 30, "train_wall_s": 8.0, "train_images": 480, "train_images_per_s": 60.0,
-                    "train_step_images_per_s": 200.0}
+                    "train_step_images_per_s": 200.0, "train_other_load": None, "train_cpu_shared": None}
     assert training_cost(tmp_path / "absent", 16) == {}
+
+
+def test_training_on_a_shared_cpu_is_known_from_the_logged_load(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.csv")
+    for step, load in ((10, 0.1), (20, 3.5), (30, 4.0)):  # other work started beside the training
+        log.append(step=step, loss=1.0, images_per_s=2.0, wall_s=step / 2, other_load=load)
+    cost = training_cost(tmp_path, batch_size=16)
+    assert cost["train_other_load"] == 3.5 and cost["train_cpu_shared"] is True
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    log = MetricsLog(alone / "metrics.csv")
+    log.append(step=10, loss=1.0, images_per_s=50.0, wall_s=3.0, other_load=-0.2)
+    assert training_cost(alone, batch_size=16)["train_cpu_shared"] is False

@@ -58,6 +58,7 @@ def test_report_has_a_row_per_model_with_the_same_measurements(compared):
         assert math.isfinite(row["metrics"]["fd_classifier"]) and row["metrics"]["fd_classifier"] >= 0
         assert row["seconds_per_1000"] > 0 and row["parameters"] > 1000
         assert row["training"]["train_steps"] == 10 and row["training"]["train_wall_s"] > 0
+        assert isinstance(row["training"]["train_cpu_shared"], bool)  # the training's load was logged
         assert row["stability"]["verdict"] in ("stable", "moderate", "unstable")
         assert Path(row["samples_npz"]).is_file()
     assert rows["ddpm"]["sampler"] == "ddim 50 steps (50 NFE)" and rows["vae"]["sampler"] == "one pass"
@@ -97,7 +98,7 @@ def test_second_invocation_reuses_the_trained_runs(compared, capsys):
     suite, runs, report = compared
     before = checkpoint_times(runs)
     assert len(before) > 0
-    sweep = runs / "ddpm" / "eval" / "sweep-n16-seed0.json"
+    sweep = runs / "ddpm" / "eval" / "sweep-step_0000010-n16-seed0.json"
     sweep_written = sweep.stat().st_mtime_ns
     code = main(["compare", str(suite), "--runs-dir", str(runs), "--out", str(report), "--quiet"])
     out = capsys.readouterr().out
@@ -139,6 +140,23 @@ def test_an_unfinished_run_is_resumed_to_the_suites_steps(tmp_path, synthetic_cl
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["rows"][0]["step"] == 20 and results["rows"][0]["training"]["train_steps"] == 20
     assert (runs / "vae" / "checkpoints" / "step_0000020").is_dir()
+
+
+def test_ctrl_c_while_compare_trains_exits_130_like_train(tmp_path, synthetic_classifier, capsys, monkeypatch):
+    import signal
+
+    def stopped(trainer):  # what Trainer.train returns after Ctrl-C: saved, stopped early
+        return {"step": 3, "interrupted": True, "signal": signal.SIGINT, "wall_s": 1.0, "run_dir": str(trainer.run_dir)}
+
+    monkeypatch.setattr(Trainer, "train", stopped)
+    suite = write_suite(tmp_path / "s.yaml", [{"name": "d", "config": "tiny", "overrides": TINY_DDPM}],
+                        synthetic_classifier)
+    code = main(["compare", str(suite), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 130 and "training of d was interrupted at step 3" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(Trainer, "train", lambda trainer: {**stopped(trainer), "signal": signal.SIGTERM})
+    assert main(["compare", str(suite), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 128 + signal.SIGTERM
 
 
 def errors(capsys, *argv) -> str:
@@ -215,8 +233,8 @@ def test_index_html_renders_every_row_and_image_in_headless_chromium(compared, t
     page = (compared[2] / "index.html").resolve()
     dom = chromium("--virtual-time-budget=10000", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
-    check = json.loads(html_unescape(re.search(r'<pre id="selfcheck">(.*?)</pre>', dom.stdout, re.S).group(1)))
-    assert check["rows"] == 2
+    check = json.loads(html_unescape(re.search(r'<pre id="selfcheck"[^>]*>(.*?)</pre>', dom.stdout, re.S).group(1)))
+    assert check["rows"] == 2 and check["hook_shown"] is False  # the test hook is not part of what a reader sees
     assert len(check["images"]) == 6
     assert all(image["loaded"] and image["width"] > 0 for image in check["images"]), check["images"]
 

@@ -253,3 +253,26 @@ def test_list_names_a_damaged_model_and_lists_the_rest(damage, tmp_path, monkeyp
     assert "pretrained:cpu-demo-vae  vae" in out and "pretrained:cpu-demo " not in out
     assert [str(w.message).split(": ")[0] for w in caught] == ["pretrained:cpu-demo left out"]
     assert str(tmp_path / "cpu-demo" / "info.json") in str(caught[0].message)
+
+
+def test_list_gives_the_nll_its_own_protocol():
+    table = export.pretrained_table(pretrained.package_root())
+    line = next(line for line in table.splitlines() if "NLL" in line)
+    sampled, nll = line.split("; NLL")
+    assert "(2000 samples vs 10000 test, sde-dpm-solver++ 20 NFE, seed 0)" in sampled
+    assert nll == " bits/dim 3.936 (200 test images, 100 timesteps)"
+    info = pretrained.read_info(pretrained.package_root() / "cpu-demo")
+    assert "--nll-n 200 --nll-timesteps 100" in info["scores"][0]["command"]
+
+
+def test_an_nll_only_score_file_ships_without_a_sampling_protocol(tmp_path):
+    results = {"settings": {"checkpoint_step": 5, "weights": "ema", "weights_digest": "abcd0123", "nll_n": 200,
+                            "nll_timesteps": 100, "batch_size": 64, "seed": 0, "device_type": "cpu"},
+               "metrics": {"nll_bits_per_dim": 3.9, "nll_bits_per_dim_se": 0.1}, "metrics_requested": ["nll"],
+               "protocols": {"nll": {"n": 200, "split": "test", "timesteps": 100, "seed": 0}}}
+    (tmp_path / "nll.json").write_text(json.dumps(results))
+    entry = export.score_entry(tmp_path / "nll.json", 5, {"shipped weights": "abcd0123"}, "m")
+    assert entry["protocol"] is None and entry["protocols"]["nll"]["timesteps"] == 100
+    assert entry["command"] == ("ddpmlab eval pretrained:m --metrics nll --nll-n 200 --nll-timesteps 100 --seed 0 "
+                                "--batch-size 64")
+    assert export.score_summary(entry) == "NLL bits/dim 3.9 (200 test images, 100 timesteps)"

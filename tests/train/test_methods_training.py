@@ -18,7 +18,7 @@ from ddpmlab.store.metrics_csv import COLUMNS, loss_columns, read_metrics
 from ddpmlab.train import Trainer
 
 BASELINE_NAMES = ("vae", "dcgan", "vaegan")
-TIMINGS = ("images_per_s", "wall_s")
+TIMINGS = ("images_per_s", "wall_s", "other_load")  # what the machine did, not the run
 
 
 def tiny(method, *overrides):

@@ -4,15 +4,17 @@ same way, and write one report (REPORT_DIR/report.md, a self-contained index.htm
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ddpmlab.commands.evaluate import evaluate_run
 from ddpmlab.commands.suite import Suite, SuiteRun, load_suite, suite_metrics
-from ddpmlab.commands.sweep import evaluate_sweep
+from ddpmlab.commands.sweep import evaluate_sweep, sweep_name
 from ddpmlab.config import flatten, load_config
-from ddpmlab.errors import UserError
+from ddpmlab.diffusion.process import loss_name
+from ddpmlab.errors import Interrupted, UserError
 from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.scores import FEATURE_METRICS, headline_key
@@ -151,8 +153,8 @@ def train_planned(plan: PlannedRun, progress: bool) -> None:
         trainer = Trainer(plan.config, plan.run_dir, force=plan.action == "restart", progress=progress)
     summary = trainer.train()
     if summary["interrupted"]:
-        raise UserError(f"training of {plan.entry.name} was interrupted at step {summary['step']}; run the same "
-                        f"`ddpmlab compare` again to resume it")
+        raise Interrupted(f"training of {plan.entry.name} was interrupted at step {summary['step']} (checkpoint saved); "
+                          f"run the same `ddpmlab compare` again to resume it", summary["signal"] or signal.SIGINT)
 
 
 def parameter_count(run_dir: Path) -> int:
@@ -198,23 +200,26 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
     eval_dir = (Path(out or ".") / "pretrained" / plan.entry.name) if plan.pretrained else plan.run_dir / "eval"
     results = evaluate_run(plan.run_dir, SamplingSettings(), metrics=",".join([*asked, "speed"]), n=n, seed=suite.seed,
                            classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress, out=eval_dir)
-    settings = results["settings"]
+    settings, config = results["settings"], read_run_config(plan.run_dir)
     row = {"name": plan.entry.name, "method": method, "run_dir": str(plan.run_dir), "step": settings["checkpoint_step"],
            "source": plan.entry.run or " ".join([plan.entry.config, *plan.entry.overrides]),
            "sampler": "one pass" if one_pass else f"{settings['sampler']} {settings['steps']} steps "
                                                   f"({settings['nfe']} NFE)",
-           "metrics": {k: v for k, v in results["metrics"].items()}, "n": n,
+           "metrics": {k: v for k, v in results["metrics"].items()}, "protocols": results["protocols"], "n": n,
            "reference": results.get("reference", {}), "eval_json": results["json"],
            "samples_npz": results.get("samples", {}).get("path"), "speed": results["speed"],
            "seconds_per_1000": seconds_per_1000(results["metrics"].get("sampling_images_per_s")),
            "parameters": parameter_count(plan.run_dir),
            "stability": run_stability(plan.run_dir / "metrics.csv", method),  # n/a without a metrics.csv
-           "training": training_cost(plan.run_dir, read_run_config(plan.run_dir).train.batch_size)}
+           "training": training_cost(plan.run_dir, config.train.batch_size),
+           "loss": None if one_pass else loss_name(config.diffusion.prediction, config.diffusion.loss_weighting,
+                                                   config.diffusion.min_snr_gamma)}
     sweep_metrics = [m for m in metrics if m in FEATURE_METRICS]
     if suite.sweep and not one_pass and sweep_metrics:
         points = parse_sweep(suite.sweep, plan.config.diffusion.timesteps)
-        sweep = saved_sweep(eval_dir / f"sweep-n{n}-seed{suite.seed}.json", row["step"], settings["weights_digest"],
-                            points, [headline_key(m) for m in sweep_metrics], results["extractors"])
+        sweep = saved_sweep(eval_dir / f"sweep-{sweep_name(row['step'], n, suite.seed)}.json", row["step"],
+                            settings["weights_digest"], points, [headline_key(m) for m in sweep_metrics],
+                            results["extractors"])
         if sweep is None:
             sweep = evaluate_sweep(plan.run_dir, suite.sweep, metrics=",".join(sweep_metrics), n=n, seed=suite.seed,
                                    classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress,

@@ -27,7 +27,7 @@ from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import held_out_split, train_classifier_to_file
 from ddpmlab.eval.reference import reference_features, subset_indices
-from ddpmlab.eval.samples import class_labels, generate_samples, load_samples, save_samples
+from ddpmlab.eval.samples import check_same_weights, class_labels, generate_samples, load_samples, save_samples
 from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRICS, METRICS, MIN_FID_SAMPLES,
                                  check_pr_counts, class_conditional_scores, distance_scores, extractor_ids,
                                  needed_extractors, parse_metrics)
@@ -36,20 +36,27 @@ from ddpmlab.paths import check_writable_file, check_writable_folder, safe_name
 from ddpmlab.report.tables import results_table, sweep_table
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SAMPLERS, VARIANCES, SamplingSettings, default_spacing
-from ddpmlab.store.checkpoint import weights_digest
+from ddpmlab.store.checkpoint import checkpoint_name, weights_digest
 from ddpmlab.store.load import load_trained
 from ddpmlab.store.pretrained import resolve_source
 from ddpmlab.store.run_dir import eval_folder, run_of
 from ddpmlab.version import __version__
 
 
-def default_name(method: str, steps: int | None, n: int, seed: int, use_ema: bool, spacing: str | None = None,
-                 variance: str | None = None) -> str:
-    """e.g. "ddim50-n10000-seed0", "vae-n10000-seed0" for a single-pass method (+ "-trailing" for a spacing other than
-    the sampler's default, "-beta" for ddpm's σ² = β, "-raw" for the non-EMA weights)."""
+def default_name(step: int, method: str, steps: int | None, n: int, seed: int, use_ema: bool,
+                 spacing: str | None = None, variance: str | None = None) -> str:
+    """e.g. "step_0000040-ddim50-n10000-seed0", "step_0000040-vae-n10000-seed0" for a single-pass method (+
+    "-trailing" for a spacing other than the sampler's default, "-beta" for ddpm's σ² = β, "-raw" for the non-EMA
+    weights): the checkpoint's name first, so that results of other weights never take each other's place."""
     extra = f"-{spacing}" if spacing not in (None, default_spacing(method)) else ""
     extra += f"-{variance}" if variance not in (None, VARIANCES[0]) else ""
-    return f"{method}{'' if steps is None else steps}{extra}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
+    return (f"{checkpoint_name(step)}-{method}{'' if steps is None else steps}{extra}-n{n}-seed{seed}"
+            + ("" if use_ema else "-raw"))
+
+
+def nll_name(step: int, n: int, timesteps: int, use_ema: bool) -> str:
+    """The name of an NLL-only evaluation, which samples nothing: e.g. "step_0000040-nll-n200-t100"."""
+    return f"{checkpoint_name(step)}-nll-n{n}-t{timesteps}" + ("" if use_ema else "-raw")
 
 
 def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, *, metrics: str | None = None,
@@ -113,19 +120,27 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     extractors, classifier_facts = on_main(lambda: needed_extractors(metrics, config.data, channels, image_size,
                                                                      classifier, device), processes) or ({}, {})
     batch_size = batch_size or config.sample.batch_size
-    name = safe_name(name) if name else default_name(sampler, steps, n, seed, use_ema, spacing, variance) + (
-        f"-step{step}" if source != run_dir else "")
+    nll_only = metrics == ["nll"]  # nothing sampled: neither the name nor the settings carry a sampler
+    weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
+               "weights_digest": weights_digest(model.state_dict())}
+    if nll_only:
+        nll_timesteps = nll_timesteps or schedule.T
+        default = nll_name(step, nll_n, nll_timesteps, use_ema)
+        settings = {**weights, "nll_n": nll_n, "nll_timesteps": nll_timesteps, "batch_size": batch_size, "seed": seed,
+                    "device_type": device.type}
+    else:
+        default = default_name(step, sampler, steps, n, seed, use_ema, spacing, variance)
+        settings = {**weights, "sampler": sampler, "steps": steps, "spacing": spacing,
+                    "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
+                    "eta": eta if sampler == "ddim" else None, "variance": variance, "n": n, "batch_size": batch_size,
+                    "seed": seed, "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
+                    "device_type": device.type}
+    name = safe_name(name) if name else default
+    check_same_weights([out_dir / f"{name}.json", out_dir / f"{name}.npz"], settings)
     split = held_out_split(config.data)
-    settings = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
-                "weights_digest": weights_digest(model.state_dict()), "sampler": sampler, "steps": steps, "spacing": spacing,
-                "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
-                "eta": eta if sampler == "ddim" else None,
-                "variance": variance, "n": n, "batch_size": batch_size, "seed": seed,
-                "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
-                "device_type": device.type}
     results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(config.data), "reference_split": split,
-               "metrics_requested": metrics, "settings": settings, "metrics": {}, "extractors": {}, "timings_s": {},
-               "device": str(device), "ddpmlab": __version__, "torch": torch.__version__,
+               "metrics_requested": metrics, "settings": settings, "metrics": {}, "protocols": {}, "extractors": {},
+               "timings_s": {}, "device": str(device), "ddpmlab": __version__, "torch": torch.__version__,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     # Draw samples (or read the kept ones).
@@ -164,6 +179,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         results["metrics"].update(scores)
         results["extractors"] = extractor_ids(extractors, scores)
         results["reference"] = references
+        results["protocols"].update({m: sampling_protocol(settings, split, references[extractors[
+            METRICS[m].extractor].extractor_id]["count"]) for m in metrics if m in FEATURE_METRICS})
         if classifier_facts:
             results["classifier"] = {k: classifier_facts[k] for k in ("path", "extractor_id", "test_accuracy", "test_split")}
 
@@ -178,6 +195,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         results["timings_s"]["nll"] = time.perf_counter() - start
         results["metrics"].update(nll_bits_per_dim=mean, nll_bits_per_dim_se=standard_error)
         results["nll"] = {"n": len(index), "split": split, "timesteps": nll_timesteps or schedule.T}
+        results["protocols"]["nll"] = {**results["nll"], "seed": seed}
 
     if "speed" in metrics:
         speed_batch = min(batch_size, n)  # the batches sampling itself runs: never more than --n images
@@ -186,6 +204,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                                repeats=speed_repeats, device=device, labels=labels)
         training = training_cost(run_dir, config.train.batch_size)
         results["speed"], results["training"] = speed, training
+        results["protocols"]["speed"] = {"sampler": speed["sampler"], "steps": speed["steps"], "nfe": speed["nfe"],
+                                         "batch_size": speed_batch, "repeats": speed_repeats}
         results["metrics"].update(sampling_images_per_s=speed["images_per_s"],
                                   peak_memory_bytes=speed["peak_memory_bytes"],
                                   train_wall_s=training.get("train_wall_s"),
@@ -200,6 +220,13 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     return results
 
 
+def sampling_protocol(settings: dict, split: str, reference_n: int) -> dict:
+    """What a metric of samples was measured on: the samples (how many, drawn how, from which seed) against
+    `reference_n` images of the held-out `split`."""
+    return {**{key: settings[key] for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance")},
+            "reference_split": split, "reference_n": reference_n}
+
+
 def merge_results(path: Path, new: dict) -> dict:
     """`new` on top of the results already at `path` when those had the same settings (same weights, same
     samples), so that `--metrics fd` then `--metrics fid` leaves both numbers in one file; else `new` alone."""
@@ -210,7 +237,7 @@ def merge_results(path: Path, new: dict) -> dict:
     if not isinstance(old, dict) or old.get("settings") != new["settings"]:
         return new
     merged = {**old, **new}
-    for key in ("metrics", "extractors", "timings_s", "reference"):
+    for key in ("metrics", "protocols", "extractors", "timings_s", "reference"):
         merged[key] = {**old.get(key, {}), **new.get(key, {})}
     merged["metrics_requested"] = [m for m in METRICS if m in set(old.get("metrics_requested", [])) | set(new["metrics_requested"])]
     return merged
@@ -289,10 +316,18 @@ def run_real(args) -> int:
     return 0
 
 
+# the flags of one sampling that a sweep's SPEC decides for each of its points
+SWEEP_DECIDES = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"))
+
+
 def run(args) -> int:
     """`ddpmlab eval RUN`, or with --sweep the sampler sweep."""
     check_diffusion_flags(args, args.run_dir)
     if args.sweep:
+        given = [flag for name, flag in SWEEP_DECIDES if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--sweep names each point's sampler and steps; {given[0]} does not apply to it: put it in "
+                            f"the SPEC (e.g. --sweep ddpm:1000,ddim:20) or drop --sweep")
         if current().world_size > 1:
             raise UserError("ddpmlab eval --sweep runs in one process; start it without torchrun")
         results = evaluate_sweep(args.run_dir, args.sweep, metrics=args.metrics, n=args.n, batch_size=args.batch_size,

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from ddpmlab.config import config_from_dict, save_config
 from ddpmlab.errors import DdpmlabWarning, UserError
-from ddpmlab.eval.scores import SHORT_LABELS
+from ddpmlab.eval.scores import FEATURE_METRICS, METRICS, SHORT_LABELS
 from ddpmlab.methods import rebuild_method
 from ddpmlab.report.render import fmt_seconds
 from ddpmlab.samplers import default_spacing
@@ -32,22 +32,45 @@ from ddpmlab.version import __version__
 SCORE_KEYS = ("fid_inception", "fd_classifier", "kid_inception", "nll_bits_per_dim", "precision_inception",
               "recall_inception", "class_accuracy")
 SCORE_LABELS = {key: SHORT_LABELS[key] for key in SCORE_KEYS}
+# which protocol a score key was measured under: the samples' (sampler, n, reference) or the NLL bound's own
+SCORE_GROUP = {key: "nll" if key in METRICS["nll"].labels else "samples" for key in SCORE_KEYS}
 
 
 MAX_BYTES = 20_000_000  # a shipped model's folder stays under 20 MB (issue 15)
 
 
 def score_summary(score: dict) -> str:
-    """One score entry of info.json as text, e.g. "FID 8.12, FD 0.41 (10000 samples vs 10000 test, dpm-solver++
-    20 NFE, seed 0)"."""
-    values = ", ".join(f"{label} {score['metrics'][key]:.4g}" for key, label in SCORE_LABELS.items()
-                       if isinstance(score.get("metrics", {}).get(key), (int, float)))
-    protocol = score.get("protocol", {})
+    """One score entry of info.json as text, each metric beside what it was measured on, e.g. "FID 8.12, FD 0.41
+    (10000 samples vs 10000 test, dpm-solver++ 20 NFE, seed 0); NLL bits/dim 3.9 (200 test images, 100 timesteps)"."""
+    metrics, weights = score.get("metrics", {}), ""
+    if score.get("measured_on", "shipped weights") != "shipped weights":
+        weights = f"; {score['measured_on']}"
+    parts = []
+    for group in ("samples", "nll"):
+        values = ", ".join(f"{label} {metrics[key]:.4g}" for key, label in SCORE_LABELS.items()
+                           if SCORE_GROUP[key] == group and isinstance(metrics.get(key), (int, float)))
+        if values:
+            protocol = sampling_text(score.get("protocol")) if group == "samples" else nll_text(
+                score.get("protocols", {}).get("nll"))
+            parts.append(f"{values} ({protocol}{weights})")
+    return "; ".join(parts)
+
+
+def sampling_text(protocol: dict | None) -> str:
+    """What the metrics of samples were measured on, e.g. "2000 samples vs 10000 test, ddim 50 NFE, seed 0"."""
+    if not protocol:
+        return "protocol not recorded"
     sampler = protocol.get("sampler")
     how = f"{sampler} {protocol.get('nfe')} NFE" if protocol.get("nfe") not in (None, 1) else sampler
-    weights = "" if score.get("measured_on", "shipped weights") == "shipped weights" else f"; {score['measured_on']}"
-    return (f"{values} ({protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, "
-            f"{how}, seed {protocol.get('seed')}{weights})")
+    return (f"{protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, {how}, "
+            f"seed {protocol.get('seed')}")
+
+
+def nll_text(protocol: dict | None) -> str:
+    """What an NLL bound was measured on, e.g. "200 test images, 100 timesteps"."""
+    if not protocol:
+        return "images and timesteps not recorded"
+    return f"{protocol.get('n')} {protocol.get('split')} images, {protocol.get('timesteps')} timesteps"
 
 
 def pretrained_table(root: str | Path | None = None) -> str:
@@ -122,22 +145,34 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
                         f"{settings.get('weights')} weights, digest {settings.get('weights_digest')}) than the EMA "
                         f"weights of step {step}; evaluate this checkpoint (or pretrained:{name}) and pass that file")
     reference = next((info for info in results.get("reference", {}).values()), {})
-    protocol = {key: settings.get(key) for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance",
-                                                   "batch_size", "device_type")}
-    protocol.update(reference_split=results.get("reference_split"), reference_n=reference.get("count"),
-                    extractors=results.get("extractors", {}))
-    one_pass = settings.get("nfe") == 1 and settings.get("steps") is None
-    sampling = "" if one_pass else f" --sampler {settings['sampler']} --steps {settings['steps']}"
-    if not one_pass and settings.get("spacing") not in (None, default_spacing(settings["sampler"])):
-        sampling += f" --spacing {settings['spacing']}"
+    asked = [m for m in results.get("metrics_requested", []) if m != "speed"] or ["fd"]
+    entry = {"metrics": {k: v for k, v in metrics.items() if not k.startswith(("train_", "sampling_", "peak_"))},
+             "protocol": None, "protocols": {}, "measured_on": measured_on, "created": results.get("created")}
+    command = f"ddpmlab eval pretrained:{name} --metrics {','.join(asked)}"
+    if any(m in FEATURE_METRICS for m in asked):
+        entry["protocol"] = {key: settings.get(key) for key in ("n", "sampler", "steps", "spacing", "nfe", "eta",
+                                                                 "seed", "guidance", "batch_size", "device_type")}
+        entry["protocol"].update(reference_split=results.get("reference_split"), reference_n=reference.get("count"),
+                                 extractors=results.get("extractors", {}))
+        command += f" --n {settings['n']}{sampling_flags(settings)} --ref-n {reference.get('count', 10000)}"
+    if "nll" in asked:
+        nll = results.get("protocols", {}).get("nll") or {**results.get("nll", {}), "seed": settings.get("seed")}
+        entry["protocols"]["nll"] = nll
+        command += f" --nll-n {nll.get('n')} --nll-timesteps {nll.get('timesteps')}"
     # a stochastic sampler's noise, drawn batch by batch, depends on the batch size
     batch = f" --batch-size {settings['batch_size']}" if settings.get("batch_size") else ""
-    metrics_asked = ",".join(m for m in results.get("metrics_requested", []) if m != "speed") or "fd"
-    quality = {k: v for k, v in metrics.items() if not k.startswith(("train_", "sampling_", "peak_"))}
-    return {"metrics": quality,
-            "protocol": protocol, "measured_on": measured_on, "created": results.get("created"),
-            "command": f"ddpmlab eval pretrained:{name} --metrics {metrics_asked} --n {settings['n']}{sampling} "
-                       f"--seed {settings['seed']}{batch} --ref-n {reference.get('count', 10000)}"}
+    entry["command"] = f"{command} --seed {settings['seed']}{batch}"
+    return entry
+
+
+def sampling_flags(settings: dict) -> str:
+    """The --sampler/--steps/--spacing that draw the samples of `settings` again ("" for a one-pass method)."""
+    if settings.get("nfe") == 1 and settings.get("steps") is None:
+        return ""
+    flags = f" --sampler {settings['sampler']} --steps {settings['steps']}"
+    if settings.get("spacing") not in (None, default_spacing(settings["sampler"])):
+        flags += f" --spacing {settings['spacing']}"
+    return flags
 
 
 def metrics_rows_until(run_dir: Path | None, step: int) -> tuple[list[str], list[list[str]]] | None:

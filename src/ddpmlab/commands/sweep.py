@@ -13,7 +13,7 @@ import torch
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import reference_features
-from ddpmlab.eval.samples import generate_samples, load_samples, save_samples
+from ddpmlab.eval.samples import check_same_weights, generate_samples, load_samples, save_samples
 from ddpmlab.eval.scores import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, check_pr_counts, distance_scores,
                                  extractor_ids, needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import machine_load
@@ -22,11 +22,35 @@ from ddpmlab.paths import check_writable_folder, safe_name
 from ddpmlab.report.plots import plot_sweep
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
-from ddpmlab.store.checkpoint import weights_digest
+from ddpmlab.store.checkpoint import checkpoint_name, weights_digest
 from ddpmlab.store.load import load_trained
 from ddpmlab.store.pretrained import resolve_source
 from ddpmlab.store.run_dir import eval_folder, run_of
 from ddpmlab.version import __version__
+
+
+def sweep_name(step: int, n: int, seed: int, use_ema: bool = True) -> str:
+    """The default NAME of a sweep's files (sweep-NAME.json, .png, sweep-NAME-POINT.npz): e.g.
+    "step_0000040-n1000-seed0", the checkpoint's name first so that sweeps of other weights never replace each other."""
+    return f"{checkpoint_name(step)}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
+
+
+def point_samples(out_dir: Path, name: str, method: str, steps: int, T: int) -> Path:
+    """Where the samples of one sweep point go: OUT/sweep-NAME-POINT.npz."""
+    spacing = SamplingSettings(method, steps).resolved(T).spacing
+    return Path(out_dir) / f"sweep-{name}-{point_name(method, steps, spacing)}.npz"
+
+
+def earlier_timings(path: Path, weights: dict) -> dict[str, float]:
+    """{samples file name: seconds per 1,000 images} of the points an earlier run of this sweep timed (the sweep JSON
+    at `path`, of the same `weights`), so that reusing their samples keeps what was measured."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        if any(saved.get(key) != value for key, value in weights.items()):
+            return {}
+        return {Path(p["samples"]).name: p["seconds_per_1000"] for p in saved["points"] if p.get("seconds_per_1000") is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = None, n: int = 1000,
@@ -56,7 +80,13 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
     guidance = config.sample.guidance if model.num_classes else None
-    name = safe_name(name) if name else f"n{n}-seed{seed}" + ("" if use_ema else "-raw")
+    name = safe_name(name) if name else sweep_name(step, n, seed, use_ema)
+    weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
+               "weights_digest": weights_digest(model.state_dict())}
+    json_path = out_dir / f"sweep-{name}.json"
+    check_same_weights([json_path, *(point_samples(out_dir, name, method, steps, schedule.T)
+                                     for method, steps in points)], weights)
+    earlier = earlier_timings(json_path, weights)
     split = held_out_split(config.data)
     real, references = {}, {}
     for kind, extractor in extractors.items():
@@ -64,8 +94,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
             config.data, split, extractor, ref_n, FEATURE_BATCH[kind], progress)
     # the same x_T for every point; stochastic samplers draw their later noise from a second generator
     noise = torch.randn((n, channels, image_size, image_size), generator=torch.Generator().manual_seed(seed))
-    results = {"run_dir": str(run_dir), "name": name, "checkpoint_step": step, "weights": "ema" if use_ema else "raw",
-               "weights_digest": weights_digest(model.state_dict()), "n": n, "seed": seed, "batch_size": batch_size,
+    results = {"run_dir": str(run_dir), "name": name, **weights, "n": n, "seed": seed, "batch_size": batch_size,
                "guidance": guidance, "reference_split": split,
                "reference": references, "device": str(device), "ddpmlab": __version__,
                "torch": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -81,7 +110,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                     "variance": sampling.variance if method == "ddpm" else None, "n": n, "batch_size": batch_size,
                     "seed": seed, "noise": "shared-x_T", "guidance": guidance,
                     "clip_denoised": config.sample.clip_denoised}
-        samples_path = out_dir / f"sweep-{name}-{point_name(method, steps, spacing)}.npz"
+        samples_path = point_samples(out_dir, name, method, steps, schedule.T)
         start = time.perf_counter()
         images = load_samples(samples_path, settings)
         reused = images is not None
@@ -90,24 +119,26 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                                               progress=progress)
             save_samples(samples_path, images, labels, settings)
         seconds = time.perf_counter() - start
+        # reused samples: the timing measured when they were drawn, None when it is not known
+        seconds_per_1000 = earlier.get(samples_path.name) if reused else 1000 * seconds / n
         fake = {kind: extractor.extract(images, batch_size=FEATURE_BATCH[kind], progress=False)
                 for kind, extractor in extractors.items()}
         scores = distance_scores(metrics, extractors, real, fake, device)
         results["points"].append({"sampler": method, "steps": steps, "spacing": spacing,
                                   "nfe": sampling.nfe(schedule.T),
-                                  "seconds_per_1000": None if reused else 1000 * seconds / n,  # None: reused
+                                  "seconds_per_1000": seconds_per_1000,
+                                  "timed": "now" if not reused else "earlier" if seconds_per_1000 is not None else None,
                                   "samples": str(samples_path), "metrics": scores})
         results["extractors"] = extractor_ids(extractors, scores)
     untimed = [p for p in results["points"] if p["seconds_per_1000"] is None]
     if untimed:
-        warnings.warn(f"{len(untimed)} point(s) reused saved samples, so they have no timing; delete "
+        warnings.warn(f"{len(untimed)} point(s) reused saved samples, whose timing was not kept; delete "
                       f"{out_dir}/sweep-{name}-*.npz to time them", DdpmlabNote, stacklevel=2)
     results["metric_keys"] = list(results["points"][0]["metrics"])
     results["machine"] = machine_load()
     if classifier_facts:
         results["classifier"] = {k: classifier_facts[k] for k in ("path", "extractor_id", "test_accuracy", "test_split")}
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"sweep-{name}.json"
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     metric = results["metric_keys"][0]
     plot = plot_sweep(results["points"], metric, out_dir / f"sweep-{name}.png",

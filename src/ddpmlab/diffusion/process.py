@@ -78,6 +78,15 @@ def min_snr_weight(schedule: NoiseSchedule, prediction: str, t: torch.Tensor, ga
     return weight.to(torch.float32)
 
 
+def loss_name(prediction: str, loss_weighting: str = "none", min_snr_gamma: float = 5.0) -> str:
+    """What `diffusion_loss` computes, in words: "L_simple (MSE on ε)" for Ho et al.'s loss, else e.g. "MSE on v,
+    min-SNR-5 weighted"."""
+    target = {"eps": "ε", "x0": "x_0", "v": "v"}.get(prediction, prediction)
+    if loss_weighting == "min-snr":
+        return f"MSE on {target}, min-SNR-{min_snr_gamma:g} weighted"
+    return "L_simple (MSE on ε)" if prediction == "eps" else f"MSE on {target}, unweighted"
+
+
 def diffusion_loss(
     model: Callable,
     schedule: NoiseSchedule,

@@ -74,6 +74,16 @@ def save_samples(path: Path, images: torch.Tensor, labels: torch.Tensor | None, 
     return path
 
 
+def samples_settings(path: Path) -> dict | None:
+    """The settings a samples file at `path` was saved with; None when there is no readable one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            settings = json.loads(str(data["settings"]))
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile):
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
 def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
     """uint8 N×C×H×W images saved at `path` with exactly these settings; None when absent or different."""
     try:
@@ -86,3 +96,37 @@ def load_samples(path: Path, settings: dict) -> torch.Tensor | None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) != settings["n"]:
         return None  # not what this file's settings promise: draw the samples again
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+# -- results of which weights -------------------------------------------------------------------------
+WEIGHT_KEYS = ("checkpoint_step", "weights", "weights_digest")  # which weights a result or samples file is of
+
+
+def saved_weights(path: Path) -> dict | None:
+    """{WEIGHT_KEYS: values} of the results JSON (its "settings", or a sweep's top level) or samples .npz at `path`;
+    None when there is none or it records no weights."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        settings = samples_settings(path)
+    else:
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        settings = results.get("settings", results) if isinstance(results, dict) else None
+    if not isinstance(settings, dict) or not any(key in settings for key in WEIGHT_KEYS):
+        return None
+    return {key: settings.get(key) for key in WEIGHT_KEYS}
+
+
+def check_same_weights(paths: list[Path], settings: dict) -> None:
+    """UserError when a file at one of `paths` holds results or samples of other weights than `settings` names
+    (another checkpoint step, the raw weights, a retrained run): writing there would replace them."""
+    ours = {key: settings.get(key) for key in WEIGHT_KEYS}
+    for path in paths:
+        theirs = saved_weights(path)
+        if theirs is not None and theirs != ours:
+            raise UserError(f"{path} holds results of other weights (step {theirs['checkpoint_step']}, "
+                            f"{theirs['weights']} weights, digest {theirs['weights_digest']}) than these (step "
+                            f"{ours['checkpoint_step']}, {ours['weights']}, digest {ours['weights_digest']}); give "
+                            f"another --name or --out to keep both, or delete it")

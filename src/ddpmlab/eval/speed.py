@@ -39,6 +39,16 @@ def peak_memory(device: torch.device) -> dict:
     return {"peak_memory_bytes": process_peak_rss_bytes(), "peak_memory_kind": CPU_PEAK}
 
 
+SHARED_LOAD = 0.5  # 1-minute load average beyond torch's threads above which other work shared the CPU
+
+
+def other_load() -> float | None:
+    """The 1-minute load average beyond torch's own CPU threads, right now: about 0 when this process had the CPU
+    to itself, above SHARED_LOAD when other work shared it; None where the system gives no load average."""
+    load = machine_load()
+    return None if load["load_average_1min"] is None else load["load_average_1min"] - load["torch_threads"]
+
+
 def machine_load() -> dict:
     """Torch's CPU threads, the core count and the 1-minute load average, read right after timing: the timing
     itself adds about torch_threads to the load, so a load well above that means other work shared the CPU."""
@@ -87,7 +97,9 @@ def training_cost(run_dir: str | Path, batch_size: int) -> dict:
     """Training cost read from RUN_DIR/metrics.csv: steps, wall-clock seconds, images seen, images per second.
 
     train_images_per_s: images seen / wall-clock (validation, grids and checkpoints included);
-    train_step_images_per_s: the median of the logged windows' throughput (the training steps alone).
+    train_step_images_per_s: the median of the logged windows' throughput (the training steps alone);
+    train_other_load: the median of the rows' `other_load` (other work on the CPU while training; None for a run
+    that did not log it) and train_cpu_shared whether it is above SHARED_LOAD (None: not known).
     Empty when the run has no metrics.csv.
     """
     path = Path(run_dir) / "metrics.csv"
@@ -96,10 +108,13 @@ def training_cost(run_dir: str | Path, batch_size: int) -> dict:
         return {}
     last = rows[-1]
     throughput = [r["images_per_s"] for r in rows if r["images_per_s"] is not None]
+    loads = [r["other_load"] for r in rows if r.get("other_load") is not None]
+    load = statistics.median(loads) if loads else None
     images = last["step"] * batch_size
     return {"train_steps": last["step"], "train_wall_s": last["wall_s"], "train_images": images,
             "train_images_per_s": images / last["wall_s"] if last["wall_s"] else None,
-            "train_step_images_per_s": statistics.median(throughput) if throughput else None}
+            "train_step_images_per_s": statistics.median(throughput) if throughput else None,
+            "train_other_load": load, "train_cpu_shared": None if load is None else load > SHARED_LOAD}
 
 
 def feature_speed(extractor, images: torch.Tensor, batch_size: int, repeats: int = 3) -> dict:

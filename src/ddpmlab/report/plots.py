@@ -18,10 +18,20 @@ from ddpmlab.store.metrics_csv import read_metrics
 
 # method -> family: the runs whose losses share a figure (their losses mean the same thing)
 FAMILIES = {"ddpm": "diffusion", "vae": "vae", "dcgan": "gan", "vaegan": "gan"}
-FAMILY_TITLES = {"diffusion": "diffusion models: L_simple", "vae": "VAEs: negative ELBO",
+FAMILY_TITLES = {"diffusion": "diffusion models", "vae": "VAEs: negative ELBO",
                  "gan": "GANs: discriminator and generator losses"}
 GRID_IMAGES = 64  # the first images of each samples file shown in the report
 PROGRESSION_GRIDS = 6  # a diffusion run's sample grids shown over training (evenly spaced, the last included)
+
+
+def family_title(family: str, rows: list[dict]) -> str:
+    """A loss figure's title: the family, and the loss its runs trained on (each row's "loss", e.g. a diffusion
+    run's parameterisation and weighting): once when they share it, else per run."""
+    losses = {row["name"]: row["loss"] for row in rows if row.get("loss")}
+    title = FAMILY_TITLES.get(family, family)
+    if len(set(losses.values())) == 1:
+        return f"{title}: {next(iter(losses.values()))}"
+    return f"{title}: " + "; ".join(f"{name} {loss}" for name, loss in losses.items()) if losses else title
 
 
 def family_columns(family: str) -> tuple[str, ...]:
@@ -89,14 +99,17 @@ def evenly_spaced(items: list, count: int) -> list:
     return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
 
 
-def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
-    """Two panels: `metric` against network evaluations (log scale) and against seconds per 1,000 images."""
+def sweep_figure(points: list[dict], metric: str, title: str):
+    """Two panels: `metric` against network evaluations and against seconds per 1,000 images, both on log axes
+    labelled in plain numbers (the points' own NFE on the first); a panel without timings says so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    timed_any = False
     for method in dict.fromkeys(p["sampler"] for p in points):
         rows = sorted((p for p in points if p["sampler"] == method and p["metrics"].get(metric) is not None),
                       key=lambda p: p["nfe"])
@@ -105,20 +118,53 @@ def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
         values = [p["metrics"][metric] for p in rows]
         axes[0].plot([p["nfe"] for p in rows], values, "o-", label=method)
         timed = [p for p in rows if p["seconds_per_1000"] is not None]
-        axes[1].plot([p["seconds_per_1000"] for p in timed], [p["metrics"][metric] for p in timed], "o-", label=method)
+        if timed:
+            axes[1].plot([p["seconds_per_1000"] for p in timed], [p["metrics"][metric] for p in timed], "o-",
+                         label=method)
+            timed_any = True
         for p, value in zip(rows, values):
             axes[0].annotate(str(p["nfe"]), (p["nfe"], value), fontsize=7, xytext=(3, 3), textcoords="offset points")
     reference = ddpm_reference(points, metric)
     if reference is not None:
-        for ax in axes:
+        for ax in axes[: 2 if timed_any else 1]:
             ax.axhline(reference["metrics"][metric], color="0.5", ls=":", lw=1, label=f"ddpm {reference['nfe']} level")
+    nfes = sorted({p["nfe"] for p in points if p["metrics"].get(metric) is not None})
     axes[0].set(xscale="log", xlabel="network evaluations (NFE)", ylabel=metric)
-    axes[1].set(xscale="log", xlabel="seconds per 1,000 images", ylabel=metric)
+    axes[0].xaxis.set_major_locator(ticker.FixedLocator(thin_log_ticks(nfes)))
+    axes[1].set(xlabel="seconds per 1,000 images", ylabel=metric)
+    if timed_any:
+        axes[1].set_xscale("log")
+        axes[1].xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+    else:
+        axes[1].set(xticks=[], yticks=[])
+        axes[1].text(0.5, 0.5, "no timings: every point reused saved samples\nwhose timing was not kept",
+                     ha="center", va="center", transform=axes[1].transAxes, fontsize=9, color="0.4")
     for ax in axes:
+        ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # log axes label their minor ticks: they overlapped
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def thin_log_ticks(values: list[float], min_ratio: float = 1.25) -> list[float]:
+    """`values` (sorted) without those closer than `min_ratio` to the previous tick kept, so that the labels of a
+    log axis never run into each other."""
+    kept = []
+    for value in values:
+        if not kept or value >= kept[-1] * min_ratio:
+            kept.append(value)
+    return kept
+
+
+def plot_sweep(points: list[dict], metric: str, path: Path, title: str) -> Path:
+    """sweep_figure written as a PNG at `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = sweep_figure(points, metric, title)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
@@ -132,15 +178,17 @@ def make_figures(rows: list[dict], folder: Path) -> dict:
     relative = lambda path: f"{folder.name}/{Path(path).name}"  # noqa: E731 - paths as report.md links them
     figures = {"loss": [], "samples": [], "progression": [], "sweeps": []}
     families: dict[str, dict] = {}
+    members: dict[str, list[dict]] = {}
     for row in rows:
         family = FAMILIES.get(row["method"], row["method"])
         metrics_path = Path(row["run_dir"]) / "metrics.csv"
         if metrics_path.is_file():
             families.setdefault(family, {})[row["name"]] = loss_curves(read_metrics(metrics_path),
                                                                        family_columns(family))
+            members.setdefault(family, []).append(row)
     for family, runs in families.items():
         path = plot_loss_family(runs, family_columns(family), folder / f"loss-{family}.png",
-                                FAMILY_TITLES.get(family, family))
+                                family_title(family, members[family]))
         figures["loss"].append({"family": family, "runs": list(runs), "path": relative(path)})
     for row in rows:
         if row.get("samples_npz") and Path(row["samples_npz"]).is_file():

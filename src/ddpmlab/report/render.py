@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from ddpmlab.eval.speed import SHARED_LOAD
 from ddpmlab.report.plots import GRID_IMAGES
 from ddpmlab.report.stability import EMA_WEIGHT, SPIKE_FACTOR, THRESHOLDS
 
@@ -63,17 +64,48 @@ def results_table(report: dict) -> tuple[list[str], list[list[str]]]:
     stability verdict and CV, training wall-clock and images/s, seconds per 1,000 samples, parameters."""
     asked = [(key, title) for metric, key, title in METRIC_COLUMNS if metric in report["metrics"]]
     header = ["model", "method", "sampler", "step",
-              *[f"{title} (n={report['n']})" if key != "nll_bits_per_dim" else title for key, title in asked],
+              *[f"{title} (n={report['n']})" if key != "nll_bits_per_dim" else f"{title} ({nll_protocol(report)})"
+                for key, title in asked],
               "stability (max CV)", "training wall-clock", "training images/s", "s / 1,000 samples", "parameters"]
     rows = []
     for row in report["rows"]:
         stability, training = row["stability"], row["training"]
+        trained, sampled = shared_mark(training_shared(row)), shared_mark(sampling_shared(row))
         rows.append([row["name"], row["method"], row["sampler"], str(row["step"]),
                      *[metric_cell(row["metrics"], key) for key, _ in asked],
                      f"{stability['verdict']} ({fmt_number(stability['cv'], 2)})",
-                     fmt_seconds(training.get("train_wall_s")), fmt_number(training.get("train_images_per_s"), 3),
-                     fmt_number(row["seconds_per_1000"], 3), fmt_count(row["parameters"])])
+                     fmt_seconds(training.get("train_wall_s")) + trained,
+                     fmt_number(training.get("train_images_per_s"), 3) + trained,
+                     fmt_number(row["seconds_per_1000"], 3) + sampled, fmt_count(row["parameters"])])
     return header, rows
+
+
+def nll_protocol(report: dict) -> str:
+    """What the NLL column was measured on (not the samples: held-out images, a number of timesteps each), e.g.
+    "1000 test images, 1000 timesteps each"; per model when they differ."""
+    texts = {row["name"]: f"{p['n']} {p['split']} images, {p['timesteps']} timesteps each"
+             for row in report["rows"] if (p := row.get("protocols", {}).get("nll"))}
+    if len(set(texts.values())) <= 1:
+        return next(iter(texts.values()), "held-out images")
+    return "; ".join(f"{name}: {text}" for name, text in texts.items())
+
+
+def sampling_shared(row: dict) -> bool:
+    """Whether other work shared the CPU while the row's sampling was timed (load average well above torch's
+    threads right after timing)."""
+    speed = row["speed"]
+    return (speed.get("load_average_1min") or 0) > speed.get("torch_threads", 1) + SHARED_LOAD
+
+
+def training_shared(row: dict) -> bool | None:
+    """Whether other work shared the CPU while the row's model trained (its metrics.csv's other_load); None when
+    the run did not record it."""
+    return row["training"].get("train_cpu_shared")
+
+
+def shared_mark(shared: bool | None) -> str:
+    """What a timing's cell adds: " (CPU shared)" when other work shared the CPU, "" otherwise."""
+    return " (CPU shared)" if shared else ""
 
 
 def stability_table(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -113,13 +145,23 @@ def settings_text(report: dict) -> str:
 
 
 def load_note(report: dict) -> str | None:
-    """A warning when the CPU was shared while timing (load average well above torch's threads), else None."""
-    loaded = [row["name"] for row in report["rows"]
-              if (row["speed"].get("load_average_1min") or 0) > row["speed"].get("torch_threads", 1) + 0.5]
-    if not loaded:
-        return None
-    return (f"Timings of {', '.join(loaded)} were taken while other work shared the CPU (1-minute load average above "
-            f"torch's threads): their seconds per 1,000 samples are pessimistic.")
+    """A warning when the CPU was shared while timing sampling or while training (load average well above torch's
+    threads), naming the runs whose training load is not known; else None."""
+    sampled = [row["name"] for row in report["rows"] if sampling_shared(row)]
+    trained = [row["name"] for row in report["rows"] if training_shared(row)]
+    unknown = [row["name"] for row in report["rows"] if row["training"] and training_shared(row) is None]
+    notes = []
+    if sampled:
+        notes.append(f"Sampling timings of {', '.join(sampled)} were taken while other work shared the CPU (1-minute "
+                     f"load average above torch's threads): their seconds per 1,000 samples are pessimistic.")
+    if trained:
+        notes.append(f"{', '.join(trained)} trained while other work shared the CPU (the median 1-minute load average "
+                     f"of their metrics.csv rows above torch's threads): their training wall-clock and images/s are "
+                     f"pessimistic, not the speed of the method.")
+    if unknown:
+        notes.append(f"Whether the CPU was shared while {', '.join(unknown)} trained is not recorded (a metrics.csv "
+                     f"without other_load): read their training speed with care.")
+    return " ".join(notes) or None
 
 
 def stability_text() -> str:
@@ -199,16 +241,18 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1600px;col
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}.images{display:flex;flex-wrap:wrap;gap:16px}figure{margin:0}
 figcaption{font-size:13px;color:#555}img{image-rendering:pixelated;max-width:100%}
-#selfcheck{font-size:11px;color:#888;white-space:pre-wrap}"""
+#selfcheck{display:none}"""
 
-# fills <pre id="selfcheck"> once the page has loaded: rows of the results table and whether each image decoded,
-# so that a headless browser's --dump-dom tells a test what a reader would see
+# fills <pre id="selfcheck" hidden> once the page has loaded: rows of the results table, whether each image decoded
+# and whether the hook itself shows, so that a headless browser's --dump-dom tells a test what a reader would see
+# (the hook is for tests, never part of what a reader sees)
 SELF_CHECK = """window.addEventListener("load", function () {
   var rows = document.querySelectorAll("#results tbody tr").length;
   var images = Array.prototype.map.call(document.images, function (img) {
     return {name: img.alt, loaded: img.complete && img.naturalWidth > 0, width: img.naturalWidth};
   });
-  document.getElementById("selfcheck").textContent = JSON.stringify({rows: rows, images: images});
+  var hook = document.getElementById("selfcheck");
+  hook.textContent = JSON.stringify({rows: rows, images: images, hook_shown: hook.getClientRects().length > 0});
 });"""
 
 
@@ -235,7 +279,7 @@ def render_html(blocks: list[tuple], folder: Path, title: str) -> str:
                 f"<figcaption>{esc(caption)}</figcaption></figure>" for caption, path in block[1]) + "</div>")
         elif kind == "list":
             parts.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in block[1]) + "</ul>")
-    parts.append(f"<pre id=\"selfcheck\">self-check pending</pre><script>{SELF_CHECK}</script></body></html>\n")
+    parts.append(f"<pre id=\"selfcheck\" hidden>self-check pending</pre><script>{SELF_CHECK}</script></body></html>\n")
     return "\n".join(parts)
 
 

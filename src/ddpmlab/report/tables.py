@@ -35,7 +35,8 @@ def sample_counts(results: dict) -> dict[str, str]:
         for key in ("precision_inception", "recall_inception"):
             counts[key] = f"{results['metrics']['pr_n']} vs {results['metrics']['pr_n']}"
     if "nll" in results:
-        counts["nll_bits_per_dim"] = f"{results['nll']['n']} {results['nll']['split']} images"
+        counts["nll_bits_per_dim"] = (f"{results['nll']['n']} {results['nll']['split']} images, "
+                                      f"{results['nll']['timesteps']} timesteps each")
     if "speed" in results:
         speed = results["speed"]
         if "repeats" in speed:
@@ -82,4 +83,14 @@ def sweep_table(results: dict) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([sweep_caption(results), *lines])
+
+
+def sweep_caption(results: dict) -> str:
+    """What every point of a sweep was measured on, e.g. "16 samples per point (seed 0, the same x_T for every
+    point) vs 51 val images; fd_classifier with classifier-..."."""
+    references = sorted({f"{info.get('count', '?')} {results.get('reference_split', 'held-out')} images"
+                         for info in results.get("reference", {}).values()})
+    extractors = ", ".join(f"{key} with {extractor}" for key, extractor in results.get("extractors", {}).items())
+    return (f"{results.get('n', '?')} samples per point (seed {results.get('seed', '?')}, the same x_T for every "
+            f"point) vs {' and '.join(references) or 'no reference'}" + (f"; {extractors}" if extractors else ""))

@@ -46,8 +46,13 @@ class DamagedCheckpoint(UserError):
         self.reason = reason
 
 
+def checkpoint_name(step: int) -> str:
+    """The name of step `step`'s checkpoint folder, e.g. "step_0000040" (results of its weights start with it)."""
+    return f"step_{step:07d}"
+
+
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+    return Path(run_dir) / "checkpoints" / checkpoint_name(step)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -10,8 +10,9 @@ from pathlib import Path
 from ddpmlab.errors import UserError
 from ddpmlab.paths import atomic_write_bytes
 
-# every run's (bad_steps: steps skipped for a non-finite loss or gradient since the last row); a method adds its own
-COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s", "bad_steps")
+# every run's (other_load: the 1-minute load average beyond torch's threads, other work sharing the CPU while the row's
+# steps ran; bad_steps: steps skipped for a non-finite loss or gradient since the last row); a method adds its own
+COLUMNS = ("step", "loss", "val_loss", "lr", "grad_norm", "images_per_s", "wall_s", "other_load", "bad_steps")
 
 
 class MetricsLog:

@@ -16,6 +16,7 @@ from ddpmlab.config import Config
 from ddpmlab.data import load_dataset, to_model_batch
 from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
+from ddpmlab.eval.speed import other_load
 from ddpmlab.images import save_grid
 from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
 from ddpmlab.paths import storage_errors_as_user_errors
@@ -180,7 +181,7 @@ class Trainer(Persistence):
             means = distributed.mean_over_processes(means, self.processes)
             if self.processes.is_main:
                 self.log.append(step=self.step, **means, lr=lr, **self.grad_norms, images_per_s=images_per_s,
-                                wall_s=self.wall_s, bad_steps=self.health.flush())
+                                wall_s=self.wall_s, other_load=other_load(), bad_steps=self.health.flush())
         if self.saved_step != self.step:
             self.save_checkpoint()
         if self.processes.is_main:
@@ -206,7 +207,8 @@ class Trainer(Persistence):
                 scores = self.evaluate_samples() if evaluating else {}
                 val_loss = self.validation_loss() if self.step % t.val_every == 0 else None
                 self.log.append(step=self.step, **means, val_loss=val_loss, lr=lr, **self.grad_norms,
-                                images_per_s=images_per_s, wall_s=self.wall_clock(), bad_steps=self.health.flush(),
+                                images_per_s=images_per_s, wall_s=self.wall_clock(), other_load=other_load(),
+                                bad_steps=self.health.flush(),
                                 **scores)
                 bar.set_postfix({name: f"{means[name]:.4f}" for name in loss_columns(means)},
                                 img_s=f"{images_per_s:.0f}", **{name: f"{value:.3g}" for name, value in scores.items()})
