@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="conditional models: --n images of every class (default 8), a grid with one labelled row each")
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     sample.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    sample.add_argument("--force", action="store_true",
+                        help="with --out DIR/: replace the samples an earlier `ddpmlab sample` wrote there")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("presets", help="list the shipped presets with a line on each")

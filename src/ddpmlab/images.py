@@ -77,6 +77,12 @@ def save_labelled_grid(images: torch.Tensor, row_labels: list[str], path: str | 
     return path
 
 
+def image_file_names(count: int) -> list[str]:
+    """The names `save_images` gives `count` images: 000000.png, 000001.png, ... (more digits past a million)."""
+    digits = max(6, len(str(count - 1)))
+    return [f"{i:0{digits}d}.png" for i in range(count)]
+
+
 def save_images(images: torch.Tensor, folder: str | Path) -> list[Path]:
     """Write each image (uint8 or [-1, 1] floats, N×C×H×W) as its own PNG, folder/000000.png, ...: the layout
     clean-fid and pytorch-fid read."""
@@ -87,11 +93,10 @@ def save_images(images: torch.Tensor, folder: str | Path) -> list[Path]:
     images = images.detach().cpu()
     if images.dtype != torch.uint8:
         images = model_to_uint8(images)
-    digits = max(6, len(str(len(images) - 1)))
     paths = []
-    for i, image in enumerate(images):
+    for name, image in zip(image_file_names(len(images)), images):
         array = image.permute(1, 2, 0).numpy()
-        path = folder / f"{i:0{digits}d}.png"
+        path = folder / name
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
         paths.append(path)
     return paths

@@ -1,6 +1,7 @@
 """Training, saving, finding and loading the FD classifier."""
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -60,10 +61,24 @@ def test_held_out_split_is_test_where_the_dataset_has_one():
 
 def test_missing_classifier_names_the_command_that_makes_one(monkeypatch):
     monkeypatch.setattr(clf, "shipped_classifier", lambda key: None)
-    with pytest.raises(UserError, match="ddpmlab eval train-classifier synthetic data.synthetic_count=512"):
+    with pytest.raises(UserError, match="ddpmlab eval train-classifier synthetic data.val_fraction=0.1 data.synthetic_count=512$"):
         load_classifier(TINY)
     with pytest.raises(UserError, match="classifier file not found"):
         load_classifier("absent.safetensors")
+
+
+def test_the_suggested_train_classifier_command_carries_the_users_data_overrides(monkeypatch):
+    """Issue 23: a folder dataset read with data.on_bad_image=skip: the suggestion must load the same images."""
+    from ddpmlab.commands.evaluate import data_config
+
+    monkeypatch.setattr(clf, "shipped_classifier", lambda key: None)
+    data = DataConfig(name="folder", path="/my images/set", on_bad_image="skip", image_size=32, val_fraction=0.05)
+    with pytest.raises(UserError) as caught:
+        clf.find_classifier(data)
+    command = str(caught.value).split("train one: ")[1]
+    assert command == ("ddpmlab eval train-classifier folder 'data.path=/my images/set' data.image_size=32 "
+                       "data.val_fraction=0.05 data.on_bad_image=skip")
+    assert data_config("folder", shlex.split(command)[4:]) == data  # what the command reads back
 
 
 def test_altered_weights_are_refused(synthetic_classifier, tmp_path):

@@ -169,8 +169,10 @@ def test_deleting_an_old_checkpoint_renames_it_first(tmp_path, monkeypatch):
 
 
 def test_the_best_checkpoint_survives_the_rotation_and_is_replaced_whole(tmp_path):
+    from ddpmlab.store.manifest import start_manifest
     from ddpmlab.store.run_dir import owned_entries
 
+    start_manifest(tmp_path)  # a run's: what the checkpoints record in it is the run's own
     ckpt.keep_as_best(tmp_path, _save(tmp_path, 10, keep=1), {"step": 10, "score": 2.5})
     for step in (20, 30):
         _save(tmp_path, step, keep=1)

@@ -2,10 +2,12 @@
 config is known to work; resume refuses what would silently change the run."""
 
 import pytest
+import yaml
 
 from ddpmlab.cli import main
 from ddpmlab.config import load_config
 from ddpmlab.errors import DdpmlabWarning, UserError
+from ddpmlab.store.manifest import MANIFEST_FILE, is_recorded, recorded
 from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
 
@@ -101,9 +103,89 @@ def test_force_takes_a_run_killed_while_writing_its_config(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").write_text('{"pid": 1, "host": "elsewhere"}')
+    (run / MANIFEST_FILE).write_text("# files\nconfig.yaml\n")  # the manifest comes first, then what it lists
     (run / ".config.yaml.0a1b2c3d.tmp").write_text("data:\n")
     with pytest.raises(UserError, match="already exists; use --force"):
         Trainer(tiny("train.steps=1"), run, progress=False)
     Trainer(tiny("train.steps=1"), run, force=True, progress=False).train()
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "loss.png", "metrics.csv",
-                                                     "run.log", "samples"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", MANIFEST_FILE, "loss.png",
+                                                     "metrics.csv", "run.log", "samples"]
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_refuses_a_folder_of_the_users_own_files_named_like_a_runs(tmp_path, capsys):
+    """Issue 23: a commented config.yaml, a hand-made metrics.csv and notes, and no run: --force touches nothing."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("# my settings\ntrain:\n  steps: 3\n")
+    (folder / "metrics.csv").write_text("step,loss\n1,0.5\n")
+    (folder / "notes.txt").write_text("notes")
+    before = _files(folder)
+    assert main(["train", "tiny", "train.steps=2", "--run-dir", str(folder), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {folder} is not empty and not a ddpmlab run")
+    assert _files(folder) == before and sorted(p.name for p in folder.iterdir()) == sorted(before)
+
+
+def test_force_removes_exactly_what_ddpmlab_wrote_eval_results_included(tmp_path, capsys, monkeypatch):
+    """Every writer into a run folder records its files in the manifest; --force removes those and keeps the user's
+    eval/my-analysis.json."""
+    from ddpmlab.commands import evaluate
+
+    run = tmp_path / "run"
+    Trainer(tiny("train.steps=4", "train.checkpoint_every=2", "train.sample_every=2", "train.tensorboard=true"), run,
+            progress=False).train()
+    monkeypatch.setattr(evaluate, "needed_extractors", lambda *args: ({}, {}))  # samples kept, no classifier needed
+    assert main(["eval", str(run), "--metrics", "fd,speed", "--n", "2", "--steps", "2", "--batch-size", "2",
+                 "--speed-repeats", "1", "--device", "cpu", "--quiet"]) == 0
+    (run / "eval" / "my-analysis.json").write_text("{}")
+    listed = recorded(run)
+    written = [p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()]
+    unlisted = [name for name in written if name not in (MANIFEST_FILE, "eval/my-analysis.json")
+                and not any(is_recorded("/".join(name.split("/")[:depth]), listed) for depth in (1, 2, 3))]
+    assert unlisted == [] and any(name.startswith("tensorboard/events.out") for name in listed)
+    assert {name.rsplit(".", 1)[-1] for name in listed if name.startswith("eval/")} == {"json", "npz"}
+    capsys.readouterr()
+    assert main(["train", "tiny", "train.steps=1", "--run-dir", str(run), "--force", "--quiet"]) == 0
+    assert (run / "eval" / "my-analysis.json").read_text() == "{}"
+    assert sorted(p.name for p in (run / "eval").iterdir()) == ["my-analysis.json"]
+    assert "kept 1 file(s) ddpmlab did not write: eval/my-analysis.json" in capsys.readouterr().err
+    assert not (run / "tensorboard").exists() and [r["step"] for r in read_metrics(run / "metrics.csv")] == [1]
+
+
+def test_resume_compares_with_the_checkpoints_config_not_the_editable_file(tmp_path, capsys):
+    """Issue 23: config.yaml edited (diffusion.timesteps 100 -> 200) must not resume one model under two processes."""
+    run = tmp_path / "run"
+    Trainer(tiny("train.steps=2", "diffusion.timesteps=100"), run, progress=False).train()
+    edited = yaml.safe_load((run / "config.yaml").read_text())
+    edited["diffusion"]["timesteps"], edited["model"]["dropout"] = 200, 0.3
+    (run / "config.yaml").write_text(yaml.safe_dump(edited))
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "train.steps=4", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: cannot change model.dropout on --resume (0.1 -> 0.3), nor diffusion.timesteps "
+                          f"(100 -> 200) by editing {run / 'config.yaml'}: they define the model")
+    assert _files(run) == before
+
+
+def test_resume_of_a_finished_run_says_nothing_was_trained(tmp_path, capsys):
+    """Issue 23: --resume of a run at train.steps is an error naming train.steps, and writes nothing; a run killed
+    after its last checkpoint but before its end (no "finished" note) still resumes, to write its last grid."""
+    run = tmp_path / "run"
+    Trainer(tiny("train.steps=2"), run, progress=False).train()
+    before = _files(run)
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"error: {run} already finished at step 2 (train.steps=2): nothing to train; to train on, "
+                          f"raise train.steps, e.g. `ddpmlab train --resume {run} train.steps=4`")
+    assert _files(run) == before
+    (run / "samples" / "step_0000002.png").unlink()
+    log = (run / "run.log").read_text().splitlines(keepends=True)
+    (run / "run.log").write_text("".join(log[:-1]))  # killed before its last grid
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert (run / "samples" / "step_0000002.png").is_file()

@@ -4,6 +4,7 @@ a UserError and leaves the previous one intact."""
 
 import errno
 import os
+import shlex
 
 import pytest
 import torch
@@ -112,6 +113,30 @@ def test_a_checkpoint_on_a_full_disk_stops_the_run_and_keeps_the_previous(tmp_pa
     monkeypatch.undo()
     assert main(["train", "--resume", str(run), "--quiet"]) == 0  # space freed: the run continues
     assert [p.name for p in ckpt.list_checkpoints(run)][-1] == "step_0000006"
+
+
+def test_a_full_disk_at_the_first_checkpoint_suggests_a_command_that_works(tmp_path, monkeypatch, capsys):
+    """Issue 23: with no checkpoint yet, `--resume` cannot work; the suggestion starts the run again in its folder."""
+    run = tmp_path / "run"
+    real_write = ckpt._write_synced
+
+    def fills_the_disk(path, data):
+        if "step_0000002" in path.parent.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(path, data)
+
+    monkeypatch.setattr(ckpt, "_write_synced", fills_the_disk)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "tiny", "--run-dir", str(run), "--quiet", "train.steps=4", "train.checkpoint_every=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "it has no checkpoint yet" in err and "--resume" not in err
+    monkeypatch.setattr(ckpt, "_write_synced", real_write)  # space freed
+    suggested = shlex.split(err.split("`")[1])
+    assert suggested[:2] == ["ddpmlab", "train"]
+    assert main([*suggested[1:], "--quiet"]) == 0
+    assert [p.name for p in ckpt.list_checkpoints(run)][-1] == "step_0000004"
+    assert load_config(str(run / "config.yaml")).train.steps == 4
 
 
 def test_a_full_disk_elsewhere_in_the_run_is_a_user_error(tmp_path, monkeypatch):

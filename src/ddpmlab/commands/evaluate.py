@@ -38,6 +38,7 @@ from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SAMPLERS, VARIANCES, SamplingSettings, default_spacing
 from ddpmlab.store.checkpoint import checkpoint_name, weights_digest
 from ddpmlab.store.load import load_trained
+from ddpmlab.store.manifest import record_written
 from ddpmlab.store.pretrained import resolve_source
 from ddpmlab.store.run_dir import eval_folder, run_of
 from ddpmlab.version import __version__
@@ -155,6 +156,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
             results["timings_s"]["sampling"] = time.perf_counter() - start
             if generated is not None:  # rank 0: every process's share
                 images, labels = generated
+                record_written(run_dir, samples_path)
                 save_samples(samples_path, images, labels, settings)
     if not processes.is_main:
         return None  # the other processes only drew their shares of the samples
@@ -214,6 +216,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     # Write the results.
     path = out_dir / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, path)
     results = merge_results(path, results)
     path.write_text(json.dumps(results, indent=1) + "\n")
     results["json"] = str(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -10,14 +11,17 @@ import torch
 from ddpmlab.distributed import current, rank_device
 from ddpmlab.errors import UserError
 from ddpmlab.eval.samples import generate_samples, save_samples
-from ddpmlab.images import save_grid, save_images, save_labelled_grid
+from ddpmlab.data.folder import EXTENSIONS as IMAGE_EXTENSIONS
+from ddpmlab.images import image_file_names, save_grid, save_images, save_labelled_grid
 from ddpmlab.methods import samples_in_one_pass
 from ddpmlab.paths import check_writable_file, check_writable_folder
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.load import load_trained, stored_class_names, stored_method, weights_file
+from ddpmlab.store.manifest import record_written, recorded, start_manifest
 from ddpmlab.store.pretrained import pretrained_name
 
+SAMPLE_NAME = re.compile(r"\d{6,}\.png")  # images.image_file_names
 DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
                    ("variance", "--variance"),
                    ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
@@ -40,11 +44,13 @@ def check_guidance(guidance: float | None) -> None:
         raise UserError(f"--guidance must be a finite number >= 0 (0: no guidance), got {guidance}")
 
 
-def check_sample_output(out: str) -> Path:
-    """The --out path, checked before any compute: FILE.png, FILE.npz, or DIR/ (a folder of PNGs)."""
+def check_sample_output(out: str, force: bool = False) -> Path:
+    """The --out path, checked before any compute: FILE.png, FILE.npz, or DIR/ (a folder of PNGs; see
+    `earlier_samples`)."""
     path = Path(out)
     if out.endswith(("/", "\\")):
         check_writable_folder(path, "--out")
+        earlier_samples(path, force)
         return path
     if path.is_dir():
         raise UserError(f"--out {out} is an existing folder; end it with / to write one PNG per image there")
@@ -54,9 +60,39 @@ def check_sample_output(out: str) -> Path:
     return path
 
 
+def earlier_samples(folder: Path, force: bool) -> list[Path]:
+    """The images an earlier `ddpmlab sample` wrote in `folder` (its manifest lists them), which `force` lets this one
+    replace. A folder of samples holds one draw, as metrics that read folders count every image in it: UserError
+    when it holds images ddpmlab's samples are not, or earlier samples without `force`."""
+    if not folder.is_dir():
+        return []
+    listed = recorded(folder) or set()
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir())
+    foreign = [p.name for p in images if p.name not in listed or not SAMPLE_NAME.fullmatch(p.name)]
+    if foreign:
+        raise UserError(f"--out {folder} holds {len(foreign)} image(s) that are not samples ddpmlab wrote ("
+                        + ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+                        + "), which metrics reading the folder would count with these; choose an empty folder")
+    if images and not force:
+        raise UserError(f"--out {folder} holds {len(images)} samples an earlier `ddpmlab sample` wrote; use --force to "
+                        f"replace them, or choose an empty folder")
+    return images
+
+
+def write_folder(out: Path, images: torch.Tensor, force: bool) -> None:
+    """One PNG per image in folder `out`, recorded in its manifest first; with `force`, the earlier samples there go."""
+    for stale in earlier_samples(out, force):
+        stale.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if recorded(out) is None:
+        start_manifest(out)
+    record_written(out, *(out / name for name in image_file_names(len(images))))
+    save_images(images, out)
+
+
 def run(args) -> int:
     """`ddpmlab sample SOURCE --out ...`: images of a diffusion model by its sampler, of a baseline in one pass."""
-    out = check_sample_output(args.out)
+    out = check_sample_output(args.out, args.force)
     if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
         raise UserError("--n and --batch-size must be positive")
     if args.eta is not None and not 0 <= args.eta <= 1:
@@ -118,7 +154,7 @@ def write_samples(args, out: Path, images: torch.Tensor, labels: torch.Tensor | 
     """Write uint8 images where --out says: one PNG each in a folder (DIR/), a grid (FILE.png; one labelled row per
     class with `class_names`), or arrays with `settings` (FILE.npz)."""
     if args.out.endswith(("/", "\\")):
-        save_images(images, out)
+        write_folder(out, images, args.force)
     elif out.suffix == ".png" and class_names is not None:
         save_labelled_grid(images, class_names, out)
     elif out.suffix == ".png":

@@ -24,6 +24,7 @@ from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.checkpoint import checkpoint_name, weights_digest
 from ddpmlab.store.load import load_trained
+from ddpmlab.store.manifest import record_written
 from ddpmlab.store.pretrained import resolve_source
 from ddpmlab.store.run_dir import eval_folder, run_of
 from ddpmlab.version import __version__
@@ -117,6 +118,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
         if images is None:
             images, labels = generate_samples(model, n, sampling, batch_size=batch_size, seed=seed + 1, noise=noise,
                                               progress=progress)
+            record_written(run_dir, samples_path)
             save_samples(samples_path, images, labels, settings)
         seconds = time.perf_counter() - start
         # reused samples: the timing measured when they were drawn, None when it is not known
@@ -139,6 +141,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     if classifier_facts:
         results["classifier"] = {k: classifier_facts[k] for k in ("path", "extractor_id", "test_accuracy", "test_split")}
     out_dir.mkdir(parents=True, exist_ok=True)
+    record_written(run_dir, json_path, out_dir / f"sweep-{name}.png")
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     metric = results["metric_keys"][0]
     plot = plot_sweep(results["points"], metric, out_dir / f"sweep-{name}.png",

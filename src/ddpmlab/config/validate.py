@@ -12,15 +12,20 @@ from ddpmlab.errors import UserError
 from ddpmlab.samplers import SAMPLERS, VARIANCES
 
 
-def resume_changes(saved: Config, requested: Config, step: int) -> None:
-    """UserError naming the first change `--resume` must refuse: a key outside RESUME_SAFE_KEYS, or train.steps
-    below the run's current `step`."""
-    old, new = flatten(saved), flatten(requested)
-    for key in old:
-        if old[key] != new[key] and key not in RESUME_SAFE_KEYS and f"{key.split('.')[0]}.*" not in RESUME_SAFE_KEYS:
-            raise UserError(f"cannot change {key} on --resume ({old[key]!r} -> {new[key]!r}): it defines the model, data "
-                            f"or process the checkpoint was trained for; start a new run instead. On resume only "
-                            f"{', '.join(RESUME_SAFE_KEYS)} may change")
+def resume_changes(trained: Config, requested: Config, step: int, source: str = "") -> None:
+    """UserError naming every change `--resume` must refuse from the config the checkpoint was `trained` with: keys
+    outside RESUME_SAFE_KEYS (`source`, e.g. " by editing RUN/config.yaml", says where the new values came from), or
+    train.steps below the run's current `step`."""
+    old, new = flatten(trained), flatten(requested)
+    changed = [key for key in old if old[key] != new[key] and key not in RESUME_SAFE_KEYS
+               and f"{key.split('.')[0]}.*" not in RESUME_SAFE_KEYS]
+    if changed:
+        first, *rest = (f"{key} ({old[key]!r} -> {new[key]!r})" for key in changed)
+        key, values = first.split(" ", 1)
+        raise UserError(f"cannot change {key} on --resume {values}" + "".join(f", nor {change}" for change in rest)
+                        + f"{source}: {'it defines' if not rest else 'they define'} the model, data or process the "
+                        f"checkpoint was trained for; start a new run instead. On resume only "
+                        f"{', '.join(RESUME_SAFE_KEYS)} may change")
     if requested.train.steps < step:
         raise UserError(f"train.steps={requested.train.steps} is below the run's step {step}; "
                         f"give train.steps >= {step} to continue it")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from dataclasses import asdict
 from importlib import resources
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -175,10 +177,28 @@ def find_classifier(data_cfg: DataConfig) -> Path:
     for candidate in (shipped_classifier(key), default_classifier_path(data_cfg)):
         if candidate is not None and candidate.is_file():
             return candidate
-    overrides = " ".join(f"data.{k}={v}" for k, v in images_identity(data_cfg, training_split_identity(data_cfg)).items()
-                         if k != "name" and v != getattr(DataConfig(name=data_cfg.name), k))
     raise UserError(f"no FD classifier for dataset {key!r} (looked in the package and {default_classifier_path(data_cfg)}); "
-                    f"train one: ddpmlab eval train-classifier {data_cfg.name}{' ' + overrides if overrides else ''}")
+                    f"train one: {train_classifier_command(data_cfg)}")
+
+
+def train_classifier_command(data_cfg: DataConfig) -> str:
+    """The `ddpmlab eval train-classifier` command for the images of `data_cfg`: every data.* key that differs from
+    the dataset's defaults carried over (where the files are, how a bad image is handled, ...), quoted for a shell."""
+    defaults = asdict(DataConfig(name=data_cfg.name))
+    overrides = [f"data.{key}={_override_text(value)}" for key, value in asdict(data_cfg).items()
+                 if key != "name" and value != defaults[key]]
+    return " ".join(["ddpmlab eval train-classifier", shlex.quote(data_cfg.name), *map(shlex.quote, overrides)])
+
+
+def _override_text(value) -> str:
+    """`value` as the YAML text of a key=value override: plain where YAML reads it back unchanged, else JSON."""
+    if isinstance(value, str):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value)
 
 
 def load_classifier(source: str | Path | DataConfig, device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
@@ -222,7 +242,7 @@ def check_classifier_fits(facts: dict, data_cfg: DataConfig, channels: int, imag
     if facts["dataset"] != data_cfg.name or (spec["in_channels"], spec["image_size"]) != (channels, image_size):
         raise UserError(f"classifier {facts['path']} was trained on {facts['dataset']} "
                         f"({spec['in_channels']}×{spec['image_size']}²), not {data_cfg.name} ({channels}×{image_size}²); "
-                        f"pass --classifier for this dataset or train one with ddpmlab eval train-classifier {data_cfg.name}")
+                        f"pass --classifier for this dataset or train one with {train_classifier_command(data_cfg)}")
     if held_out_split(data_cfg) == "val":
         # the reference is the fixed-seed draw of round(N·val_fraction) training images, nested in any larger
         # fraction's draw: disjoint from the classifier's training images only if its val_fraction is at least ours
@@ -230,5 +250,4 @@ def check_classifier_fits(facts: dict, data_cfg: DataConfig, channels: int, imag
         if trained_fraction is None or trained_fraction < data_cfg.val_fraction:
             raise UserError(f"classifier {facts['path']} was trained with data.val_fraction={trained_fraction}, so its "
                             f"training images overlap this run's reference (the val split, data.val_fraction="
-                            f"{data_cfg.val_fraction}); train one with: ddpmlab eval train-classifier {data_cfg.name} "
-                            f"data.val_fraction={data_cfg.val_fraction}")
+                            f"{data_cfg.val_fraction}); train one with: {train_classifier_command(data_cfg)}")

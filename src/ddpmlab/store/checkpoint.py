@@ -25,6 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ddpmlab.errors import UserError
 from ddpmlab.paths import storage_error, temporary_sibling
+from ddpmlab.store.manifest import record_written
 
 MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, RNG_FILE, PROGRESS_FILE = (
     "model.safetensors", "ema.safetensors", "optimizer.pt", "rng.pt", "progress.json")
@@ -77,6 +78,7 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict
              PROGRESS_FILE: lambda: json.dumps({"format": FORMAT, "step": step, **progress}, indent=1).encode()}
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        record_written(run_dir, final)
         tmp = temporary_sibling(final)
         tmp.mkdir()
         try:
@@ -105,7 +107,16 @@ def _resume_fix(run_dir: Path) -> str:
     """What to do after a checkpoint could not be written: which checkpoint is intact, and how to continue."""
     kept = list_checkpoints(run_dir)
     intact = f"its newest checkpoint {kept[-1].name} is intact" if kept else "it has no checkpoint yet"
-    return f"the run stopped and {intact}; free space or make {run_dir} writable, then `ddpmlab train --resume {run_dir}`"
+    return f"the run stopped and {intact}; free space or make {run_dir} writable, then {how_to_continue(run_dir)}"
+
+
+def how_to_continue(run_dir: Path) -> str:
+    """The command that continues a run stopped by a fault: `--resume` from its newest checkpoint, or, before its
+    first checkpoint, a new run from its own config.yaml in the same folder."""
+    if list_checkpoints(run_dir):
+        return f"`ddpmlab train --resume {run_dir}`"
+    return (f"start it again (no checkpoint to resume from): `ddpmlab train {Path(run_dir) / 'config.yaml'} "
+            f"--run-dir {run_dir} --force`")
 
 
 def _torch_bytes(state: dict) -> bytes:
@@ -200,6 +211,7 @@ def move_aside(folder: Path) -> Path:
     """Rename a damaged checkpoint to step_XXXXXXX.damaged (replacing an earlier one of that name), out of the way of
     loading and of pruning; returns the new path."""
     target = folder.with_name(folder.name + DAMAGED_SUFFIX)
+    record_written(folder.parent.parent, target)
     if target.exists():
         shutil.rmtree(target)
     os.replace(folder, target)
@@ -230,6 +242,7 @@ def keep_as_best(run_dir: Path, folder: Path, record: dict) -> Path:
     """Make RUN_DIR/checkpoints/best/ a copy of checkpoint `folder` (hard links where possible) with `record`
     in best.json; built under a temporary name, then swapped in. Returns the best folder."""
     final = best_dir(run_dir)
+    record_written(run_dir, final)
     tmp = temporary_sibling(final)
     tmp.mkdir()
     old = temporary_sibling(final)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import safe_open
 
-from ddpmlab.config import config_from_dict
+from ddpmlab.config import Config, config_from_dict
 from ddpmlab.errors import UserError
 from ddpmlab.methods import rebuild_method
 from ddpmlab.rng import resolve_device
@@ -161,14 +161,31 @@ def rebuilt_network(where: Path, metadata: dict[str, str]):
     if not metadata["model_spec"]:
         raise UserError(f"{where}: weights of a custom backbone (no stored model spec), which ddpmlab cannot rebuild; "
                         f"load them into that backbone in Python")
+    config = config_of(metadata, where)
     try:
-        config, spec = json.loads(metadata["config"]), json.loads(metadata["model_spec"])
-        if not isinstance(config, dict) or not isinstance(spec, dict):
-            raise ValueError("not JSON objects")
-        config = config_from_dict(config, str(where))
+        spec = json.loads(metadata["model_spec"])
+        if not isinstance(spec, dict):
+            raise ValueError("not a JSON object")
         return config, rebuild_method(metadata.get("method") or "ddpm", spec, config)
     except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
         raise UserError(f"{where}: checkpoint metadata is missing or corrupt") from None
+
+
+def config_of(metadata: dict[str, str], folder: Path) -> Config:
+    """The config a checkpoint's weights were trained with, from their metadata; UserError if missing or corrupt."""
+    try:
+        config = json.loads(metadata["config"])
+    except (KeyError, TypeError, ValueError):  # JSONDecodeError is a ValueError
+        config = None
+    if not isinstance(config, dict):
+        raise UserError(f"{folder}: checkpoint metadata is missing or corrupt")
+    return config_from_dict(config, str(folder))
+
+
+def trained_config(folder: Path) -> Config:
+    """The config checkpoint `folder`'s weights were trained with (model.safetensors' metadata), whatever its run's
+    editable config.yaml now says."""
+    return config_of(ckpt.read_metadata(Path(folder) / ckpt.MODEL_FILE), folder)
 
 
 def stored_method(path: str | Path, use_ema: bool = True) -> str:

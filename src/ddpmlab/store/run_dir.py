@@ -1,4 +1,5 @@
-"""A run directory's own files: which entries ddpmlab wrote, so that `--force` removes those and nothing else."""
+"""A run directory's own files: which entries ddpmlab wrote (its manifest), so that `--force` removes those and nothing
+else."""
 
 from __future__ import annotations
 
@@ -12,16 +13,11 @@ from ddpmlab.paths import check_writable_folder
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.load import check_weights_path, is_lone_weights
 from ddpmlab.store.lock import LOCK_FILE
+from ddpmlab.store.manifest import MANIFEST_FILE, is_recorded, recorded, start_manifest
 from ddpmlab.store.pretrained import is_pretrained_folder, resolve_source
 
-# what a run writes: top-level files, and per folder the names it gives its entries (besides UNFINISHED's)
+# the top-level files every run writes: ones ddpmlab did not write stop `--force`, which would replace them
 RUN_FILES = ("config.yaml", "metrics.csv", "loss.png", "run.log")
-RUN_FOLDERS = {
-    "samples": re.compile(r"step_\d{7}\.png"),
-    "checkpoints": re.compile(r"step_\d{7}(\.damaged)?|best"),
-    "eval": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.(json|npz|png)"),
-    "tensorboard": re.compile(r"events\.out\.tfevents\..*"),
-}
 # the temporary names of writes a killed process left unfinished: .NAME.*.tmp (files and checkpoint folders)
 UNFINISHED = {".": re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.[0-9a-f]{8}\.tmp"),
               "checkpoints": re.compile(r"\.(step_\d{7}|best)\..*\.tmp"),
@@ -52,51 +48,65 @@ def remove_unfinished_writes(run_dir: Path) -> list[Path]:
 
 
 def check_new_run_dir(run_dir: Path, force: bool) -> None:
-    """UserError unless a new run may start in `run_dir`: a writable place, empty or absent unless `force`."""
+    """UserError unless a new run may start in `run_dir`: a writable place, empty or absent, or with `force` a folder
+    holding a ddpmlab run (its manifest)."""
     check_writable_folder(Path(run_dir), "--run-dir")
-    if has_content(run_dir) and not force:
+    if not has_content(run_dir):
+        return
+    if Path(run_dir).is_dir() and recorded(run_dir) is None:
+        raise UserError(f"{run_dir} is not empty and not a ddpmlab run (no {MANIFEST_FILE}, the list of the files "
+                        f"ddpmlab wrote, all that --force removes); refusing to touch it: choose another --run-dir")
+    if not force:
         raise UserError(f"run directory {run_dir} already exists; use --force to overwrite or --resume to continue")
 
 
 def owned_entries(run_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(entries ddpmlab wrote, entries it did not) directly in `run_dir` and in its own sub-folders; the run lock is
-    neither."""
+    """(entries ddpmlab wrote, entries it did not) in `run_dir` and in the folders holding what it wrote, judged by
+    the run's manifest; the run lock and the manifest itself are neither."""
+    listed = recorded(run_dir) or set()
     owned, foreign = [], []
-    for entry in sorted(Path(run_dir).iterdir()):
-        if entry.name == LOCK_FILE:  # its owner's, never removed by another process
-            continue
-        if (entry.name in RUN_FILES and entry.is_file()) or UNFINISHED["."].fullmatch(entry.name):
-            owned.append(entry)
-        elif entry.name in RUN_FOLDERS and entry.is_dir():
-            patterns = (RUN_FOLDERS[entry.name], UNFINISHED.get(entry.name, RUN_FOLDERS[entry.name]))
-            for child in sorted(entry.iterdir()):
-                (owned if any(p.fullmatch(child.name) for p in patterns) else foreign).append(child)
-        else:
-            foreign.append(entry)
+
+    def walk(folder: Path, prefix: str) -> None:
+        for entry in sorted(folder.iterdir()):
+            relative = prefix + entry.name
+            if relative in (LOCK_FILE, MANIFEST_FILE):  # the lock is its owner's, never removed by another process
+                continue
+            if is_recorded(relative, listed):
+                owned.append(entry)
+            elif entry.is_dir() and not entry.is_symlink() and any(p.startswith(relative + "/") for p in listed):
+                walk(entry, relative + "/")
+            else:
+                foreign.append(entry)
+
+    walk(Path(run_dir), "")
     return owned, foreign
 
 
 def prepare_run_dir(run_dir: Path, force: bool) -> None:
-    """Make `run_dir` ready for a new run. With `force`, remove what an earlier run wrote there and keep
-    every other file (listed on stderr); a non-empty folder holding no run at all is refused."""
+    """Make `run_dir` ready for a new run and begin its manifest. With `force`, remove what the earlier run's
+    manifest lists and keep every other file (listed on stderr); a non-empty folder holding no run is refused, and
+    so is one holding a file a new run would replace that ddpmlab did not write."""
     run_dir = Path(run_dir)
     if has_content(run_dir):
         if not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir} is a file, not a folder")
+        check_new_run_dir(run_dir, force)
         owned, foreign = owned_entries(run_dir)
-        if not any(p.name == "config.yaml" or p.parent.name == "checkpoints" or UNFINISHED["."].fullmatch(p.name)
-                   for p in owned):  # a run killed while writing its config.yaml has only the temporary file
-            raise UserError(f"{run_dir} is not empty and not a ddpmlab run; refusing to touch it, choose another --run-dir")
+        in_the_way = [p.name for p in foreign if p.parent == run_dir and p.name in RUN_FILES]
+        if in_the_way:
+            raise UserError(f"{run_dir}: {', '.join(in_the_way)} not written by ddpmlab (not in {MANIFEST_FILE}), and a "
+                            f"new run would replace it; move it away or choose another --run-dir")
         for entry in owned:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-        for folder in RUN_FOLDERS:
-            if (run_dir / folder).is_dir() and not any((run_dir / folder).iterdir()):
-                (run_dir / folder).rmdir()
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for folder in sorted({p.parent for p in owned} - {run_dir}, key=lambda p: -len(p.parts)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         if foreign:
             names = ", ".join(str(p.relative_to(run_dir)) for p in foreign[:5]) + (" ..." if len(foreign) > 5 else "")
             warnings.warn(f"--force removed the earlier run in {run_dir} and kept {len(foreign)} file(s) ddpmlab did "
                           f"not write: {names}", DdpmlabNote, stacklevel=2)
     run_dir.mkdir(parents=True, exist_ok=True)
+    start_manifest(run_dir)
 
 
 def run_of(path: Path) -> Path:

@@ -31,6 +31,20 @@ class RunLog:
             warnings.warn(message, DdpmlabWarning, stacklevel=2)
 
 
+def finished_note(step: int) -> str:
+    """run.log's last note of a session that trained to train.steps and wrote its last grid and plot."""
+    return f"finished at step {step}"
+
+
+def finished_at(path: Path, step: int) -> bool:
+    """Whether the run.log at `path` ends with `finished_note(step)`: the run did all its work up to `step`."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return False
+    return bool(lines) and lines[-1].endswith(" " + finished_note(step))
+
+
 def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
     """Every training loss (and the validation loss) against step, log-scale when all are positive, and the
     scores of evaluation during training (QUALITY_COLUMNS) on a second axis at the right, as a PNG; None when

@@ -19,11 +19,13 @@ from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.methods import stored_spec
 from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.load import trained_config
 from ddpmlab.store.lock import RunLock
+from ddpmlab.store.manifest import record_written
 from ddpmlab.store.metrics_csv import COLUMNS, MetricsLog
 from ddpmlab.store.run_dir import prepare_run_dir, remove_unfinished_writes
 from ddpmlab.train import hotpath
-from ddpmlab.train.log import RunLog
+from ddpmlab.train.log import RunLog, finished_at
 from ddpmlab.train.tensorboard import tensorboard_log
 
 
@@ -36,9 +38,15 @@ class Persistence:
     """Start, resume and checkpoint a Trainer's run directory."""
 
     def start_run_dir(self, force: bool) -> None:
-        """Take the run's lock, then prepare the run directory of a new run: its config, metrics.csv and run.log."""
+        """Take the run's lock, then prepare the run directory of a new run: its manifest, config, metrics.csv and
+        run.log."""
         self.lock = RunLock(self.run_dir)  # before --force removes anything: never under a live run
-        prepare_run_dir(self.run_dir, force)
+        try:
+            prepare_run_dir(self.run_dir, force)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.record_run_files()
         save_config(self.config, self.run_dir / "config.yaml")
         self.log = MetricsLog(self.run_dir / "metrics.csv", columns=self.metric_columns())
         self.start_session_log()
@@ -75,15 +83,22 @@ class Persistence:
         if newest is None:
             raise UserError(f"{run_dir}: no checkpoint to resume from"
                             + "".join(f"; {folder.name} is damaged: {reason}" for folder, reason in damaged))
-        resume_changes(saved, config, int(ckpt.read_progress(newest)["step"]))
+        step, trained = int(ckpt.read_progress(newest)["step"]), trained_config(newest)
+        resume_changes(trained, saved, step, f" by editing {config_path}")  # the checkpoint's record, not the file's
+        resume_changes(trained, config, step)
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
         trainer.load_checkpoint(newest)
+        if config.train.steps == step and finished_at(run_dir / "run.log", step):  # before anything is written
+            raise UserError(f"{run_dir} already finished at step {step} (train.steps={step}): nothing to train; to "
+                            f"train on, raise train.steps, e.g. `ddpmlab train --resume {run_dir} "
+                            f"train.steps={2 * step}`")
         distributed.on_main(lambda: trainer.continue_run_dir(unfinished, damaged), trainer.processes)  # all have read
         return trainer
 
     def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
         """Continue a resumed run's directory: its (overridden) config, metrics.csv from the checkpoint, run.log,
         noting the `unfinished` writes removed and moving the `damaged` checkpoints aside (warned about)."""
+        self.record_run_files()
         self.log = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.step, columns=self.metric_columns())
         save_config(self.config, self.run_dir / "config.yaml")  # after metrics.csv was read: a refusal changes nothing
         self.start_session_log(resumed_from=self.step)
@@ -94,6 +109,10 @@ class Persistence:
             aside = ckpt.move_aside(folder)
             self.run_log.note(f"checkpoint {folder.name} is damaged ({reason}); resumed from step_{self.step:07d} "
                               f"instead and moved the damaged one to {aside.relative_to(self.run_dir)}", warning=True)
+
+    def record_run_files(self) -> None:
+        """List the files every session writes in the run's manifest, before they are written."""
+        record_written(self.run_dir, *(self.run_dir / name for name in ("config.yaml", "metrics.csv", "run.log")))
 
     def start_session_log(self, resumed_from: int | None = None) -> None:
         """Note this session in RUN_DIR/run.log, and warn (stderr and log) about a schedule that ends far from noise;

@@ -11,6 +11,7 @@ import torch
 from ddpmlab import distributed
 from ddpmlab.errors import UserError
 from ddpmlab.images import make_grid
+from ddpmlab.store.manifest import record_written
 
 FOLDER = "tensorboard"
 MISSING = "train.tensorboard=true needs the tensorboard package: pip install 'ddpmlab[tensorboard]'"
@@ -42,8 +43,10 @@ class TensorBoardLog:
 
     def _writer(self):
         if self.writer is None:
+            before = set(self.folder.iterdir()) if self.folder.is_dir() else set()
             self.writer = self.writer_class(str(self.folder), purge_step=self.purge_step)
             self.purge_step = None
+            record_written(self.folder.parent, *(set(self.folder.iterdir()) - before))  # its new events file
         return self.writer
 
     def scalars(self, row: dict) -> None:

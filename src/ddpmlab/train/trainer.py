@@ -19,16 +19,17 @@ from ddpmlab.eval.during_training import TrainingEvaluator
 from ddpmlab.eval.speed import other_load
 from ddpmlab.images import save_grid
 from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
-from ddpmlab.paths import storage_errors_as_user_errors
+from ddpmlab.paths import storage_error
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.lock import RunLock
+from ddpmlab.store.manifest import record_written
 from ddpmlab.store.metrics_csv import MetricsLog, loss_columns
 from ddpmlab.store.run_dir import check_new_run_dir
 from ddpmlab.train import hotpath
 from ddpmlab.train.ema import EMA
 from ddpmlab.train.health import StepHealth, copy_buffers, restore_buffers
-from ddpmlab.train.log import LogWindow, plot_loss_curve
+from ddpmlab.train.log import LogWindow, finished_note, plot_loss_curve
 from ddpmlab.train.persistence import Persistence
 from ddpmlab.train.signals import stop_requested_on_signals
 from ddpmlab.train.tensorboard import check_tensorboard
@@ -130,10 +131,13 @@ class Trainer(Persistence):
         self.lock = distributed.on_main(lambda: self.lock if self.lock and self.lock.held else RunLock(self.run_dir),
                                         self.processes)  # rank 0 holds it
         try:
-            with storage_errors_as_user_errors(f"to the run directory {self.run_dir}",
-                                               f"free space or make it writable, then `ddpmlab train --resume "
-                                               f"{self.run_dir}`"):
-                return self.train_loop()
+            return self.train_loop()
+        except OSError as exc:
+            error = storage_error(exc, f"to the run directory {self.run_dir}",
+                                 f"free space or make it writable, then {ckpt.how_to_continue(self.run_dir)}")
+            if error is None:
+                raise
+            raise error from None
         finally:
             if self.lock is not None:
                 self.lock.release()
@@ -187,10 +191,13 @@ class Trainer(Persistence):
         if self.processes.is_main:
             if not interrupted and not (self.run_dir / "samples" / f"step_{self.step:07d}.png").exists():
                 self.save_sample_grid()
+            record_written(self.run_dir, self.run_dir / "loss.png")
             plot_loss_curve(self.run_dir / "metrics.csv", self.run_dir / "loss.png")
             self.log.close()
             if interrupted:
                 self.run_log.note(f"interrupted at step {self.step} (signal {stop.signum}); checkpoint saved")
+            else:
+                self.run_log.note(finished_note(self.step))  # the last write: a resume now has nothing to do
         return {"step": self.step, "interrupted": interrupted, "signal": stop.signum, "wall_s": self.wall_s,
                 "run_dir": str(self.run_dir)}
 
@@ -327,7 +334,9 @@ class Trainer(Persistence):
         images = sample_images(self.ema.shadow, n, generator, run_sampling(self.ema.shadow, self.config.sample), labels)
         if self.tensorboard is not None:
             self.tensorboard.grid("samples", images, self.step)
-        return save_grid(images, self.run_dir / "samples" / f"step_{self.step:07d}.png", scale=2)
+        path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        record_written(self.run_dir, path)
+        return save_grid(images, path, scale=2)
 
     # -- evaluation during training (train.eval_every, train.keep_best) ---------------------------------
     def build_evaluator(self):
