@@ -45,6 +45,7 @@ from ddpmlab.config import (  # noqa: E402
 )
 from ddpmlab.errors import UserError  # noqa: E402
 from ddpmlab.samplers import SAMPLERS  # noqa: E402
+from ddpmlab.store.manifest import MANIFEST_FILE  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the 5000-digit numbers
 EXAMPLES = {"config": 300, "config_file": 150, "train": 30, "resume": 10, "sample": 80, "eval": 30}
@@ -405,10 +406,12 @@ def test_eval_flags(eval_setup, argv):
     assume(small_n(argv))
     if "--n" not in argv:
         argv = ["--n", "3", *argv]  # the default, 10000 samples, is no test's to draw
-    before = files_of(run)
+    before, listed = files_of(run), (run / MANIFEST_FILE).read_text()  # the list of what ddpmlab wrote: appended to
     code, err = run_cli(["eval", run, *argv, "--classifier", classifier, "--steps", "2", "--nll-n", "2",
                          "--nll-timesteps", "2", "--speed-repeats", "1", "--ref-n", "8", "--device", "cpu", "--quiet"])
     if check_outcome(code, err):  # it may rewrite its own results and samples (eval/), nothing else
         before = {k: v for k, v in before.items() if not k.startswith("eval/")}
     after = {k: v for k, v in files_of(run).items() if k in before}
+    before.pop(MANIFEST_FILE), after.pop(MANIFEST_FILE)
+    assert (run / MANIFEST_FILE).read_text().startswith(listed), "eval rewrote the list of what ddpmlab wrote"
     assert after == before, "eval changed files of the run it measured"

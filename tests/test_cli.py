@@ -151,8 +151,9 @@ def test_sample_defaults_come_from_the_run_and_folders_get_one_png_per_image(tra
     assert main(["sample", str(trained), "--n", "5", "--out", str(tmp_path / "pngs") + "/", "--quiet"]) == 0
     from PIL import Image
 
-    files = sorted((tmp_path / "pngs").iterdir())
+    files = sorted((tmp_path / "pngs").glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [f.name for f in files] + ["ddpmlab-files.txt"]
     assert Image.open(files[0]).size == (16, 16)
 
 

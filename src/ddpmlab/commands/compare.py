@@ -194,12 +194,15 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
     """One table row: evaluate_run (and evaluate_sweep for a diffusion run when the suite has a sweep), training
     stability and cost, parameter count; every number with the file it came from. Results go to RUN_DIR/eval; a
     pretrained model's to OUT/pretrained/NAME (OUT: the report folder)."""
+    # Score its samples.
     method = stored_method(plan.run_dir)
     one_pass = samples_in_one_pass(method)
     asked = [m for m in metrics if not (one_pass and m == "nll")]
     eval_dir = (Path(out or ".") / "pretrained" / plan.entry.name) if plan.pretrained else plan.run_dir / "eval"
     results = evaluate_run(plan.run_dir, SamplingSettings(), metrics=",".join([*asked, "speed"]), n=n, seed=suite.seed,
                            classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress, out=eval_dir)
+
+    # Gather the row: scores, cost, stability, size.
     settings, config = results["settings"], read_run_config(plan.run_dir)
     row = {"name": plan.entry.name, "method": method, "run_dir": str(plan.run_dir), "step": settings["checkpoint_step"],
            "source": plan.entry.run or " ".join([plan.entry.config, *plan.entry.overrides]),
@@ -214,6 +217,8 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
            "training": training_cost(plan.run_dir, config.train.batch_size),
            "loss": None if one_pass else loss_name(config.diffusion.prediction, config.diffusion.loss_weighting,
                                                    config.diffusion.min_snr_gamma)}
+
+    # Sweep the samplers (or read the saved sweep of these weights).
     sweep_metrics = [m for m in metrics if m in FEATURE_METRICS]
     if suite.sweep and not one_pass and sweep_metrics:
         points = parse_sweep(suite.sweep, plan.config.diffusion.timesteps)
@@ -238,6 +243,7 @@ def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str |
     with the same metrics, n, seed and reference, and write OUT (default reports/SUITE): report.md, index.html,
     results.json and figures/. Returns the report dict. Every UserError (unknown suite, missing run, unknown config,
     unwritable OUT or RUNS_DIR) is raised before anything is trained or written."""
+    # Check the request and plan every run.
     suite = load_suite(source)
     n = n if n is not None else suite.n
     if n < 2:
@@ -255,13 +261,19 @@ def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str |
         check_writable_folder(runs_dir, "--runs-dir")
     if suite.sweep:
         parse_sweep(suite.sweep, 10**9)  # the syntax only; steps are checked against each run's T later
+
+    # Train what is missing.
     for i, plan in enumerate(plans, 1):
         say(f"[{i}/{len(plans)}] {plan.entry.name}: {describe_plan(plan)}")
         train_planned(plan, progress)
+
+    # Measure every model.
     rows = []
     for i, plan in enumerate(plans, 1):
         say(f"[{i}/{len(plans)}] {plan.entry.name}: evaluating {','.join(chosen_metrics)} on {n} samples")
         rows.append(measure_run(plan, suite, chosen_metrics, n, classifier, device, progress, out))
+
+    # Write the report.
     out.mkdir(parents=True, exist_ok=True)
     report = {"suite": suite.name, "source": str(source), "description": suite.description, "n": n,
               "seed": suite.seed, "metrics": chosen_metrics, "sweep": suite.sweep, "ref_n": suite.ref_n,

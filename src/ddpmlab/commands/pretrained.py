@@ -199,6 +199,7 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
     checkpoint folder such as RUN/checkpoints/best): the EMA weights (float16 with `fp16`), the config, info.json
     with `scores` (`ddpmlab eval` results JSONs of these weights) and the run's metrics.csv up to that step.
     Refuses a folder over MAX_BYTES, an existing NAME without `force`, and scores of other weights. Returns info."""
+    # Read the checkpoint and the scores of its weights.
     check_name(name)
     folder = find_checkpoint(source)
     run_dir = folder.parent.parent if folder.parent.name == "checkpoints" else None
@@ -218,6 +219,8 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
         raise UserError(f"{folder}: a checkpoint of a custom backbone (no stored model spec) cannot be rebuilt by "
                         f"ddpmlab, so it cannot ship")
     net = rebuild_method(method, json.loads(metadata["model_spec"]), config)
+
+    # Describe the model.
     root = pretrained_root(root)
     target = root / name
     if target.exists() and not force:
@@ -238,6 +241,8 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
             "scores": score_entries,
             "exported": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     info["ddpmlab"], info["torch"] = __version__, torch.__version__
+
+    # Write it beside the target, then move it into place.
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))
     try:
         save_file(stored, str(tmp / WEIGHTS_FILE), metadata={**metadata, "pretrained": name})

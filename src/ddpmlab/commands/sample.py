@@ -92,6 +92,7 @@ def write_folder(out: Path, images: torch.Tensor, force: bool) -> None:
 
 def run(args) -> int:
     """`ddpmlab sample SOURCE --out ...`: images of a diffusion model by its sampler, of a baseline in one pass."""
+    # Check the request.
     out = check_sample_output(args.out, args.force)
     if (args.n is not None and args.n <= 0) or (args.batch_size is not None and args.batch_size <= 0):
         raise UserError("--n and --batch-size must be positive")
@@ -99,11 +100,15 @@ def run(args) -> int:
         raise UserError("--eta must be in [0, 1]")
     check_guidance(args.guidance)
     check_diffusion_flags(args, args.source)
+
+    # Load the model.
     processes = current()
     device = rank_device(resolve_device(args.device), processes)
     model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device))
     if model.SINGLE_PASS:
         return sample_one_pass(args, out, model, config, step, processes)
+
+    # Settle the sampling settings and the labels.
     method = args.sampler or config.sample.sampler
     if method != "ddim" and args.eta is not None:
         raise UserError(f"--eta applies to --sampler ddim only, not {method}")
@@ -130,10 +135,14 @@ def run(args) -> int:
                       else torch.arange(n) % model.num_classes)
     elif args.class_label is not None or args.guidance is not None or args.per_class:
         raise UserError("--class, --per-class and --guidance need a class-conditional model (model.conditional=true)")
+
+    # Draw samples.
     generated = generate_samples(model, n, sampling, batch_size=args.batch_size or config.sample.batch_size,
                                  seed=args.seed, labels=labels, progress=not args.quiet, processes=processes)
     if generated is None:  # a process other than rank 0: it sampled its share, rank 0 writes
         return 0
+
+    # Write them.
     images, labels = generated
     weights = weights_file(args.source, not args.no_ema)
     class_names = (stored_class_names(args.source, model.num_classes, not args.no_ema)

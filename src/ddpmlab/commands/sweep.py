@@ -60,6 +60,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                    progress: bool = True, out: str | Path | None = None, variance: str | None = None) -> dict:
     """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict. ddpm's
     points use `variance` (default: the run's sample.variance)."""
+    # Check the request.
     device = resolve_device(device)
     metrics = parse_metrics(metrics or ("fd" if device.type == "cpu" else "fd,fid"), device)
     distance_metrics = [m for m in metrics if m in ("fd", *INCEPTION_METRICS)]
@@ -68,6 +69,8 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     if n < 2 or ref_n < 2:
         raise UserError("--n and --ref-n must be at least 2")
     check_pr_counts(metrics, n=n, ref_n=ref_n)
+
+    # Load the run.
     source = resolve_source(run_dir)
     run_dir = run_of(source)
     out_dir = Path(out) if out is not None else eval_folder(run_dir)
@@ -88,12 +91,16 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     check_same_weights([json_path, *(point_samples(out_dir, name, method, steps, schedule.T)
                                      for method, steps in points)], weights)
     earlier = earlier_timings(json_path, weights)
+
+    # Read the reference features.
     split = held_out_split(config.data)
     real, references = {}, {}
     for kind, extractor in extractors.items():
         real[kind], _, references[extractor.extractor_id] = reference_features(
             config.data, split, extractor, ref_n, FEATURE_BATCH[kind], progress)
-    # the same x_T for every point; stochastic samplers draw their later noise from a second generator
+
+    # Draw and score every point: the same x_T for each; stochastic samplers draw their later noise from a second
+    # generator.
     noise = torch.randn((n, channels, image_size, image_size), generator=torch.Generator().manual_seed(seed))
     results = {"run_dir": str(run_dir), "name": name, **weights, "n": n, "seed": seed, "batch_size": batch_size,
                "guidance": guidance, "reference_split": split,
@@ -136,6 +143,8 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     if untimed:
         warnings.warn(f"{len(untimed)} point(s) reused saved samples, whose timing was not kept; delete "
                       f"{out_dir}/sweep-{name}-*.npz to time them", DdpmlabNote, stacklevel=2)
+
+    # Write the results and the plot.
     results["metric_keys"] = list(results["points"][0]["metrics"])
     results["machine"] = machine_load()
     if classifier_facts:

@@ -25,7 +25,7 @@ def recorded(folder: Path) -> set[str] | None:
     short (no line end) is not counted."""
     try:
         text = (Path(folder) / MANIFEST_FILE).read_text(errors="replace")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: `folder` is a file (a lone weights file)
         return None
     lines = text.split("\n")[:-1]  # the part after the last line end is unfinished
     return {line for line in lines if line and not line.startswith("#")}
