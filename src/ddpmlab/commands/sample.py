@@ -16,6 +16,7 @@ from ddpmlab.paths import check_writable_file, check_writable_folder
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.load import load_trained, stored_class_names, stored_method, weights_file
+from ddpmlab.store.hub import hub_source
 from ddpmlab.store.pretrained import pretrained_name
 
 DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
@@ -128,8 +129,8 @@ def write_samples(args, out: Path, images: torch.Tensor, labels: torch.Tensor | 
 
 
 def weights_label(source: str, weights: Path) -> str:
-    """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
-    return source if pretrained_name(source) is not None else weights.name
+    """How `sample` names the weights it read: "pretrained:NAME", "hf:ORG/NAME", or the weights file's name."""
+    return source if pretrained_name(source) is not None or hub_source(source) is not None else weights.name
 
 
 def sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:
