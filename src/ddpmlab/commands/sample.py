@@ -66,7 +66,8 @@ def run(args) -> int:
     check_diffusion_flags(args, args.source)
     processes = current()
     device = rank_device(resolve_device(args.device), processes)
-    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device))
+    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device),
+                                                 arch=args.arch)
     if model.SINGLE_PASS:
         return sample_one_pass(args, out, model, config, step, processes)
     method = args.sampler or config.sample.sampler

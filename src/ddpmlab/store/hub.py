@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 from ddpmlab.errors import UserError
-from ddpmlab.store.diffusers_format import PIPELINE_INDEX, SCHEDULER_CONFIG, UNET_CONFIG, WEIGHTS_FILES, diffusers_folders
+from ddpmlab.store.diffusers_format import (PIPELINE_INDEX, SCHEDULER_CONFIG, UNET_CONFIG, WEIGHTS_FILES,
+                                            diffusers_folders)
 
 PREFIX = "hf:"
 INSTALL = "pip install ddpmlab[hub]"
