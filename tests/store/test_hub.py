@@ -46,14 +46,15 @@ def offline_cache(tmp_path, monkeypatch):
 
 def cache_model(cache, repo: str, layout: str, ref: str = "main"):
     """A tiny DDPM saved by diffusers as snapshots/COMMIT of `repo` in the cache, refs/REF naming COMMIT; layout "flat"
-    (google/ddpm-cifar10-32's: the UNet's files and a model_index.json at the root) or "pipeline"."""
+    (google/ddpm-cifar10-32's: the UNet's files and a model_index.json at the root), "bin" (the same with .bin
+    weights) or "pipeline"."""
     folder = cache / f"models--{repo.replace('/', '--')}"
     snapshot = folder / "snapshots" / COMMIT
     unet, scheduler = tiny_unet(), diffusers.DDPMScheduler(variance_type="fixed_large", clip_sample=True)
     if layout == "pipeline":
         diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(snapshot)
     else:
-        unet.save_pretrained(snapshot)
+        unet.save_pretrained(snapshot, safe_serialization=layout != "bin")
         scheduler.save_pretrained(snapshot)
         (snapshot / "model_index.json").write_text('{"_class_name": "DDPMPipeline", "scheduler": ["diffusers", '
                                                    '"DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}')
@@ -62,7 +63,7 @@ def cache_model(cache, repo: str, layout: str, ref: str = "main"):
     return unet
 
 
-@pytest.mark.parametrize("layout", ["flat", "pipeline"])
+@pytest.mark.parametrize("layout", ["flat", "bin", "pipeline"])
 def test_a_cached_hub_model_loads_offline_with_diffusers_outputs(offline_cache, layout):
     unet = cache_model(offline_cache, "org/name", layout)
     pipe = ddpmlab.load("hf:org/name")

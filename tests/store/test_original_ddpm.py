@@ -297,4 +297,18 @@ def test_what_is_not_the_layout_is_a_one_line_error(tmp_path, capsys):
     torch.save(state, broken)
     assert "the weights do not match the original DDPM layout" in one_line_error(
         capsys, ["sample", broken, "--out", out])
-    assert not out.exists()
+    planted = tmp_path / "planted.ckpt"
+    torch.save({"conv_in.weight": Payload(tmp_path / "ran")}, planted)  # unpickling it would create a file
+    assert f"{planted}: holds more than weights; it is never unpickled" in one_line_error(
+        capsys, ["sample", planted, "--out", out])
+    assert not out.exists() and not (tmp_path / "ran").exists()
+
+
+class Payload:
+    """A pickle that creates a file when unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
