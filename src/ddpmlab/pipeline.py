@@ -1,7 +1,8 @@
 """The Python API for a trained model: `pipe = ddpmlab.load(source)`, then `pipe.sample(n)` and `pipe.denoise(x_t, t)`.
 
 A source is anything the command line accepts (a run directory, a checkpoint folder, one weights file,
-`pretrained:NAME`) or a diffusers DDPM folder; see ddpmlab.store.load.load_trained.
+`pretrained:NAME`), a diffusers DDPM folder, `hf:ORG/NAME` or an original port of Ho et al.'s checkpoints; see
+ddpmlab.store.load.load_trained.
 """
 
 from __future__ import annotations
@@ -114,9 +115,10 @@ class Pipeline:
         return noise
 
 
-def load(source: str | Path, ema: bool = True, device="cpu") -> Pipeline:
+def load(source: str | Path, ema: bool = True, device="cpu", arch: str | None = None) -> Pipeline:
     """A Pipeline from a run directory (its newest checkpoint), a checkpoint folder, one weights file,
-    `pretrained:NAME` or a diffusers DDPM folder; the EMA weights unless ema=False; on `device` ("cpu", "cuda",
-    "auto"). UserError for a source that is missing, damaged or not a model."""
-    net, schedule, config, step = load_trained(source, use_ema=ema, device=str(device))
+    `pretrained:NAME`, a diffusers DDPM folder, `hf:ORG/NAME[@REVISION]` or an original port of Ho et al.'s
+    checkpoints (.ckpt/.pt/.pth; `arch` cifar10, celeba or lsun, else read from the weights); the EMA weights unless
+    ema=False; on `device` ("cpu", "cuda", "auto"). UserError for a source that is missing, damaged or not a model."""
+    net, schedule, config, step = load_trained(source, use_ema=ema, device=str(device), arch=arch)
     return Pipeline(net, schedule, config, step)

@@ -72,5 +72,5 @@ def test_a_runs_config_file_is_named_as_such(run, command, tmp_path, capsys, mon
     assert capsys.readouterr().err == (f"error: {run / 'config.yaml'} is a config file, not trained weights; give its "
                                        f"run directory {run}\n")
     assert main([command[0], str(run / "run.log"), *command[1:]]) == 2
-    assert "run.log is not a weights file (.safetensors)" in capsys.readouterr().err
+    assert "run.log is not a weights file (.safetensors, or an original DDPM port's .ckpt/.pt/.pth)" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

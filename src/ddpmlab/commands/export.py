@@ -28,7 +28,7 @@ def run(args) -> int:
     check_export_folder(out)
 
     # Load the model.
-    net, _, config, step = load_trained(args.source, use_ema=not args.no_ema, device="cpu")
+    net, _, config, step = load_trained(args.source, use_ema=not args.no_ema, device="cpu", arch=args.arch)
 
     # Write the folder.
     write_diffusers(net, config, out)

@@ -18,6 +18,7 @@ from ddpmlab.paths import check_writable_file, check_writable_folder
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.load import load_trained, stored_class_names, stored_method, weights_file
+from ddpmlab.store.hub import hub_source
 from ddpmlab.store.manifest import record_written, recorded, start_manifest
 from ddpmlab.store.pretrained import pretrained_name
 
@@ -104,7 +105,8 @@ def run(args) -> int:
     # Load the model.
     processes = current()
     device = rank_device(resolve_device(args.device), processes)
-    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device))
+    model, schedule, config, step = load_trained(args.source, use_ema=not args.no_ema, device=str(device),
+                                                 arch=args.arch)
     if model.SINGLE_PASS:
         return sample_one_pass(args, out, model, config, step, processes)
 
@@ -173,8 +175,8 @@ def write_samples(args, out: Path, images: torch.Tensor, labels: torch.Tensor | 
 
 
 def weights_label(source: str, weights: Path) -> str:
-    """How `sample` names the weights it read: "pretrained:NAME", or the weights file's name."""
-    return source if pretrained_name(source) is not None else weights.name
+    """How `sample` names the weights it read: "pretrained:NAME", "hf:ORG/NAME", or the weights file's name."""
+    return source if pretrained_name(source) is not None or hub_source(source) is not None else weights.name
 
 
 def sample_one_pass(args, out: Path, model, config, step: int, processes) -> int:

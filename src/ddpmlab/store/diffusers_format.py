@@ -41,13 +41,12 @@ SCHEDULER_FIXED = {"thresholding": False, "rescale_betas_zero_snr": False}
 # -- finding the folders ----------------------------------------------------------------------------------------
 def diffusers_folders(path: str | Path) -> tuple[Path, Path] | None:
     """(the UNet's folder, the scheduler's folder) of a diffusers DDPM folder in either layout; None for any other
-    path."""
+    path. A flat folder may have a model_index.json too (google/ddpm-cifar10-32 has; diffusers then reads the root)."""
     path = Path(path)
-    if (path / PIPELINE_INDEX).is_file():
+    flat = (path / UNET_CONFIG).is_file() and any((path / name).is_file() for name in WEIGHTS_FILES)
+    if (path / PIPELINE_INDEX).is_file() and not (flat and not (path / "unet").is_dir()):
         return path / "unet", path / "scheduler"
-    if (path / UNET_CONFIG).is_file() and any((path / name).is_file() for name in WEIGHTS_FILES):
-        return path, path
-    return None
+    return (path, path) if flat else None
 
 
 def is_diffusers_folder(path: str | Path) -> bool:
@@ -158,17 +157,26 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a .safetensors file, or of a .bin read with torch.load(weights_only=True); UserError when
     unreadable."""
     try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as exc:
+        state = load_file(str(path)) if path.suffix == ".safetensors" else None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not readable weights ({reason})") from None
+    state = torch_load(path) if state is None else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def torch_load(path: Path):
+    """What a .bin/.ckpt/.pt file holds, read with torch.load(weights_only=True) on the CPU (tensors and plain
+    containers only, nothing executed); UserError when unreadable or holding anything else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"{path}: not readable weights ({reason})") from None
     except pickle.UnpicklingError:  # torch.load(weights_only=True) refuses anything but tensors and plain containers
         raise UserError(f"{path}: holds more than weights; it is never unpickled") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: not a state dict of tensors")
-    return state
 
 
 def load_diffusers(path: str | Path, device=None):

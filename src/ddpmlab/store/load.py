@@ -1,5 +1,5 @@
 """Find a checkpoint and load a trained network from it: a run directory, a checkpoint folder, one weights file, a
-pretrained model or a diffusers DDPM folder."""
+pretrained model, a diffusers DDPM folder (or `hf:ORG/NAME`) or an original port of Ho et al.'s checkpoints."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ddpmlab.methods import rebuild_method
 from ddpmlab.rng import resolve_device
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.diffusers_format import diffusers_folders, diffusers_weights_file, load_diffusers
+from ddpmlab.store.original_ddpm import ARCHS, SUFFIXES, is_original_checkpoint, load_original
 from ddpmlab.store.pretrained import WEIGHTS_FILE, as_float32, is_pretrained_folder, read_info, resolve_source
 
 
@@ -21,17 +22,18 @@ WEIGHTS_SUFFIX = ".safetensors"
 
 
 def check_weights_path(path: Path) -> None:
-    """UserError naming what a file given where trained weights are expected is, unless it is a .safetensors file:
-    a config file (a run's config.yaml names its run directory) or anything else."""
-    if path.suffix == WEIGHTS_SUFFIX:
+    """UserError naming what a file given where trained weights are expected is, unless it is a .safetensors file
+    or an original DDPM port's checkpoint (.ckpt, .pt, .pth): a config file (a run's config.yaml names its run
+    directory) or anything else."""
+    if path.suffix in (WEIGHTS_SUFFIX, *SUFFIXES):
         return
     if path.suffix in (".yaml", ".yml"):
         run = path.parent
         fix = (f"give its run directory {run}" if ckpt.list_checkpoints(run)
                else "give a run directory, a checkpoint folder, one .safetensors weights file or pretrained:NAME")
         raise UserError(f"{path} is a config file, not trained weights; {fix}")
-    raise UserError(f"{path} is not a weights file (.safetensors); give a run directory, a checkpoint folder, one "
-                    f".safetensors weights file or pretrained:NAME")
+    raise UserError(f"{path} is not a weights file (.safetensors, or an original DDPM port's {'/'.join(SUFFIXES)}); "
+                    f"give a run directory, a checkpoint folder, one weights file or pretrained:NAME")
 
 
 def is_lone_weights(path: Path) -> bool:
@@ -87,12 +89,14 @@ def checkpoint_step(folder: Path) -> int:
     return int(ckpt.read_progress(folder)["step"])
 
 
-def load_trained(path: str | Path, use_ema: bool = True, device=None):
+def load_trained(path: str | Path, use_ema: bool = True, device=None, arch: str | None = None):
     """(network in eval mode on `device`, NoiseSchedule or None, Config, step) from a run directory, a checkpoint
     folder or one weights file (that file is used, whatever `use_ema` says; outside a checkpoint folder, its
     metadata alone rebuilds the network: config, model spec, method and step, as ddpmlab writes them), a
-    pretrained model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32), or a diffusers
-    DDPM folder (ddpmlab.store.diffusers_format: its only weights, whatever `use_ema` says; step 0).
+    pretrained model (`pretrained:NAME` or its folder; float16-stored weights are loaded as float32), a diffusers
+    DDPM folder or `hf:ORG/NAME[@REVISION]` (ddpmlab.store.diffusers_format, store.hub: its only weights, whatever
+    `use_ema` says; step 0), or an original port of Ho et al.'s checkpoints (ddpmlab.store.original_ddpm: a .ckpt,
+    .pt or .pth file; `arch`, one of cifar10, celeba, lsun, gives its shape, else the weights do).
 
     The network is the checkpoint's method (metadata `method`; "ddpm" for checkpoints written before there were
     others), rebuilt from its stored spec: a methods.DDPM, callable like its UNet, with its schedule; or a baseline
@@ -101,9 +105,15 @@ def load_trained(path: str | Path, use_ema: bool = True, device=None):
     rebuilds it (naming the missing key), and for one whose progress or weights file differs from the checksum
     recorded when it was written.
     """
-    if diffusers_folders(resolve_source(path)) is not None:
-        return load_diffusers(resolve_source(path), device)
-    weights = weights_file(path, use_ema)
+    source = resolve_source(path)
+    if arch is not None and not is_original_checkpoint(source):
+        raise UserError(f"--arch ({', '.join(ARCHS)}) applies to the original DDPM ports' {'/'.join(SUFFIXES)} "
+                        f"files only; {path} says its own architecture")
+    if diffusers_folders(source) is not None:
+        return load_diffusers(source, device)
+    if is_original_checkpoint(source):
+        return load_original(source, use_ema, device, arch)
+    weights = weights_file(source, use_ema)
     lone = is_lone_weights(weights)
     folder = weights if lone else find_checkpoint(path)  # what error messages name
     if not lone:
@@ -190,17 +200,20 @@ def trained_config(folder: Path) -> Config:
 
 def stored_method(path: str | Path, use_ema: bool = True) -> str:
     """The method ("ddpm", "vae", ...) whose weights a run directory, checkpoint folder or weights file holds, read
-    from the metadata alone; "ddpm" for checkpoints written before there were other methods and diffusers folders."""
-    if diffusers_folders(resolve_source(path)) is not None:
+    from the metadata alone; "ddpm" for checkpoints written before there were other methods, diffusers folders and
+    the original DDPM ports."""
+    source = resolve_source(path)
+    if diffusers_folders(source) is not None or is_original_checkpoint(source):
         return "ddpm"
-    return ckpt.read_metadata(weights_file(path, use_ema)).get("method") or "ddpm"
+    return ckpt.read_metadata(weights_file(source, use_ema)).get("method") or "ddpm"
 
 
 def stored_class_names(path: str | Path, num_classes: int, use_ema: bool = True) -> list[str]:
     """The class names saved with a checkpoint's weights ("class K" where none were saved)."""
-    if diffusers_folders(resolve_source(path)) is not None:
+    source = resolve_source(path)
+    if diffusers_folders(source) is not None or is_original_checkpoint(source):
         return [f"class {k}" for k in range(num_classes)]
-    with safe_open(str(weights_file(path, use_ema)), framework="pt") as handle:
+    with safe_open(str(weights_file(source, use_ema)), framework="pt") as handle:
         try:
             names = json.loads((handle.metadata() or {}).get("class_names") or "null")
         except ValueError:  # not JSON: the names are unknown, the weights may still be fine

@@ -19,6 +19,7 @@ import torch
 
 from ddpmlab.errors import UserError
 from ddpmlab.store import checkpoint as ckpt
+from ddpmlab.store.hub import hub_folder, hub_source
 
 PREFIX = "pretrained:"
 ROOT_ENV = "DDPMLAB_PRETRAINED_DIR"
@@ -70,9 +71,13 @@ def pretrained_folder(name: str, root: str | Path | None = None) -> Path:
 
 
 def resolve_source(source: str | Path, root: str | Path | None = None) -> Path:
-    """The path a run, checkpoint or weights argument names: `pretrained:NAME` -> that model's folder, else as given."""
+    """The path a run, checkpoint or weights argument names: `pretrained:NAME` -> that model's folder,
+    `hf:ORG/NAME[@REVISION]` -> its snapshot in the Hugging Face cache (downloaded when online; see store/hub.py),
+    else as given."""
     name = pretrained_name(source)
-    return pretrained_folder(name, root) if name is not None else Path(source)
+    if name is not None:
+        return pretrained_folder(name, root)
+    return hub_folder(source) if hub_source(source) is not None else Path(source)
 
 
 def read_info(folder: str | Path) -> dict:
