@@ -100,7 +100,7 @@ def test_not_cached_offline_names_where_the_files_go(offline_cache, tmp_path, ca
     assert "hf:org/missing: not in the Hugging Face cache" in err
     assert f"put the files in {repo}/snapshots/COMMIT/ with the commit in {repo}/refs/main" in err
     cache_model(offline_cache, "org/name", "flat")
-    assert f"refs/v2" in one_line_error(capsys, ["sample", "hf:org/name@v2", "--out", tmp_path / "s.png"])
+    assert "refs/v2" in one_line_error(capsys, ["sample", "hf:org/name@v2", "--out", tmp_path / "s.png"])
     assert not (tmp_path / "s.png").exists()
 
 
