@@ -99,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="an original DDPM port's .ckpt/.pt/.pth: its architecture (default: read from the weights)")
     sample.add_argument("--device", default="auto", help="cpu, cuda or auto")
     sample.add_argument("--force", action="store_true",
-                        help="with --out DIR/: replace the samples an earlier `ddpmlab sample` wrote there")
+                        help="replace an existing --out FILE, or with --out DIR/ the samples an earlier `ddpmlab sample` "
+                             "wrote there")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
 
     commands.add_parser("presets", help="list the shipped presets with a line on each")
@@ -247,6 +248,7 @@ def _eval_tool_parser(tool: str) -> argparse.ArgumentParser:
         parser.add_argument("--n", type=_int64, default=10000, help="images of each split (default 10000)")
         parser.add_argument("--classifier", help="FD classifier file (default: the shipped or cached one)")
         parser.add_argument("--out", help="results JSON (default runs/real/DATASET.json)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

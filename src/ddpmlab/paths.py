@@ -45,6 +45,13 @@ def check_writable_file(path: Path, flag: str) -> None:
     check_writable_folder(path.parent, flag, target=path)
 
 
+def check_new_file(path: Path, flag: str, force: bool) -> None:
+    """check_writable_file, and UserError when `path` exists unless `force`: no file is replaced unasked."""
+    check_writable_file(path, flag)
+    if Path(path).exists() and not force:
+        raise UserError(f"{flag} {path} exists; use --force to replace it, or choose another name")
+
+
 def temporary_sibling(path: Path) -> Path:
     """An unused name `.NAME.<random>.tmp` beside `path`, for writing it under before a rename into place."""
     while True:

@@ -53,3 +53,26 @@ def test_images_ddpmlab_did_not_write_are_never_replaced(run, tmp_path, capsys):
     out_b.mkdir()
     (out_b / "notes.txt").write_text("kept")  # other files do not stop it
     assert _sample(run, 2, out_b) == 0 and _pngs(out_b) == ["000000.png", "000001.png"]
+
+
+@pytest.mark.parametrize("name", ["grid.png", "arrays.npz"])
+def test_an_existing_file_is_replaced_only_with_force(run, tmp_path, capsys, name):
+    out = tmp_path / name
+    out.write_bytes(b"the user's own file")
+    argv = ["sample", str(run), "--n", "2", "--steps", "2", "--out", str(out), "--quiet"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"error: --out {out} exists; use --force to replace it, or choose another name\n"
+    assert out.read_bytes() == b"the user's own file"
+    assert main([*argv, "--force"]) == 0 and out.stat().st_size > 100
+
+
+def test_a_grid_sampled_into_a_run_goes_with_the_runs_force_as_in_the_demo_run_twice(tmp_path):
+    run, quick = tmp_path / "run", ["train.steps=1", "train.sample_every=1000", "train.val_every=1000", "--quiet"]
+    assert main(["train", "tiny", "--run-dir", str(run), *quick]) == 0
+    grid = run / "grid.png"
+    sample = ["sample", str(run), "--n", "2", "--steps", "2", "--out", str(grid), "--quiet"]
+    assert main(sample) == 0
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", "tiny", "--run-dir", str(run), "--force", *quick]) == 0  # scripts/demo.sh, a second time
+    assert not grid.exists() and (run / "notes.txt").read_text() == "mine"
+    assert main(sample) == 0

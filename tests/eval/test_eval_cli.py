@@ -80,6 +80,12 @@ def test_eval_real_floor(synthetic_classifier, tmp_path, capsys):
     counts = sorted(info["count"] for info in results["reference"].values())
     assert counts == [51, 461]  # n capped at each split's size
     assert "FD (classifier features)" in capsys.readouterr().out
+    out.write_text("my notes")  # a file at --out, the user's or an earlier run's, is replaced only with --force
+    argv = ["eval", "real", "synthetic", *TINY_DATA, "--classifier", str(classifier), "--n", "100", "--device", "cpu",
+            "--out", str(out), "--quiet"]
+    assert main(argv) == 2 and out.read_text() == "my notes"
+    assert capsys.readouterr().err == f"error: --out {out} exists; use --force to replace it, or choose another name\n"
+    assert main([*argv, "--force"]) == 0 and json.loads(out.read_text())["metrics"]["fd_classifier"] > 0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -159,8 +165,14 @@ def test_fewer_than_2048_samples_for_fid_warns_and_counts_are_printed(tiny_run, 
 
 def test_a_classifier_trained_on_this_runs_reference_images_is_refused(tiny_run, tmp_path, capsys):
     path = tmp_path / "overlapping.safetensors"
-    assert main(["eval", "train-classifier", "synthetic", "data.synthetic_count=512", "data.val_fraction=0.05",
-                 "--steps", "2", "--out", str(path), "--quiet"]) == 0
+    argv = ["eval", "train-classifier", "synthetic", "data.synthetic_count=512", "data.val_fraction=0.05", "--steps", "2",
+            "--out", str(path), "--quiet"]
+    assert main(argv) == 0
+    weights = path.read_bytes()
+    assert main(argv) == 2 and path.read_bytes() == weights  # an existing classifier is replaced only with --force
+    assert capsys.readouterr().err.endswith(f"error: --out {path} exists; use --force to replace it, or choose another "
+                                            f"name\n")
+    assert main([*argv, "--force"]) == 0
     capsys.readouterr()
     assert run_eval(tiny_run, path, "--metrics", "fd") == 2
     err = capsys.readouterr().err

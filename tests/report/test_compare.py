@@ -16,6 +16,7 @@ from ddpmlab.cli import main
 from ddpmlab.commands.compare import check_same_reference, plan_run
 from ddpmlab.commands.suite import load_suite, suite_names
 from ddpmlab.config import load_config
+from ddpmlab.store.manifest import MANIFEST_FILE, recorded
 from ddpmlab.train import Trainer
 
 TINY_DDPM = ["train.steps=10"]
@@ -49,6 +50,7 @@ def compared(tmp_path_factory, synthetic_classifier, report_cache):
 
 def test_report_has_a_row_per_model_with_the_same_measurements(compared):
     _, runs, report = compared
+    assert {"results.json", "report.md", "index.html", "figures"} <= recorded(report)  # what a rerun may replace
     results = json.loads((report / "results.json").read_text())
     rows = {row["name"]: row for row in results["rows"]}
     assert list(rows) == ["ddpm", "vae"]
@@ -198,6 +200,17 @@ def test_user_errors_are_one_line_and_exit_2_before_any_work(tmp_path, capsys, s
         {"name": "gan", "config": "tiny", "overrides": ["method=dcgan", "data.val_fraction=0"]}], synthetic_classifier)
     assert "no held-out images" in errors(capsys, no_held_out, "--out", report, "--runs-dir", tmp_path / "runs")
     assert not report.exists() and not (tmp_path / "runs").exists()
+
+    # a report goes into a new or empty folder, or replaces an earlier report: never over a user's files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("my page")
+    assert "holds files that are not a ddpmlab report" in errors(capsys, good, "--out", mine, "--runs-dir",
+                                                                 tmp_path / "runs")
+    (mine / MANIFEST_FILE).write_text("# the files ddpmlab wrote\nreport.md\n")  # an earlier report without index.html
+    assert "index.html was not written by ddpmlab" in errors(capsys, good, "--out", mine, "--runs-dir",
+                                                             tmp_path / "runs")
+    assert (mine / "index.html").read_text() == "my page" and not (tmp_path / "runs").exists()
 
 
 def test_shipped_suites_load_and_name_known_presets(tmp_path):

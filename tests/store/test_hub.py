@@ -3,6 +3,7 @@ model loads with diffusers' outputs and samples from the CLI; not cached, no hug
 one-line errors naming the fix, and nothing is written."""
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +135,12 @@ def test_a_repository_without_a_ddpm_model_is_named(offline_cache, tmp_path, cap
     (offline_cache / "models--org--text" / "refs" / "main").write_text(COMMIT)
     assert "hf:org/text: the repository holds no diffusers DDPM model" in one_line_error(
         capsys, ["sample", "hf:org/text", "--out", tmp_path / "s.png"])
+
+
+def test_eval_of_a_hub_model_writes_in_the_current_folder_not_in_the_cache(offline_cache, tmp_path, monkeypatch):
+    from ddpmlab.store.pretrained import resolve_source
+    from ddpmlab.store.run_dir import eval_folder, run_of
+
+    cache_model(offline_cache, "org/name", "flat")
+    monkeypatch.chdir(tmp_path)
+    assert eval_folder(run_of(resolve_source("hf:org/name"))) == Path("eval") / "hf-org--name"

@@ -28,6 +28,7 @@ from ddpmlab.report.stability import run_stability
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.load import checkpoint_step, load_trained, stored_method
+from ddpmlab.store.manifest import record_written, recorded, start_manifest
 from ddpmlab.store.pretrained import is_pretrained_folder, resolve_source
 from ddpmlab.store.run_dir import has_content
 from ddpmlab.train import Trainer
@@ -235,6 +236,32 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
     return row
 
 
+# -- the report folder ------------------------------------------------------------------------------
+REPORT_FILES = ("results.json", "report.md", "index.html")
+REPORT_FOLDERS = ("figures", "pretrained")  # the figures; the results of shipped models (never written in the package)
+
+
+def check_report_folder(out: Path) -> None:
+    """OUT holds one report: a new or empty folder, or an earlier report ddpmlab wrote (its manifest lists what), whose
+    files this one replaces. UserError for a folder without that list, and for a report file ddpmlab did not write."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    listed = recorded(out)
+    if listed is None:
+        raise UserError(f"--out {out} holds files that are not a ddpmlab report; choose a new or empty folder")
+    for name in (*REPORT_FILES, *REPORT_FOLDERS):
+        if (out / name).exists() and name not in listed:
+            raise UserError(f"--out {out}: {name} was not written by ddpmlab; move it or choose another folder")
+
+
+def start_report_folder(out: Path) -> None:
+    """Create OUT with the list of what ddpmlab writes there, and list the report's files and folders in it."""
+    out.mkdir(parents=True, exist_ok=True)
+    if recorded(out) is None:
+        start_manifest(out)
+    record_written(out, *(out / name for name in (*REPORT_FILES, *REPORT_FOLDERS)))
+
+
 # -- the command -------------------------------------------------------------------------------------
 def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str | Path | None = None,
                   n: int | None = None, metrics: str | None = None, classifier: str | None = None,
@@ -255,6 +282,7 @@ def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str |
     out = Path(out) if out is not None else Path("reports") / suite.name
     runs_dir = Path(runs_dir)
     check_writable_folder(out, "--out")
+    check_report_folder(out)
     plans = [plan_run(entry, runs_dir) for entry in suite.runs]
     check_same_reference(plans)
     if any(p.action in ("train", "restart", "resume") for p in plans):
@@ -268,13 +296,13 @@ def compare_suite(source: str, runs_dir: str | Path = "runs/compare", out: str |
         train_planned(plan, progress)
 
     # Measure every model.
+    start_report_folder(out)
     rows = []
     for i, plan in enumerate(plans, 1):
         say(f"[{i}/{len(plans)}] {plan.entry.name}: evaluating {','.join(chosen_metrics)} on {n} samples")
         rows.append(measure_run(plan, suite, chosen_metrics, n, classifier, device, progress, out))
 
     # Write the report.
-    out.mkdir(parents=True, exist_ok=True)
     report = {"suite": suite.name, "source": str(source), "description": suite.description, "n": n,
               "seed": suite.seed, "metrics": chosen_metrics, "sweep": suite.sweep, "ref_n": suite.ref_n,
               "runs_dir": str(runs_dir), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -25,14 +25,14 @@ from ddpmlab.diffusion.nll import nll_bits_per_dim
 from ddpmlab.distributed import Processes, current, from_main, on_main, rank_device
 from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.cache import dataset_key
-from ddpmlab.eval.classifier import held_out_split, train_classifier_to_file
+from ddpmlab.eval.classifier import default_classifier_path, held_out_split, train_classifier_to_file
 from ddpmlab.eval.reference import reference_features, subset_indices
 from ddpmlab.eval.samples import check_same_weights, class_labels, generate_samples, load_samples, save_samples
 from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRICS, METRICS, MIN_FID_SAMPLES,
                                  check_pr_counts, class_conditional_scores, distance_scores, extractor_ids,
                                  needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import sampling_speed, training_cost
-from ddpmlab.paths import check_writable_file, check_writable_folder, safe_name
+from ddpmlab.paths import check_new_file, check_writable_folder, safe_name
 from ddpmlab.report.tables import results_table, sweep_table
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SAMPLERS, VARIANCES, SamplingSettings, default_spacing
@@ -301,7 +301,10 @@ def run_train_classifier(args) -> int:
     """`ddpmlab eval train-classifier DATASET`: the classifier behind FD, saved with its test accuracy."""
     data_cfg = data_config(args.dataset, args.overrides)
     command = " ".join(["ddpmlab", *args.argv])
-    facts = train_classifier_to_file(data_cfg, args.out, args.steps, args.batch_size, args.lr, args.seed,
+    out = Path(args.out) if args.out is not None else default_classifier_path(data_cfg)
+    for path in (out, out.with_suffix(".json")):  # the weights and their facts
+        check_new_file(path, "--out", args.force)
+    facts = train_classifier_to_file(data_cfg, out, args.steps, args.batch_size, args.lr, args.seed,
                                      resolve_device(args.device), progress=not args.quiet, command=command)
     print(f"test accuracy {facts['test_accuracy']:.4f} on the {facts['test_split']} split after {facts['steps']} steps "
           f"({facts['train_seconds']:.0f} s); extractor {facts['extractor_id']}; wrote {facts['path']}")
@@ -312,7 +315,7 @@ def run_real(args) -> int:
     """`ddpmlab eval real DATASET`: the train-vs-held-out distances, the floor any model is compared with."""
     data_cfg = data_config(args.dataset, args.overrides)
     out = args.out or Path("runs") / "real" / f"{dataset_key(data_cfg)}.json"
-    check_writable_file(Path(out), "--out")
+    check_new_file(Path(out), "--out", args.force)
     results = evaluate_real(data_cfg, args.metrics, args.n, args.device, args.classifier, out, progress=not args.quiet)
     print(results_table(results))
     print(f"wrote {results['json']}")

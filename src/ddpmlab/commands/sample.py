@@ -14,7 +14,7 @@ from ddpmlab.eval.samples import generate_samples, save_samples
 from ddpmlab.data.folder import EXTENSIONS as IMAGE_EXTENSIONS
 from ddpmlab.images import image_file_names, save_grid, save_images, save_labelled_grid
 from ddpmlab.methods import samples_in_one_pass
-from ddpmlab.paths import check_writable_file, check_writable_folder
+from ddpmlab.paths import check_new_file, check_writable_folder
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.load import load_trained, stored_class_names, stored_method, weights_file
@@ -57,7 +57,7 @@ def check_sample_output(out: str, force: bool = False) -> Path:
         raise UserError(f"--out {out} is an existing folder; end it with / to write one PNG per image there")
     if path.suffix not in (".png", ".npz"):
         raise UserError(f"--out must end in .png (grid), .npz (arrays) or / (one PNG per image), got {out}")
-    check_writable_file(path, "--out")
+    check_new_file(path, "--out", force)
     return path
 
 
@@ -163,10 +163,13 @@ def run(args) -> int:
 def write_samples(args, out: Path, images: torch.Tensor, labels: torch.Tensor | None, settings: dict,
                   class_names: list[str] | None = None) -> None:
     """Write uint8 images where --out says: one PNG each in a folder (DIR/), a grid (FILE.png; one labelled row per
-    class with `class_names`), or arrays with `settings` (FILE.npz)."""
+    class with `class_names`), or arrays with `settings` (FILE.npz). A file in a folder ddpmlab keeps a list of (a run
+    directory) is listed there first, so that the run's `--force` replaces it with the rest of the run."""
     if args.out.endswith(("/", "\\")):
         write_folder(out, images, args.force)
-    elif out.suffix == ".png" and class_names is not None:
+        return
+    record_written(out.parent, out)
+    if out.suffix == ".png" and class_names is not None:
         save_labelled_grid(images, class_names, out)
     elif out.suffix == ".png":
         save_grid(images, out, scale=2)

@@ -128,8 +128,11 @@ def run_of(path: Path) -> Path:
 
 def eval_folder(run_dir: Path) -> Path:
     """Where evaluation results go without --out: RUN_DIR/eval; for a pretrained model, whose folder is part of the
-    installed package and never written to, eval/pretrained-NAME in the current directory; for a lone weights file
-    FILE.safetensors, FILE's folder/eval/FILE."""
+    installed package and never written to, eval/pretrained-NAME in the current directory, and likewise
+    eval/hf-ORG--NAME for a model in the Hugging Face cache (hf:ORG/NAME); for a lone weights file FILE.safetensors,
+    FILE's folder/eval/FILE."""
     if run_dir.is_file():
         return run_dir.parent / "eval" / run_dir.stem
+    if run_dir.parent.name == "snapshots" and run_dir.parent.parent.name.startswith("models--"):  # hf:ORG/NAME's cache
+        return Path("eval") / f"hf-{run_dir.parent.parent.name.removeprefix('models--')}"
     return Path("eval") / f"pretrained-{run_dir.name}" if is_pretrained_folder(run_dir) else run_dir / "eval"
