@@ -4,6 +4,8 @@ single-head attention (and optionally class embeddings); what has no equivalent 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ddpmlab.errors import UserError
@@ -112,38 +114,63 @@ def unet_config(spec: UNetSpec) -> dict:
     return config
 
 
-def module_pairs(spec: UNetSpec) -> list[tuple[str, str, str]]:
-    """(ddpmlab module, UNet2DModel module, kind) for every module with weights; kind "res" (a residual block),
+@dataclass(frozen=True)
+class UNetNames:
+    """How a format names the modules of a Ho et al. U-Net: format strings over `level` (the resolution level),
+    `j` (the block within it) and `i` (the up path's position, deepest level first)."""
+
+    time: tuple[str, str]  # the timestep MLP's two linear layers
+    label: str | None  # the class embedding, where the format has one
+    down_res: str
+    down_attn: str
+    downsample: str
+    mid: tuple[str, str, str]  # residual block, attention, residual block
+    up_res: str
+    up_attn: str
+    upsample: str
+    norm_out: str
+
+
+DIFFUSERS_NAMES = UNetNames(
+    time=("time_embedding.linear_1", "time_embedding.linear_2"), label="class_embedding",
+    down_res="down_blocks.{level}.resnets.{j}", down_attn="down_blocks.{level}.attentions.{j}",
+    downsample="down_blocks.{level}.downsamplers.0.conv",
+    mid=("mid_block.resnets.0", "mid_block.attentions.0", "mid_block.resnets.1"),
+    up_res="up_blocks.{i}.resnets.{j}", up_attn="up_blocks.{i}.attentions.{j}", upsample="up_blocks.{i}.upsamplers.0.conv",
+    norm_out="conv_norm_out")
+
+
+def module_pairs(spec: UNetSpec, names: UNetNames = DIFFUSERS_NAMES) -> list[tuple[str, str, str]]:
+    """(ddpmlab module, the format's module, kind) for every module with weights; kind "res" (a residual block),
     "attn" (self-attention) or "plain" (a convolution, linear, norm or embedding: the same parameter names)."""
     levels, blocks = len(spec.channel_mult), spec.num_res_blocks
     attention = [spec.image_size // 2**level in spec.attention_resolutions for level in range(levels)]
-    pairs = [("conv_in", "conv_in", "plain"), ("time_mlp.0", "time_embedding.linear_1", "plain"),
-             ("time_mlp.2", "time_embedding.linear_2", "plain")]
+    pairs = [("conv_in", "conv_in", "plain"), ("time_mlp.0", names.time[0], "plain"),
+             ("time_mlp.2", names.time[1], "plain")]
     if spec.num_classes:
-        pairs.append(("label_emb", "class_embedding", "plain"))
+        pairs.append(("label_emb", names.label, "plain"))
     k = 0
     for level in range(levels):
         for j in range(blocks):
-            pairs.append((f"down.{k}.block", f"down_blocks.{level}.resnets.{j}", "res"))
+            pairs.append((f"down.{k}.block", names.down_res.format(level=level, j=j), "res"))
             if attention[level]:
-                pairs.append((f"down.{k}.attention", f"down_blocks.{level}.attentions.{j}", "attn"))
+                pairs.append((f"down.{k}.attention", names.down_attn.format(level=level, j=j), "attn"))
             k += 1
         if level != levels - 1:
-            pairs.append((f"down.{k}.conv", f"down_blocks.{level}.downsamplers.0.conv", "plain"))
+            pairs.append((f"down.{k}.conv", names.downsample.format(level=level), "plain"))
             k += 1
-    pairs += [("mid.0", "mid_block.resnets.0", "res"), ("mid.1", "mid_block.attentions.0", "attn"),
-              ("mid.2", "mid_block.resnets.1", "res")]
+    pairs += [("mid.0", names.mid[0], "res"), ("mid.1", names.mid[1], "attn"), ("mid.2", names.mid[2], "res")]
     k = 0
     for i, level in enumerate(reversed(range(levels))):
         for j in range(blocks + 1):
-            pairs.append((f"up.{k}.block", f"up_blocks.{i}.resnets.{j}", "res"))
+            pairs.append((f"up.{k}.block", names.up_res.format(i=i, level=level, j=j), "res"))
             if attention[level]:
-                pairs.append((f"up.{k}.attention", f"up_blocks.{i}.attentions.{j}", "attn"))
+                pairs.append((f"up.{k}.attention", names.up_attn.format(i=i, level=level, j=j), "attn"))
             k += 1
         if level != 0:
-            pairs.append((f"up.{k}.conv", f"up_blocks.{i}.upsamplers.0.conv", "plain"))
+            pairs.append((f"up.{k}.conv", names.upsample.format(i=i, level=level), "plain"))
             k += 1
-    return pairs + [("norm_out", "conv_norm_out", "plain"), ("conv_out", "conv_out", "plain")]
+    return pairs + [("norm_out", names.norm_out, "plain"), ("conv_out", "conv_out", "plain")]
 
 
 RES_PARAMS = (("norm1", "norm1"), ("conv1", "conv1"), ("emb", "time_emb_proj"), ("norm2", "norm2"),

@@ -27,6 +27,7 @@ from ddpmlab.nets import UNet, UNetSpec
 from ddpmlab.rng import resolve_device
 from ddpmlab.store.checkpoint import state_mismatch
 from ddpmlab.store.diffusers_format import model_config, torch_load
+from ddpmlab.store.diffusers_unet import UNetNames, module_pairs
 
 SUFFIXES = (".ckpt", ".pt", ".pth")
 # the released models' shapes (ermongroup/ddim configs/*.yml): 128 channels, 2 blocks a level, attention at 16×16
@@ -104,34 +105,12 @@ def original_spec(state: dict[str, torch.Tensor], where: Path, arch: str | None 
 
 
 # -- the weights' names ------------------------------------------------------------------------------------------
-def module_pairs(spec: UNetSpec) -> list[tuple[str, str, str]]:
-    """(ddpmlab module, original module, kind) for every module with weights; kind "res", "attn" or "plain"."""
-    levels, blocks = len(spec.channel_mult), spec.num_res_blocks
-    attention = [spec.image_size // 2**level in spec.attention_resolutions for level in range(levels)]
-    pairs = [("conv_in", "conv_in", "plain"), ("time_mlp.0", "temb.dense.0", "plain"),
-             ("time_mlp.2", "temb.dense.1", "plain")]
-    k = 0
-    for level in range(levels):
-        for j in range(blocks):
-            pairs.append((f"down.{k}.block", f"down.{level}.block.{j}", "res"))
-            if attention[level]:
-                pairs.append((f"down.{k}.attention", f"down.{level}.attn.{j}", "attn"))
-            k += 1
-        if level != levels - 1:
-            pairs.append((f"down.{k}.conv", f"down.{level}.downsample.conv", "plain"))
-            k += 1
-    pairs += [("mid.0", "mid.block_1", "res"), ("mid.1", "mid.attn_1", "attn"), ("mid.2", "mid.block_2", "res")]
-    k = 0
-    for level in reversed(range(levels)):  # the original keeps `up` indexed by level, run from the deepest
-        for j in range(blocks + 1):
-            pairs.append((f"up.{k}.block", f"up.{level}.block.{j}", "res"))
-            if attention[level]:
-                pairs.append((f"up.{k}.attention", f"up.{level}.attn.{j}", "attn"))
-            k += 1
-        if level != 0:
-            pairs.append((f"up.{k}.conv", f"up.{level}.upsample.conv", "plain"))
-            k += 1
-    return pairs + [("norm_out", "norm_out", "plain"), ("conv_out", "conv_out", "plain")]
+# the original code keeps `up` indexed by level, run from the deepest
+ORIGINAL_NAMES = UNetNames(
+    time=("temb.dense.0", "temb.dense.1"), label=None, down_res="down.{level}.block.{j}",
+    down_attn="down.{level}.attn.{j}", downsample="down.{level}.downsample.conv",
+    mid=("mid.block_1", "mid.attn_1", "mid.block_2"), up_res="up.{level}.block.{j}", up_attn="up.{level}.attn.{j}",
+    upsample="up.{level}.upsample.conv", norm_out="norm_out")
 
 
 def ddpmlab_state(theirs: dict[str, torch.Tensor], spec: UNetSpec) -> dict[str, torch.Tensor]:
@@ -140,7 +119,7 @@ def ddpmlab_state(theirs: dict[str, torch.Tensor], spec: UNetSpec) -> dict[str, 
     state_mismatch to report."""
     ours, used = {}, set()
     renames = []
-    for mine, other, kind in module_pairs(spec):
+    for mine, other, kind in module_pairs(spec, ORIGINAL_NAMES):
         if kind == "plain":
             renames += [(f"{mine}.{p}", f"{other}.{p}") for p in ("weight", "bias")]
         elif kind == "res":
