@@ -3,10 +3,10 @@
 `ddpmlab.load(source)` returns a ddpmlab.pipeline.Pipeline (imported on first use, so that `import ddpmlab` stays
 light)."""
 
-from ddpmlab.errors import DdpmlabWarning, UserError
+from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
 from ddpmlab.version import __version__
 
-__all__ = ["DdpmlabWarning", "UserError", "__version__", "load", "Pipeline"]
+__all__ = ["DdpmlabNote", "DdpmlabWarning", "UserError", "__version__", "load", "Pipeline"]
 
 
 def __getattr__(name: str):
