@@ -151,6 +151,19 @@ def side_features(source: ImageSource, images: torch.Tensor, extractor, kind: st
     return extractor.extract(images, batch_size=batch, progress=progress), {"count": len(images)}
 
 
+def both_features(extractors: dict, samples: tuple, reference: tuple, results: dict, progress: bool) -> tuple:
+    """({kind: SAMPLES' features}, {kind: REF's}) of each (source, images) side, noting in `results` REF's cache
+    info ("reference") and each extractor's seconds ("timings_s")."""
+    fake, real = {}, {}
+    for kind, extractor in extractors.items():
+        start = time.perf_counter()
+        real[kind], results["reference"][extractor.extractor_id] = side_features(*reference, extractor, kind, True,
+                                                                                 progress)
+        fake[kind], _ = side_features(*samples, extractor, kind, False, progress)
+        results["timings_s"][f"features_{kind}"] = time.perf_counter() - start
+    return fake, real
+
+
 def side_name(facts: dict) -> str:
     """What a protocol names one side by: its images' SHA-256, or DATASET:SPLIT."""
     return facts.get("sha256") or f"{facts['dataset']}:{facts['split']}"
@@ -192,13 +205,7 @@ def score_images(samples: str, reference: str, *, metrics: str | None = None, n:
                "protocols": {}, "extractors": {}, "reference": {}, "timings_s": {}, "device": str(device),
                "ddpmlab": __version__, "torch": torch.__version__,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    fake_features, real_features = {}, {}
-    for kind, extractor in extractors.items():
-        start = time.perf_counter()
-        real_features[kind], results["reference"][extractor.extractor_id] = side_features(
-            reference, real, extractor, kind, True, progress)
-        fake_features[kind], _ = side_features(samples, fake, extractor, kind, False, progress)
-        results["timings_s"][f"features_{kind}"] = time.perf_counter() - start
+    fake_features, real_features = both_features(extractors, (samples, fake), (reference, real), results, progress)
     start = time.perf_counter()
     results["metrics"] = distance_scores(metrics, extractors, real_features, fake_features, device)
     results["timings_s"]["distances"] = time.perf_counter() - start
