@@ -46,7 +46,7 @@ def comparable(results: dict) -> dict:
 
 
 def test_npz_and_folder_of_the_same_images_score_zero_and_alike(sets, tiny_classifier, tmp_path, capsys):
-    a, b, paths = sets
+    paths = sets[2]
     assert score(paths["a.npz"], paths["a"], tiny_classifier) == 0
     printed = capsys.readouterr().out
     same = json.loads((tmp_path / "a-vs-a.json").read_text())  # default: SAMPLES-vs-REF.json beside SAMPLES
