@@ -9,7 +9,7 @@ import re
 import sys
 import warnings
 
-from ddpmlab.commands import bench, compare, config, evaluate, export, pretrained, sample, train
+from ddpmlab.commands import bench, compare, config, evaluate, export, pretrained, sample, score, train
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, Interrupted, UserError
@@ -180,6 +180,9 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="ddpmlab eval RUN_DIR [options]: sample --n images once (kept in RUN_DIR/eval/NAME.npz), compare "
                     "them with the dataset's held-out split, write RUN_DIR/eval/NAME.json and print a table.\n"
+                    "ddpmlab eval SAMPLES --reference REF [options]: score images (a .npz, a folder of images or "
+                    "a dataset split NAME:SPLIT) against REF (the same forms); write SAMPLES-vs-REF.json beside "
+                    "SAMPLES.\n"
                     "ddpmlab eval train-classifier DATASET [...]: train the classifier behind FD (see its --help).\n"
                     "ddpmlab eval real DATASET [...]: the train-vs-test distance, the floor for any model.",
         epilog="metrics: fd = Frechet distance of the dataset classifier's features (fast on a CPU); fid, kid, pr = "
@@ -192,10 +195,17 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR",
                           help="a run directory (its newest checkpoint is evaluated), one of its checkpoint folders, "
                                "one weights file (on its own: results in FILE's folder/eval/FILE unless --out), "
-                               "or pretrained:NAME (results in eval/pretrained-NAME unless --out)")
+                               "or pretrained:NAME (results in eval/pretrained-NAME unless --out); with --reference "
+                               "also SAMPLES: a .npz with an `images` array, a folder of images or NAME:SPLIT")
+    evaluate.add_argument("--reference", metavar="REF",
+                          help="what to compare with: for SAMPLES a .npz, a folder of images or a dataset split "
+                               "NAME:SPLIT (e.g. cifar10:train); for a model a dataset split (default: its dataset's "
+                               "held-out split)")
     evaluate.add_argument("--metrics", help="comma-separated: fid,kid,pr,fd,nll,speed (default: fd,speed on a CPU, all on a GPU)")
-    evaluate.add_argument("--n", type=_int64, default=10000, help="images to sample (default 10000)")
-    evaluate.add_argument("--ref-n", type=_int64, default=10000, help="held-out real images to compare with (default 10000)")
+    evaluate.add_argument("--n", type=_int64, help="images to sample (default 10000); with SAMPLES, images used of "
+                                                   "each side (default all)")
+    evaluate.add_argument("--ref-n", type=_int64, help="held-out real images to compare with (default 10000); with "
+                                                       "SAMPLES, of REF (default: --n)")
     evaluate.add_argument("--sampler", choices=SAMPLERS, default=None, help="default ddim, the same for every run")
     evaluate.add_argument("--steps", type=_int64, help=f"sampling steps (default: {EVALUATION_STEPS} for ddim, capped at "
                                                     f"T; otherwise {default_steps_text()})")
@@ -208,17 +218,20 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--variance", choices=VARIANCES, default=None,
                           help="ddpm's reverse variance: posterior or beta (default: the run's sample.variance)")
     evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
-    evaluate.add_argument("--seed", type=_int64, default=0)
+    evaluate.add_argument("--seed", type=_int64, help="sampling seed (default 0)")
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")
     evaluate.add_argument("--device", default="auto", help="cpu, cuda or auto")
     evaluate.add_argument("--name", help="name of the samples and results files (default e.g. step_0010000-ddim50-n10000-seed0, "
                                          "step_0010000-nll-n1000-t1000 for nll alone); "
                                          "letters, digits, . _ - only, others are replaced")
-    evaluate.add_argument("--out", help="folder for the results and samples (default RUN_DIR/eval), e.g. for a read-only run")
+    evaluate.add_argument("--out", help="folder for the results and samples (default RUN_DIR/eval), e.g. for a "
+                                        "read-only run; with SAMPLES, the results FILE.json (default "
+                                        "SAMPLES-vs-REF.json)")
+    evaluate.add_argument("--force", action="store_true", help="with SAMPLES: replace a results file of other images")
     evaluate.add_argument("--classifier", help="FD classifier file (default: the shipped or cached one for the dataset)")
-    evaluate.add_argument("--nll-n", type=_int64, default=1000, help="held-out images for NLL (default 1000)")
+    evaluate.add_argument("--nll-n", type=_int64, help="held-out images for NLL (default 1000)")
     evaluate.add_argument("--nll-timesteps", type=_int64, help="NLL terms per image (default: all T; fewer is faster, noisier)")
-    evaluate.add_argument("--speed-repeats", type=_int64, default=3, help="timed sampling batches, median taken (default 3)")
+    evaluate.add_argument("--speed-repeats", type=_int64, help="timed sampling batches, median taken (default 3)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     return evaluate
 
@@ -324,9 +337,15 @@ def _main(argv: list[str]) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": train.run, "sample": sample.run, "presets": config.presets, "config": config.show,
-                "eval": evaluate.run, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run,
+                "eval": _run_eval, "compare": compare.run, "bench": bench.run, "pretrained": pretrained.run,
                 "export": export.run}
     return _handle(handlers[args.command], args, splits_over_processes=args.command in DISTRIBUTED_COMMANDS)
+
+
+def _run_eval(args) -> int:
+    """`ddpmlab eval`: a model's samples, or with --reference and images as SAMPLES, those images."""
+    images = args.reference is not None and score.names_images(args.run_dir)
+    return (score.run if images else evaluate.run)(args)
 
 
 def _run_eval_tool(argv: list[str]) -> int:

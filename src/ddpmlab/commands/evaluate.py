@@ -26,6 +26,7 @@ from ddpmlab.distributed import Processes, current, from_main, on_main, rank_dev
 from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import default_classifier_path, held_out_split, train_classifier_to_file
+from ddpmlab.eval.image_sources import model_reference, reference_data
 from ddpmlab.eval.reference import reference_features, subset_indices
 from ddpmlab.eval.samples import check_same_weights, class_labels, generate_samples, load_samples, save_samples
 from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRICS, METRICS, MIN_FID_SAMPLES,
@@ -64,17 +65,19 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                  n: int = 10000, batch_size: int | None = None, seed: int = 0, use_ema: bool = True,
                  device: str = "auto", name: str | None = None, classifier: str | Path | None = None,
                  ref_n: int = 10000, nll_n: int = 1000, nll_timesteps: int | None = None, speed_repeats: int = 3,
-                 progress: bool = True, out: str | Path | None = None,
-                 processes: Processes | None = None) -> dict | None:
+                 progress: bool = True, out: str | Path | None = None, processes: Processes | None = None,
+                 reference: tuple[str, str] | None = None) -> dict | None:
     """Evaluate a run's newest checkpoint (or the checkpoint folder given); writes <name>.json and the .npz samples
     into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
     `sampling` (default: DDIM at samplers.EVALUATION_STEPS, the same for every run; steps None: the sampler's
     evaluation default, SamplingSettings.for_evaluation). metrics: comma-separated names of eval.scores.METRICS
     (default: the cpu_default ones on a CPU, all on a GPU). FD/FID/KID/PR
-    compare `n` samples with min(ref_n, split size) held-out images; NLL is the bound in bits/dim on min(nll_n, …)
-    held-out images; speed times `speed_repeats` batches of min(batch_size, n) on the warm model and reads training
-    cost from metrics.csv. UserError for a missing run, unknown metric, absent extractor or n < 2.
+    compare `n` samples with min(ref_n, split size) held-out images (or, with `reference` (NAME, SPLIT), images of
+    that split: results in <name>-vs-NAME-SPLIT.json beside the same samples); NLL is the bound in bits/dim on
+    min(nll_n, …) held-out images of the run's dataset; speed times `speed_repeats` batches of min(batch_size, n) on
+    the warm model and reads training cost from metrics.csv. UserError for a missing run, unknown metric, absent
+    extractor or n < 2.
     A single-pass run (VAE, GAN) is sampled in one pass (sampler, steps and eta do not apply: the CLI refuses them)
     and has no NLL: asking for nll is a UserError, and a GPU's default metrics leave it out.
     With `processes` of several (torchrun), they share the sampling (generate_samples) and rank 0 alone does the
@@ -118,7 +121,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                       f"covariance is singular and FID is biased high; use --n 10000 for numbers comparable with papers",
                       DdpmlabWarning, stacklevel=2)
     channels, image_size = model.image_shape[:2]
-    extractors, classifier_facts = on_main(lambda: needed_extractors(metrics, config.data, channels, image_size,
+    reference_cfg, split = reference_data(config.data, reference)
+    extractors, classifier_facts = on_main(lambda: needed_extractors(metrics, reference_cfg, channels, image_size,
                                                                      classifier, device), processes) or ({}, {})
     batch_size = batch_size or config.sample.batch_size
     nll_only = metrics == ["nll"]  # nothing sampled: neither the name nor the settings carry a sampler
@@ -137,9 +141,9 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                     "seed": seed, "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
                     "device_type": device.type}
     name = safe_name(name) if name else default
-    check_same_weights([out_dir / f"{name}.json", out_dir / f"{name}.npz"], settings)
-    split = held_out_split(config.data)
-    results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(config.data), "reference_split": split,
+    path = out_dir / (f"{name}.json" if reference is None else f"{name}-vs-{reference[0]}-{reference[1]}.json")
+    check_same_weights([path, out_dir / f"{name}.npz"], settings)
+    results = {"run_dir": str(run_dir), "name": name, "dataset": dataset_key(reference_cfg), "reference_split": split,
                "metrics_requested": metrics, "settings": settings, "metrics": {}, "protocols": {}, "extractors": {},
                "timings_s": {}, "device": str(device), "ddpmlab": __version__, "torch": torch.__version__,
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -167,27 +171,28 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         for kind, extractor in extractors.items():
             start = time.perf_counter()
             real[kind], _, references[extractor.extractor_id] = reference_features(
-                config.data, split, extractor, ref_n, FEATURE_BATCH[kind], progress)
+                reference_cfg, split, extractor, ref_n, FEATURE_BATCH[kind], progress)
             fake[kind] = extractor.extract(images, batch_size=FEATURE_BATCH[kind], progress=progress)
             results["timings_s"][f"features_{kind}"] = time.perf_counter() - start
         start = time.perf_counter()
         scores = distance_scores(metrics, extractors, real, fake, device)
         results["timings_s"]["distances"] = time.perf_counter() - start
-        if model.num_classes and "classifier" in extractors:
-            held_out = load_dataset(config.data, split)
+        held_out = load_dataset(reference_cfg, split) if model.num_classes and "classifier" in extractors else None
+        if held_out is not None and held_out.labels is not None and reference_cfg.name == config.data.name:
             real_labels = held_out.labels[subset_indices(len(held_out), ref_n)]
             scores.update(class_conditional_scores(extractors["classifier"], images, class_labels(n, model.num_classes),
                                                    fake["classifier"], real["classifier"], real_labels))
         results["metrics"].update(scores)
         results["extractors"] = extractor_ids(extractors, scores)
         results["reference"] = references
+        named = dataset_key(reference_cfg) if reference else None  # a --reference is named in every protocol
         results["protocols"].update({m: sampling_protocol(settings, split, references[extractors[
-            METRICS[m].extractor].extractor_id]["count"]) for m in metrics if m in FEATURE_METRICS})
+            METRICS[m].extractor].extractor_id]["count"], named) for m in metrics if m in FEATURE_METRICS})
         if classifier_facts:
             results["classifier"] = {k: classifier_facts[k] for k in ("path", "extractor_id", "test_accuracy", "test_split")}
 
     if "nll" in metrics:
-        held_out = load_dataset(config.data, split)
+        held_out = load_dataset(config.data, held_out_split(config.data))
         index = subset_indices(len(held_out), nll_n)
         labels = held_out.labels[index] if model.num_classes and held_out.labels is not None else None
         start = time.perf_counter()
@@ -196,7 +201,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                                                 progress=progress, prediction=config.diffusion.prediction)
         results["timings_s"]["nll"] = time.perf_counter() - start
         results["metrics"].update(nll_bits_per_dim=mean, nll_bits_per_dim_se=standard_error)
-        results["nll"] = {"n": len(index), "split": split, "timesteps": nll_timesteps or schedule.T}
+        results["nll"] = {"n": len(index), "split": held_out_split(config.data),
+                          "timesteps": nll_timesteps or schedule.T}
         results["protocols"]["nll"] = {**results["nll"], "seed": seed}
 
     if "speed" in metrics:
@@ -214,7 +220,6 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                                   train_images_per_s=training.get("train_images_per_s"))
 
     # Write the results.
-    path = out_dir / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record_written(run_dir, path)
     results = merge_results(path, results)
@@ -223,11 +228,11 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     return results
 
 
-def sampling_protocol(settings: dict, split: str, reference_n: int) -> dict:
+def sampling_protocol(settings: dict, split: str, reference_n: int, dataset: str | None = None) -> dict:
     """What a metric of samples was measured on: the samples (how many, drawn how, from which seed) against
-    `reference_n` images of the held-out `split`."""
+    `reference_n` images of the held-out `split` (of `dataset` when a --reference named it)."""
     return {**{key: settings[key] for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance")},
-            "reference_split": split, "reference_n": reference_n}
+            **({"reference_dataset": dataset} if dataset else {}), "reference_split": split, "reference_n": reference_n}
 
 
 def merge_results(path: Path, new: dict) -> dict:
@@ -326,20 +331,35 @@ def run_real(args) -> int:
 SWEEP_DECIDES = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"))
 
 
+def flags_given(args, *names: str) -> dict:
+    """{name: value} of the flags among `names` given on the command line (the parser leaves the others None, so that
+    the functions' own defaults apply)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def run(args) -> int:
-    """`ddpmlab eval RUN`, or with --sweep the sampler sweep."""
+    """`ddpmlab eval RUN`, or with --sweep the sampler sweep; with --reference NAME:SPLIT, scored against that split."""
+    if args.reference is None and Path(args.run_dir).suffix.lower() == ".npz":
+        raise UserError(f"{args.run_dir} holds images, not a model: score them with --reference REF")
     check_diffusion_flags(args, args.run_dir)
+    reference = model_reference(args.reference)
+    if args.force:
+        raise UserError("--force applies to scoring images (ddpmlab eval SAMPLES --reference REF); a model's results "
+                        "of other weights are never replaced: give another --name or --out")
+    counts = flags_given(args, "n", "ref_n", "seed")
     if args.sweep:
+        if reference is not None:
+            raise UserError("--sweep scores every point against the run's held-out split; drop --reference or --sweep")
         given = [flag for name, flag in SWEEP_DECIDES if getattr(args, name) is not None]
         if given:
             raise UserError(f"--sweep names each point's sampler and steps; {given[0]} does not apply to it: put it in "
                             f"the SPEC (e.g. --sweep ddpm:1000,ddim:20) or drop --sweep")
         if current().world_size > 1:
             raise UserError("ddpmlab eval --sweep runs in one process; start it without torchrun")
-        results = evaluate_sweep(args.run_dir, args.sweep, metrics=args.metrics, n=args.n, batch_size=args.batch_size,
-                                 seed=args.seed, use_ema=not args.no_ema, device=args.device, name=args.name,
-                                 classifier=args.classifier, ref_n=args.ref_n, progress=not args.quiet, out=args.out,
-                                 variance=args.variance)
+        results = evaluate_sweep(args.run_dir, args.sweep, metrics=args.metrics, batch_size=args.batch_size,
+                                 use_ema=not args.no_ema, device=args.device, name=args.name,
+                                 classifier=args.classifier, progress=not args.quiet, out=args.out,
+                                 variance=args.variance, **counts)
         print(sweep_table(results))
         print(f"wrote {results['json']} and {results['plot']}")
         return 0
@@ -349,11 +369,10 @@ def run(args) -> int:
         raise UserError(f"--variance applies to --sampler ddpm only, not {args.sampler or 'ddim'}")
     sampling = SamplingSettings(args.sampler or "ddim", args.steps, args.spacing, eta=args.eta or 0.0,
                                 variance=args.variance)
-    results = evaluate_run(args.run_dir, sampling, metrics=args.metrics, n=args.n, batch_size=args.batch_size,
-                           seed=args.seed, use_ema=not args.no_ema, device=args.device, name=args.name,
-                           classifier=args.classifier, ref_n=args.ref_n, nll_n=args.nll_n,
-                           nll_timesteps=args.nll_timesteps, speed_repeats=args.speed_repeats,
-                           progress=not args.quiet, out=args.out, processes=current())
+    results = evaluate_run(args.run_dir, sampling, metrics=args.metrics, batch_size=args.batch_size,
+                           use_ema=not args.no_ema, device=args.device, name=args.name, classifier=args.classifier,
+                           nll_timesteps=args.nll_timesteps, progress=not args.quiet, out=args.out,
+                           processes=current(), reference=reference, **counts, **flags_given(args, "nll_n", "speed_repeats"))
     if results is None:  # a process other than rank 0: it sampled its share
         return 0
     print(results_table(results))

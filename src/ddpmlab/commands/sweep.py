@@ -54,7 +54,7 @@ def earlier_timings(path: Path, weights: dict) -> dict[str, float]:
         return {}
 
 
-def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = None, n: int = 1000,
+def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = None, n: int = 10000,
                    batch_size: int | None = None, seed: int = 0, use_ema: bool = True, device: str = "auto",
                    name: str | None = None, classifier: str | Path | None = None, ref_n: int = 10000,
                    progress: bool = True, out: str | Path | None = None, variance: str | None = None) -> dict:

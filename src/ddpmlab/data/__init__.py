@@ -73,6 +73,7 @@ _SOURCES: dict[str, Callable[[DataConfig, str], Loaded]] = {
                                                      cfg.synthetic_channels, SYNTHETIC_SEED),
 }
 WITH_TEST_SPLIT = ("fashion-mnist", "mnist", "cifar10")
+FROM_PATH = ("sprites", "folder")  # the sources that read data.path: no name alone says which images they hold
 
 
 def dataset_names() -> list[str]:
@@ -98,12 +99,9 @@ def resize(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:
     return torch.cat(resized)
 
 
-def load_dataset(cfg: DataConfig, split: str = "train") -> ImageData:
-    """The "train", "val" (held out of the official training split) or "test" (official) images of data.name.
-
-    Images are uint8 N×C×H×W on the CPU, resized to data.image_size when set; data.limit keeps the
-    first N training images. Raises UserError for missing or corrupt files and unknown splits.
-    """
+def check_split(cfg: DataConfig, split: str) -> None:
+    """UserError unless data.name is a known source with a split `split` ("test" needs an official one, "val" a
+    data.val_fraction above 0): checked before any long work that ends reading it."""
     if cfg.name not in _SOURCES:
         raise UserError(f"unknown dataset {cfg.name!r}; datasets: {', '.join(_SOURCES)}")
     if split not in SPLITS:
@@ -111,13 +109,22 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageData:
     if split == "test" and cfg.name not in WITH_TEST_SPLIT:
         raise UserError(f"{cfg.name} has no test split (only {', '.join(WITH_TEST_SPLIT)} do); "
                         f"use the val split, held out by data.val_fraction")
+    if split == "val" and cfg.val_fraction <= 0:
+        raise UserError("data.val_fraction is 0, so there is no val split; set it above 0")
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> ImageData:
+    """The "train", "val" (held out of the official training split) or "test" (official) images of data.name.
+
+    Images are uint8 N×C×H×W on the CPU, resized to data.image_size when set; data.limit keeps the
+    first N training images. Raises UserError for missing or corrupt files and unknown splits.
+    """
+    check_split(cfg, split)
     images, labels, class_names = _SOURCES[cfg.name](cfg, "test" if split == "test" else "train")
 
     if split != "test":
         held_out = validation_indices(len(images), cfg.val_fraction)
         if split == "val":
-            if len(held_out) == 0:
-                raise UserError("data.val_fraction is 0, so there is no val split; set it above 0")
             keep = held_out
         else:
             is_train = torch.ones(len(images), dtype=torch.bool)

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from ddpmlab.config import DataConfig
 
 
@@ -31,6 +33,15 @@ def images_identity(cfg: DataConfig, split: str | None = None) -> dict:
     if split == "train":
         identity["limit"] = cfg.limit
     return identity
+
+
+def images_sha256(images: torch.Tensor) -> str:
+    """SHA-256 (hex) of uint8 N×C×H×W `images`: their shape and their bytes in that order. What names images that
+    no dataset config describes (a .npz, a folder of files), so that their cached statistics follow their content,
+    wherever the file lies and whatever it is called."""
+    digest = hashlib.sha256(f"uint8:{tuple(images.shape)}:".encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def dataset_key(cfg: DataConfig, split: str | None = None) -> str:

@@ -21,7 +21,7 @@ import torch
 from ddpmlab.config import DataConfig
 from ddpmlab.data import load_dataset
 from ddpmlab.errors import DdpmlabNote
-from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity
+from ddpmlab.eval.cache import cache_dir, dataset_key, images_identity, images_sha256
 from ddpmlab.eval.features import FeatureExtractor
 from ddpmlab.eval.metrics import FeatureStats
 from ddpmlab.paths import atomic_write_bytes
@@ -119,6 +119,23 @@ def reference_features(data_cfg: DataConfig, split: str, extractor: FeatureExtra
     if (cached := load_reference(path, extractor.extractor_id, len(index), identity)) is not None:
         return *cached, {**info, "cached": True}
     features = extractor.extract(images[index], batch_size=batch_size, progress=progress)
+    stats = feature_stats(features, extractor.extractor_id)
+    save_reference(path, features, stats, identity)
+    return features, stats, {**info, "cached": False}
+
+
+def images_features(images: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 100,
+                    progress: bool = True) -> tuple[np.ndarray, FeatureStats, dict]:
+    """(float32 N×D features, their FeatureStats, info) of all of uint8 N×C×H×W `images` that no dataset config
+    names (a .npz, a folder of files): cached like a dataset's, keyed on the images' SHA-256 (eval.cache.images_sha256).
+    info: path, count, cached, sha256."""
+    digest = images_sha256(images)
+    identity = {"sha256": digest, "shape": list(images.shape)}
+    path = cache_dir("stats", f"images-{digest[:16]}-{extractor.extractor_id}-{len(images)}.npz")
+    info = {"path": str(path), "count": len(images), "sha256": digest}
+    if (cached := load_reference(path, extractor.extractor_id, len(images), identity)) is not None:
+        return *cached, {**info, "cached": True}
+    features = extractor.extract(images, batch_size=batch_size, progress=progress)
     stats = feature_stats(features, extractor.extractor_id)
     save_reference(path, features, stats, identity)
     return features, stats, {**info, "cached": False}

@@ -25,7 +25,7 @@ def sample_counts(results: dict) -> dict[str, str]:
         compared = (f"{results['settings']['n']} samples" if "settings" in results else
                     f"{references.get('train:' + extractor_id, {}).get('count', '?')} train")
         if held_out is not None:
-            counts[key] = f"{compared} vs {held_out['count']} {held_out['split']}"
+            counts[key] = f"{compared} vs {held_out['count']} {held_out.get('split') or held_out.get('source')}"
             if key == "fd_classifier":
                 counts["fd_classifier_per_class"] = counts[key] + ", split by class"
                 counts["class_accuracy"] = f"{results['settings']['n']} samples" if "settings" in results else ""
