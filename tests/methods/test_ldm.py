@@ -18,7 +18,7 @@ from ddpmlab.diffusion import NoiseSchedule, gather
 from ddpmlab.methods import LDM, build_method, training_stage
 from ddpmlab.methods.ldm import latent_kl, latent_scale_of, reconstruction_loss
 from ddpmlab.nets import UNet
-from ddpmlab.samplers import SamplingSettings, sample
+from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer
 
@@ -110,20 +110,16 @@ def _gaussian_ldm():
     return net
 
 
-@pytest.mark.parametrize("settings", [SamplingSettings("ddim", 1000), SamplingSettings("dpm-solver++", 20),
-                                      SamplingSettings("ddpm", 1000)])
+@pytest.mark.parametrize("settings", [SamplingSettings("ddim", 1000), SamplingSettings("dpm-solver++", 20)])
 def test_the_latent_sampler_recovers_the_gaussian_and_the_decoder_maps_it(settings):
     """Latents N(M, S²) through z / 0.5 summed over 2 channels: pixels N(4M, 8S²) = N(0.4, 0.72), before clamping."""
     net = _gaussian_ldm().eval()
-    generator = torch.Generator().manual_seed(0)
-    z = torch.randn(5000, 2, 4, 4, generator=generator)
-    latents = sample(net.denoiser, net.schedule, z.shape, settings.with_(clip_denoised=False), noise=z,
-                     generator=generator)
+    z = torch.randn(5000, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    latents = net.generate_latents(5000, None, settings, noise=z)
     assert latents.mean().item() == pytest.approx(M, abs=0.01) and latents.std().item() == pytest.approx(S, abs=0.01)
-    images = net.generate(5000, torch.Generator().manual_seed(0), settings)
-    expected = net.autoencoder.decoder(net.generate_latents(5000, torch.Generator().manual_seed(0), settings) / 0.5)
-    torch.testing.assert_close(images, expected.clamp(-1, 1))
-    raw = expected.flatten()  # the latent tolerance 0.01 carried through the decoder: × 4 on the mean, × 2√2 on the std
+    decoded = net.autoencoder.decoder(latents / 0.5)
+    torch.testing.assert_close(net.generate(5000, None, settings, noise=z), decoded.clamp(-1, 1))
+    raw = decoded.flatten()  # the latent tolerance 0.01 carried through the decoder: × 4 on the mean, × 2√2 on the std
     assert raw.mean().item() == pytest.approx(4 * M, abs=0.04)
     assert raw.std().item() == pytest.approx(math.sqrt(8) * S, abs=0.03)
 
@@ -131,8 +127,9 @@ def test_the_latent_sampler_recovers_the_gaussian_and_the_decoder_maps_it(settin
 def test_a_wrong_latent_predictor_fails_the_same_check():
     net = _gaussian_ldm().eval()
     net.latent_scale.fill_(0.25)  # decoded with the wrong scale: twice the spread
-    raw = net.autoencoder.decoder(net.generate_latents(5000, torch.Generator().manual_seed(0),
-                                                       SamplingSettings("ddim", 100)) / 0.25).flatten()
+    z = torch.randn(5000, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    raw = net.autoencoder.decoder(net.generate_latents(5000, None, SamplingSettings("ddim", 100), noise=z) / 0.25)
+    raw = raw.flatten()
     assert abs(raw.std().item() - math.sqrt(8) * S) > 0.5
 
 
