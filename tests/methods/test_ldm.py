@@ -244,3 +244,11 @@ def test_ldm_keys_with_another_method_and_a_factor_that_does_not_divide_are_erro
     assert "ldm.factor applies to method=ldm" in capsys.readouterr().err
     with pytest.raises(UserError, match="ldm.factor=8 does not divide the 28×28 images"):
         build_method(load_config("cpu-demo-latent", ["ldm.factor=8"]), 1, 28)
+
+
+def test_an_exported_ldm_loads_and_samples_like_its_run(straight, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPMLAB_PRETRAINED_DIR", str(tmp_path / "shipped"))
+    assert main(["pretrained", "export", str(straight.run_dir), "tiny-ldm"]) == 0
+    shipped, run = ddpmlab.load("pretrained:tiny-ldm"), ddpmlab.load(straight.run_dir)
+    assert shipped.net.latent_scale.item() == run.net.latent_scale.item() > 0
+    torch.testing.assert_close(shipped.sample(4, sampler="ddim", steps=5), run.sample(4, sampler="ddim", steps=5))
