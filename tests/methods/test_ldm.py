@@ -11,6 +11,7 @@ import torch
 
 import ddpmlab
 from ddpmlab import UserError
+from ddpmlab.bench import bench_sample, bench_train
 from ddpmlab.cli import main
 from ddpmlab.config import DiffusionConfig, LDMConfig, load_config
 from ddpmlab.data import load_dataset, to_model_batch
@@ -136,10 +137,11 @@ def test_a_wrong_latent_predictor_fails_the_same_check():
 # -- stages in the trainer ------------------------------------------------------------------------
 def test_stages_split_train_steps_with_their_own_rates():
     config = tiny("ldm.ae_lr=3e-3", "train.lr=1e-3")
-    assert training_stage(config, 0) == training_stage(config, 5) and training_stage(config, 5).name == "autoencoder"
-    assert (training_stage(config, 5).first, training_stage(config, 5).end, training_stage(config, 5).lr) == (0, 6, 3e-3)
+    first, last = training_stage(config, 0), training_stage(config, 5)
+    assert first == last and (last.name, last.first, last.end, last.lr, last.batch_size) == ("autoencoder", 0, 6, 3e-3, 16)
     stage = training_stage(config, 6)
     assert (stage.name, stage.first, stage.end, stage.lr) == ("diffusion", 6, 12, 1e-3)
+    assert training_stage(tiny("ldm.ae_batch_size=8"), 0).batch_size == 8
 
 
 class InterruptedTrainer(Trainer):
@@ -252,3 +254,12 @@ def test_an_exported_ldm_loads_and_samples_like_its_run(straight, tmp_path, monk
     shipped, run = ddpmlab.load("pretrained:tiny-ldm"), ddpmlab.load(straight.run_dir)
     assert shipped.net.latent_scale.item() == run.net.latent_scale.item() > 0
     torch.testing.assert_close(shipped.sample(4, sampler="ddim", steps=5), run.sample(4, sampler="ddim", steps=5))
+
+
+def test_bench_times_both_stages_and_the_latent_sampler():
+    result = bench_train("tiny", [*TINY, "ldm.ae_batch_size=8"], steps=1, warmup=0, device="cpu")
+    assert [(s["stage"], s["batch_size"]) for s in result["stages"]] == [("autoencoder", 8), ("diffusion", 16)]
+    assert result["images_per_s"] == result["stages"][1]["images_per_s"] and result["method"] == "ldm"
+    assert result["stages"][0]["train_flops_per_image"] != result["stages"][1]["train_flops_per_image"]
+    sampled = bench_sample("tiny", "ddim", 2, TINY, batch_size=2, repeats=1, device="cpu")
+    assert sampled["method"] == "ldm" and sampled["nfe"] == 2 and sampled["images_per_s"] > 0

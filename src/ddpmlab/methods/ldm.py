@@ -19,7 +19,8 @@ from ddpmlab.nets.autoencoder import Autoencoder
 from ddpmlab.rng import BatchSlice, model_device, randn
 from ddpmlab.samplers import SamplingSettings, sample
 
-TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size")  # the ldm section's keys that are not its networks' arguments
+# the ldm section's keys that are not its networks' arguments
+TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size")
 
 
 def reconstruction_loss(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torch.Tensor:

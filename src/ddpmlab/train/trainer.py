@@ -18,7 +18,8 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
 from ddpmlab.eval.speed import other_load
 from ddpmlab.images import save_grid
-from ddpmlab.methods import Stage, batch_sizes, build_method, enter_stage, optimizer_settings, run_sampling, sample_images
+from ddpmlab.methods import (Stage, batch_sizes, build_method, enter_stage, optimizer_settings, run_sampling,
+                             sample_images)
 from ddpmlab.paths import storage_error
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.store import checkpoint as ckpt
