@@ -42,6 +42,11 @@ class Pipeline:
         return tuple(self.net.image_shape)
 
     @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of x_T and of denoise's x_t: the image shape, or a latent DDPM's latent shape (diffusion only)."""
+        return tuple(self.net.noise_shape)
+
+    @property
     def num_classes(self) -> int | None:
         """The classes of a class-conditional model, None for an unconditional one."""
         return getattr(self.net, "num_classes", None)
@@ -58,7 +63,7 @@ class Pipeline:
 
         A diffusion model runs `sampler` (default: the run's sample.sampler) for `steps` (default: as `ddpmlab sample`
         chooses), with any other SamplingSettings field as a keyword (eta, spacing, variance, clip_denoised, ...);
-        `noise` (N×C×H×W) is x_T; `labels` (N class indices) and `guidance` w are for a class-conditional model.
+        `noise` (N×noise_shape) is x_T; `labels` (N class indices) and `guidance` w are for a class-conditional model.
         A baseline draws in one pass and takes only n and seed. seed None draws from torch's global generator.
         """
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
@@ -78,14 +83,15 @@ class Pipeline:
 
     @torch.no_grad()
     def denoise(self, x_t: torch.Tensor, t, labels=None) -> torch.Tensor:
-        """The network's raw output at x_t (N×C×H×W) and timestep t (an int, or N of them, in 0..T−1; index t is the
-        paper's t+1): its ε, x_0 or v prediction as trained (`pipe.config.diffusion.prediction`), on x_t's device.
+        """The network's raw output at x_t (N×noise_shape) and timestep t (an int, or N of them, in 0..T−1; index t is
+        the paper's t+1): its ε, x_0 or v prediction as trained (`pipe.config.diffusion.prediction`), on x_t's device.
+        For a latent DDPM (method=ldm) x_t is a noisy scaled latent and the output the latent denoiser's.
         labels of a class-conditional model may include the null label, num_classes (None: all null)."""
         if self.net.SINGLE_PASS:
             raise UserError(f"{self.config.method} draws an image in one network pass: it has no denoiser to call "
                             f"(denoise applies to diffusion models)")
-        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 4 or tuple(x_t.shape[1:]) != self.image_shape:
-            raise UserError(f"x_t must be a N×{'×'.join(map(str, self.image_shape))} tensor")
+        if not isinstance(x_t, torch.Tensor) or x_t.dim() != 4 or tuple(x_t.shape[1:]) != self.noise_shape:
+            raise UserError(f"x_t must be a N×{'×'.join(map(str, self.noise_shape))} tensor")
         t = torch.as_tensor(t, dtype=torch.long).flatten()
         t = t.expand(len(x_t)) if t.numel() == 1 else t
         if t.numel() != len(x_t) or not ((0 <= t) & (t < self.schedule.T)).all():
@@ -110,8 +116,8 @@ class Pipeline:
         return labels.to(self.device)
 
     def _noise(self, noise: torch.Tensor | None, n: int) -> torch.Tensor | None:
-        if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (n, *self.image_shape)):
-            raise UserError(f"noise (x_T) must be a {n}×{'×'.join(map(str, self.image_shape))} tensor")
+        if noise is not None and (not isinstance(noise, torch.Tensor) or tuple(noise.shape) != (n, *self.noise_shape)):
+            raise UserError(f"noise (x_T) must be a {n}×{'×'.join(map(str, self.noise_shape))} tensor")
         return noise
 
 

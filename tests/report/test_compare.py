@@ -222,7 +222,7 @@ def test_shipped_suites_load_and_name_known_presets(tmp_path):
         assert check_same_reference(plans) == reference
     cpu_demo = load_suite("cpu-demo")
     assert cpu_demo.n == 500 and [load_config(r.config, r.overrides).method for r in cpu_demo.runs] == [
-        "ddpm", "ddpm", "vae", "dcgan", "vaegan"]
+        "ddpm", "ddpm", "vae", "dcgan", "vaegan", "ldm"]
     linear = load_config(cpu_demo.runs[1].config, cpu_demo.runs[1].overrides).diffusion
     assert (linear.timesteps, linear.beta_start, linear.beta_end) == (300, 1e-4, 0.02)
 

@@ -12,7 +12,7 @@ from ddpmlab.bench.timing import check_positive, count_flops, data_shape, images
 from ddpmlab.config import Config, load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
-from ddpmlab.methods import build_method, optimizer_settings
+from ddpmlab.methods import Stage, build_method, enter_stage, optimizer_settings, training_stages
 from ddpmlab.methods.base import Phase
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.train import hotpath
@@ -24,11 +24,14 @@ class TrainingStep:
     (ddpmlab.methods.MethodNet: a DDPM around any backbone, a VAE, a GAN): for each of the method's phases, its
     loss (forward under bf16 autocast on CUDA when train.bf16), backward, gradient clipping and its AdamW step
     (the method's learning rate and betas), then EMA, with the config's speed switches (train.fused_adam,
-    channels_last, compile; the batch is on the device already). Calling it runs one iteration. The network is
-    moved to x0's device and, with channels_last, to that layout, in place."""
+    channels_last, compile; the batch is on the device already). Calling it runs one iteration of `stage` (default:
+    the first; an LDM's "autoencoder" or "diffusion" stage). The network is moved to x0's device and, with
+    channels_last, to that layout, in place."""
 
-    def __init__(self, net: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None = None):
+    def __init__(self, net: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None = None,
+                 stage: Stage | None = None):
         t, device = config.train, x0.device
+        self.stage = enter_stage(net, config, stage.first if stage is not None else 0)
         self.switches = {"fused_adam": hotpath.resolve_switch(t.fused_adam, device),
                          "channels_last": hotpath.resolve_switch(t.channels_last, device), "compile": t.compile}
         layout = hotpath.memory_format(t.channels_last, device)
@@ -36,7 +39,7 @@ class TrainingStep:
         self.x0, self.labels = x0.contiguous(memory_format=layout), labels
         self.grad_clip = t.grad_clip or float("inf")
         self.bf16 = device.type == "cuda" and t.bf16
-        lr, betas = optimizer_settings(config)
+        lr, betas = self.stage.lr, optimizer_settings(config)[1]
         self.groups = self.model.parameter_groups()
         self.optimizers = {group: hotpath.adamw(params, lr, betas, t.weight_decay, self.switches["fused_adam"])
                            for group, params in self.groups.items()}
@@ -103,34 +106,50 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
     """Training speed of the config's method (a DDPM's U-Net, a VAE, a GAN's two networks), a step being one
     TrainingStep through the method's own loss and phases: images_per_s (batch / median step time of `steps` timed
     steps after `warmup` untimed ones), seconds per step, peak memory, FLOPs per image (forward; forward + backward)
-    and the achieved share of the device's measured matmul rate. UserError for a bad config, size, count or device."""
+    and the achieved share of the device's measured matmul rate. A staged method (an LDM) is timed in each stage, at
+    that stage's batch unless `batch_size` is given: `stages` lists them, the headline figures are the last stage's.
+    UserError for a bad config, size, count or device."""
     config = load_config(config_name, overrides)
-    batch_size = batch_size if batch_size is not None else config.train.batch_size
-    check_positive(batch_size=batch_size, steps=steps)
+    check_positive(batch_size=batch_size if batch_size is not None else 1, steps=steps)
     if warmup < 0:
         raise UserError(f"--warmup must be 0 or more, got {warmup}")
     device = resolve_device(device)
     torch.manual_seed(config.train.seed)
-    x0, labels, classes = random_batch(config, batch_size, device)
+    stages = training_stages(config)
+    sizes = {stage.name: batch_size or stage.batch_size for stage in stages}
+    x0, labels, classes = random_batch(config, max(sizes.values()), device)
     model = build_method(config, x0.shape[1], x0.shape[-1], classes)
-    step = TrainingStep(model, config, x0, labels)
-    timed_calls(step, 0, warmup, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = timed_calls(step, steps, 0, device)
-    load = machine_load()  # right after timing, before the FLOP count and matmul run add their own
-    forward_flops, train_flops = step.flops()
+    timed = [time_stage(model, config, x0[:sizes[stage.name]], labels, stage, steps, warmup) for stage in stages]
+    load = machine_load()  # right after timing, before the matmul run adds its own
     rate = matmul_rate(device)
-    images_per_s = images_per_second(batch_size, seconds)
-    flops_per_image = train_flops / batch_size
+    result, step = timed[-1]  # a staged method's (an LDM's) headline figures are its last, diffusion, stage's
+    for stage_result, _ in timed:
+        stage_result["matmul_fraction"] = stage_result["achieved_tflops"] / rate["matmul_tflops"]
     return {"benchmark": "train", "config": config_name, "method": config.method, "overrides": list(overrides or []),
-            "images_per_s": images_per_s, "seconds_per_step": batch_size / images_per_s, "seconds": seconds,
-            "batch_size": batch_size, "steps": steps, "warmup": warmup, "device": str(device),
+            **result, "steps": steps, "warmup": warmup, "device": str(device),
             "image_shape": list(x0.shape[1:]), "parameters": sum(p.numel() for p in model.parameters()),
-            "bf16": step.bf16, **step.switches, "forward_flops_per_image": forward_flops / batch_size,
-            "train_flops_per_image": flops_per_image, "achieved_tflops": flops_per_image * images_per_s / 1e12,
-            **rate, "matmul_fraction": flops_per_image * images_per_s / 1e12 / rate["matmul_tflops"],
-            **peak_memory(device), **load, "torch": torch.__version__}
+            "bf16": step.bf16, **step.switches, **rate, **peak_memory(device), **load, "torch": torch.__version__,
+            "stages": [stage_result for stage_result, _ in timed] if len(timed) > 1 else None}
+
+
+def time_stage(model: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None, stage: Stage,
+               steps: int, warmup: int) -> tuple[dict, TrainingStep]:
+    """({stage, images_per_s, seconds_per_step, seconds, batch_size, FLOPs per image, achieved_tflops}, the
+    TrainingStep) of `steps` timed training steps of `stage` on x0 after `warmup` untimed ones."""
+    x0 = x0.contiguous()
+    labels = labels[:len(x0)] if labels is not None else None
+    step = TrainingStep(model, config, x0, labels, stage)
+    timed_calls(step, 0, warmup, x0.device)
+    seconds = timed_calls(step, steps, 0, x0.device)
+    forward_flops, train_flops = step.flops()
+    batch_size = len(x0)
+    images_per_s = images_per_second(batch_size, seconds)
+    return {"stage": stage.name, "images_per_s": images_per_s, "seconds_per_step": batch_size / images_per_s,
+            "seconds": seconds, "batch_size": batch_size, "forward_flops_per_image": forward_flops / batch_size,
+            "train_flops_per_image": train_flops / batch_size,
+            "achieved_tflops": train_flops / batch_size * images_per_s / 1e12}, step
 
 
 def switch_text(result: dict) -> str:
@@ -151,6 +170,9 @@ def describe_train(result: dict) -> str:
         f"{r['train_flops_per_image'] / 1e9:.2f} G; achieved {r['achieved_tflops']:.3f} TFLOP/s",
         f"  {r['matmul_dtype']} matmul ({r['matmul_size']}²) here: {r['matmul_tflops']:.3f} TFLOP/s, so the training step "
         f"reaches {100 * r['matmul_fraction']:.1f}% of it",
+        *(f"  stage {s['stage']}: {s['images_per_s']:.2f} images/s at batch {s['batch_size']}, "
+          f"{s['seconds_per_step']:.3f} s per step, {s['train_flops_per_image'] / 1e9:.3f} GFLOP per image"
+          for s in r.get("stages") or []),
         f"  peak memory {r['peak_memory_bytes'] / 2**20:.0f} MiB ({r['peak_memory_kind']})",
         f"  load average {r['load_average_1min']:.2f} with {r['torch_threads']} torch threads on {r['cpu_count']} cores",
     ])

@@ -198,7 +198,7 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
     # Score its samples.
     method = stored_method(plan.run_dir)
     one_pass = samples_in_one_pass(method)
-    asked = [m for m in metrics if not (one_pass and m == "nll")]
+    asked = [m for m in metrics if not ((one_pass or method == "ldm") and m == "nll")]  # no bound on pixels
     eval_dir = (Path(out or ".") / "pretrained" / plan.entry.name) if plan.pretrained else plan.run_dir / "eval"
     results = evaluate_run(plan.run_dir, SamplingSettings(), metrics=",".join([*asked, "speed"]), n=n, seed=suite.seed,
                            classifier=classifier, ref_n=suite.ref_n, device=device, progress=progress, out=eval_dir)

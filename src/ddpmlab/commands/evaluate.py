@@ -111,6 +111,10 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         metrics = [m for m in metrics if m != "nll"]
         sampling, sampler, steps, spacing, eta, variance = None, config.method, None, None, None, None  # one pass
     else:
+        if config.method == "ldm" and "nll" in metrics and requested is not None:
+            raise UserError("the nll metric is a bound on the likelihood of pixels; a latent DDPM's (method=ldm) bound "
+                            "is on its autoencoder's latents, not on the images: leave nll out of --metrics")
+        metrics = [m for m in metrics if not (config.method == "ldm" and m == "nll")]
         sampling = sampling.for_evaluation(schedule.T).with_(
             guidance=guidance, clip_denoised=config.sample.clip_denoised,
             variance=sampling.variance or config.sample.variance).resolved(schedule.T)

@@ -101,7 +101,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
 
     # Draw and score every point: the same x_T for each; stochastic samplers draw their later noise from a second
     # generator.
-    noise = torch.randn((n, channels, image_size, image_size), generator=torch.Generator().manual_seed(seed))
+    noise = torch.randn((n, *model.noise_shape), generator=torch.Generator().manual_seed(seed))  # latents for an LDM
     results = {"run_dir": str(run_dir), "name": name, **weights, "n": n, "seed": seed, "batch_size": batch_size,
                "guidance": guidance, "reference_split": split,
                "reference": references, "device": str(device), "ddpmlab": __version__,

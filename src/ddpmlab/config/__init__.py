@@ -7,18 +7,20 @@ the command line go on top.
 
 from ddpmlab.config.files import (apply_overrides, config_from_dict, load_config, parse_overrides, parse_yaml,
                                   preset_description, preset_names, read_yaml_file, save_config, shown)
-from ddpmlab.config.sections import (BAD_IMAGE_POLICIES, BASELINE_SECTIONS, DATASETS, EVAL_METRICS, INT64_MAX,
-                                     INT64_MIN, LOSS_WEIGHTINGS, LR_SCHEDULES, METHODS, PREDICTIONS, RECONSTRUCTIONS,
-                                     RESUME_SAFE_KEYS, SCHEDULES, TOP_LEVEL_KEYS, Config, DataConfig, DCGANConfig,
-                                     DiffusionConfig, ModelConfig, SampleConfig, Switch, TrainConfig, VAEConfig,
-                                     VAEGANConfig, config_to_dict, flatten)
-from ddpmlab.config.validate import check_baseline_section, eval_metric_names, resume_changes, validate
+from ddpmlab.config.sections import (AE_LOSSES, BAD_IMAGE_POLICIES, BASELINE_SECTIONS, DATASETS, EVAL_METRICS,
+                                     INT64_MAX, INT64_MIN, LOSS_WEIGHTINGS, LR_SCHEDULES, METHODS, PREDICTIONS,
+                                     RECONSTRUCTIONS, RESUME_SAFE_KEYS, SCHEDULES, TOP_LEVEL_KEYS, Config, DataConfig,
+                                     DCGANConfig, DiffusionConfig, LDMConfig, ModelConfig, SampleConfig, Switch,
+                                     TrainConfig, VAEConfig, VAEGANConfig, config_to_dict, flatten)
+from ddpmlab.config.validate import (check_baseline_section, check_ldm_section, eval_metric_names, resume_changes,
+                                     validate)
 
 __all__ = [
     "apply_overrides", "config_from_dict", "load_config", "parse_overrides", "parse_yaml", "preset_description",
-    "preset_names", "read_yaml_file", "save_config", "shown", "BAD_IMAGE_POLICIES", "BASELINE_SECTIONS", "DATASETS",
-    "EVAL_METRICS", "INT64_MAX", "INT64_MIN", "LOSS_WEIGHTINGS", "LR_SCHEDULES", "METHODS", "PREDICTIONS",
+    "preset_names", "read_yaml_file", "save_config", "shown", "AE_LOSSES", "BAD_IMAGE_POLICIES", "BASELINE_SECTIONS",
+    "DATASETS", "EVAL_METRICS", "INT64_MAX", "INT64_MIN", "LOSS_WEIGHTINGS", "LR_SCHEDULES", "METHODS", "PREDICTIONS",
     "RECONSTRUCTIONS", "RESUME_SAFE_KEYS", "SCHEDULES", "TOP_LEVEL_KEYS", "Config", "DataConfig", "DCGANConfig",
-    "DiffusionConfig", "ModelConfig", "SampleConfig", "Switch", "TrainConfig", "VAEConfig", "VAEGANConfig",
-    "config_to_dict", "flatten", "check_baseline_section", "eval_metric_names", "resume_changes", "validate",
+    "DiffusionConfig", "LDMConfig", "ModelConfig", "SampleConfig", "Switch", "TrainConfig", "VAEConfig", "VAEGANConfig",
+    "config_to_dict", "flatten", "check_baseline_section", "check_ldm_section", "eval_metric_names", "resume_changes",
+    "validate",
 ]

@@ -11,8 +11,9 @@ SCHEDULES = ("linear", "cosine", "custom")
 PREDICTIONS = ("eps", "x0", "v")
 LOSS_WEIGHTINGS = ("none", "min-snr")
 LR_SCHEDULES = ("constant", "cosine", "linear")
-METHODS = ("ddpm", "vae", "dcgan", "vaegan")  # `method`: the diffusion model, or a baseline with its own section
+METHODS = ("ddpm", "vae", "dcgan", "vaegan", "ldm")  # `method`: a diffusion model, or a baseline with its own section
 RECONSTRUCTIONS = ("pixel", "features")
+AE_LOSSES = ("l1", "mse")  # ldm.reconstruction: the autoencoder's per-pixel loss
 # A speed switch: on, off, or "auto" (on where it is a known win: see ddpmlab.train.hotpath.resolve_switch)
 Switch = Literal["auto", True, False]
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
@@ -149,6 +150,20 @@ class VAEGANConfig:
     beta1: float = 0.5
 
 
+# method=ldm (Rombach et al. 2022): stage 1 trains this autoencoder for autoencoder_steps, stage 2 a DDPM (model.*,
+# diffusion.*, train.lr) on its latents scaled to unit variance for the rest of train.steps.
+@dataclass
+class LDMConfig:
+    autoencoder_steps: int = 1500  # the first train.steps train the autoencoder; the rest the latent DDPM
+    factor: int = 4  # spatial downsampling, a power of two dividing the image size: 28×28 -> 7×7 at 4
+    latent_channels: int = 4
+    ae_channels: int = 32  # channels of the autoencoder's outermost stage, doubled at each stage inwards
+    reconstruction: str = "l1"  # l1 | mse, the mean over pixels
+    kl_weight: float = 1e-6  # on KL(q(z|x) || N(0, I)), the mean over latent elements; 0: a plain autoencoder
+    ae_lr: float = 1e-3  # the autoencoder stage's peak learning rate (train.lr is the diffusion stage's)
+    ae_batch_size: int | None = None  # the autoencoder stage's batch; None: train.batch_size (the diffusion stage's)
+
+
 @dataclass
 class Config:
     method: str = "ddpm"
@@ -160,6 +175,7 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
     vaegan: VAEGANConfig = field(default_factory=VAEGANConfig)
+    ldm: LDMConfig = field(default_factory=LDMConfig)
 
 
 BASELINE_SECTIONS = ("vae", "dcgan", "vaegan")  # each read only when `method` has its name
@@ -169,7 +185,7 @@ TOP_LEVEL_KEYS = ("method",)  # settings outside any section
 # (`method` and the baseline sections included) defines the model, the data or the process that the saved
 # weights were trained for.
 RESUME_SAFE_KEYS = ("train.steps", "train.lr", "train.lr_schedule", "train.lr_end_factor", "vae.lr", "dcgan.lr",
-                    "vaegan.lr", "train.device", "train.bf16", "train.data_on_device", "train.fused_adam",
+                    "vaegan.lr", "ldm.ae_lr", "train.device", "train.bf16", "train.data_on_device", "train.fused_adam",
                     "train.channels_last", "train.compile",
                     "train.log_every", "train.val_every", "train.val_batches", "train.sample_every", "train.sample_n",
                     "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps", "train.eval_every",

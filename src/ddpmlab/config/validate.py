@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ddpmlab.config.sections import (BAD_IMAGE_POLICIES, BASELINE_SECTIONS, DATASETS, EVAL_METRICS, LOSS_WEIGHTINGS,
-                                     LR_SCHEDULES, METHODS, PREDICTIONS, RECONSTRUCTIONS, RESUME_SAFE_KEYS, SCHEDULES,
-                                     Config, DCGANConfig, VAEConfig, VAEGANConfig, flatten)
+from ddpmlab.config.sections import (AE_LOSSES, BAD_IMAGE_POLICIES, BASELINE_SECTIONS, DATASETS, EVAL_METRICS,
+                                     LOSS_WEIGHTINGS, LR_SCHEDULES, METHODS, PREDICTIONS, RECONSTRUCTIONS,
+                                     RESUME_SAFE_KEYS, SCHEDULES, Config, DCGANConfig, LDMConfig, VAEConfig,
+                                     VAEGANConfig, flatten)
 from ddpmlab.diffusion.schedule import linear_beta_range
 from ddpmlab.errors import UserError
 from ddpmlab.samplers import SAMPLERS, VARIANCES
@@ -51,6 +52,7 @@ def validate(config: Config) -> None:
     d, m, f, t, s = config.data, config.model, config.diffusion, config.train, config.sample
     _check(config.method in METHODS, "method", f"{config.method!r} is not one of {', '.join(METHODS)}")
     _check_baseline_sections(config)
+    _check_ldm(config)
     _check(d.name in DATASETS, "data.name", f"{d.name!r} is not one of {', '.join(DATASETS)}")
     _check(d.image_size is None or 4 <= d.image_size <= 1024, "data.image_size", "must be in 4..1024")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
@@ -150,3 +152,32 @@ def check_baseline_section(name: str, section: VAEConfig | DCGANConfig | VAEGANC
     if hasattr(section, "reconstruction"):
         _check(section.reconstruction in RECONSTRUCTIONS, f"{name}.reconstruction",
                f"{section.reconstruction!r} is not one of {', '.join(RECONSTRUCTIONS)}")
+
+
+def _check_ldm(config: Config) -> None:
+    """The ldm section applies to method=ldm only; its values in range, its autoencoder stage inside train.steps."""
+    section, defaults = config.ldm, LDMConfig()
+    if config.method != "ldm":
+        for key in (f.name for f in dataclasses.fields(section)):
+            if getattr(section, key) != getattr(defaults, key):
+                raise UserError(f"ldm.{key} applies to method=ldm, but this config has method={config.method}; "
+                                f"set method=ldm or drop ldm.{key}")
+        return
+    check_ldm_section(section)
+    _check(0 < section.autoencoder_steps < config.train.steps, "ldm.autoencoder_steps",
+           f"{section.autoencoder_steps} must be in 1..train.steps-1 ({config.train.steps - 1}): the steps after it "
+           f"train the latent DDPM")
+    _check(section.ae_lr > 0, "ldm.ae_lr", "must be positive")
+    _check(section.ae_batch_size is None or section.ae_batch_size > 0, "ldm.ae_batch_size", "must be positive")
+
+
+def check_ldm_section(section: LDMConfig) -> None:
+    """UserError naming the first out-of-range network key of an ldm section: for a config and for a network rebuilt
+    from a checkpoint's spec alike."""
+    factor = section.factor
+    _check(factor in (1, 2, 4, 8, 16), "ldm.factor", f"{factor} must be a power of two: 1, 2, 4, 8 or 16")
+    _check(section.latent_channels > 0, "ldm.latent_channels", "must be positive")
+    _check(section.ae_channels > 0, "ldm.ae_channels", "must be positive")
+    _check(section.reconstruction in AE_LOSSES, "ldm.reconstruction",
+           f"{section.reconstruction!r} is not one of {', '.join(AE_LOSSES)}")
+    _check(section.kl_weight >= 0, "ldm.kl_weight", "must be >= 0 (0: a plain autoencoder)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.methods import DDPM, sample_images
+from ddpmlab.methods import DDPM, LDM, sample_images
 from ddpmlab.rng import model_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.metrics_csv import read_metrics
@@ -71,7 +71,7 @@ def sampling_speed(model, schedule, shape, sampling: SamplingSettings | None = N
     if schedule is None:
         net, warm_up, timed, name, steps = model, None, None, model.SECTION, None  # the method: vae, dcgan, ...
     else:
-        net = model if isinstance(model, DDPM) else DDPM(model, schedule, image_shape=tuple(shape[1:]))
+        net = model if isinstance(model, (DDPM, LDM)) else DDPM(model, schedule, image_shape=tuple(shape[1:]))
         timed = (sampling or SamplingSettings()).resolved(schedule.T)
         warm_up = timed.with_(steps=min(2, schedule.T))
         name, steps = timed.sampler, timed.steps

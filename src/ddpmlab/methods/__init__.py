@@ -1,4 +1,4 @@
-"""Generative methods behind one interface (methods.base): DDPM and the baselines VAE, DCGAN and VAE-GAN.
+"""Generative methods behind one interface (methods.base): DDPM, latent DDPM and the baselines VAE, DCGAN and VAE-GAN.
 
 The registry below is the one place that maps `config.method` to a network, its optimizer settings and its
 rebuilding from a checkpoint; `sample_images` is the one place that draws images from any of them.
@@ -6,7 +6,7 @@ rebuilding from a checkpoint; `sample_images` is the one place that draws images
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -16,13 +16,14 @@ from ddpmlab.errors import UserError
 from ddpmlab.methods.base import BaselineNet, MethodNet, Phase
 from ddpmlab.methods.dcgan import DCGAN
 from ddpmlab.methods.ddpm import DDPM, build_schedule, build_unet
+from ddpmlab.methods.ldm import LDM
 from ddpmlab.methods.vae import VAE, gaussian_kl, gaussian_nll
 from ddpmlab.methods.vaegan import VAEGAN
 from ddpmlab.rng import BatchSlice
 from ddpmlab.samplers import SamplingSettings
 
 BASELINES = {"vae": VAE, "dcgan": DCGAN, "vaegan": VAEGAN}  # name -> class; each has from_spec, DEFAULT_LR, DEFAULT_BETAS
-METHOD_CLASSES: dict[str, type] = {"ddpm": DDPM, **BASELINES}  # in config.METHODS order
+METHOD_CLASSES: dict[str, type] = {"ddpm": DDPM, **BASELINES, "ldm": LDM}  # in config.METHODS order
 
 
 def build_method(config: Config, channels: int, image_size: int, num_classes: int | None = None,
@@ -35,7 +36,17 @@ def build_method(config: Config, channels: int, image_size: int, num_classes: in
         return DDPM(backbone, build_schedule(config.diffusion), config.diffusion, (channels, image_size, image_size))
     if backbone is not None:
         raise UserError(f"a backbone network trains by diffusion only; this config has method={config.method}")
+    if config.method == "ldm":
+        return build_ldm(config, channels, image_size)
     return BASELINES[config.method](channels, image_size, getattr(config, config.method))
+
+
+def build_ldm(config: Config, channels: int, image_size: int) -> LDM:
+    """The untrained latent DDPM of a config: the ldm section's autoencoder and model.*'s UNet on its latents."""
+    section = config.ldm
+    latent_size = image_size // section.factor
+    denoiser = build_unet(config.model, section.latent_channels, latent_size, None, config.diffusion.prediction)
+    return LDM(channels, image_size, section, denoiser, build_schedule(config.diffusion), config.diffusion)
 
 
 def _known(method: str) -> str:
@@ -48,16 +59,65 @@ def rebuild_method(method: str, spec: dict, config: Config) -> nn.Module:
     """An untrained network identical to the one a checkpoint of `method` holds, from its stored spec and config."""
     if _known(method) == "ddpm":
         return DDPM.from_spec(spec, config.diffusion)
+    if method == "ldm":
+        return LDM.from_spec(spec, build_schedule(config.diffusion), config.diffusion)
     return BASELINES[method].from_spec(spec)
 
 
 def optimizer_settings(config: Config) -> tuple[float, tuple[float, float]]:
     """(learning rate, Adam betas) of `config.method`: train.lr for a DDPM, the section's lr and beta1 for a baseline
-    (β2 as the method recommends)."""
-    if config.method == "ddpm":
-        return config.train.lr, DDPM.DEFAULT_BETAS
+    (β2 as the method recommends); an LDM's diffusion stage's (training_stage gives each stage's rate)."""
+    if config.method in ("ddpm", "ldm"):
+        return config.train.lr, METHOD_CLASSES[config.method].DEFAULT_BETAS
     section = getattr(config, config.method)
     return section.lr, (section.beta1, BASELINES[config.method].DEFAULT_BETAS[1])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A span of training steps with its own peak learning rate, warm-up and decay (train.lr_schedule)."""
+    name: str   # "train" for a one-stage method; an LDM's "autoencoder" or "diffusion"
+    first: int  # its first step (0-based)
+    end: int    # one past its last step
+    lr: float   # its peak learning rate
+    batch_size: int
+
+
+def training_stage(config: Config, step: int) -> Stage:
+    """The stage training `step` (0-based) belongs to: the whole run at optimizer_settings' rate for a one-stage
+    method; for an LDM the first ldm.autoencoder_steps (at ldm.ae_lr, batches of ldm.ae_batch_size), then the rest of
+    train.steps (at train.lr)."""
+    t = config.train
+    if config.method != "ldm":
+        return Stage("train", 0, t.steps, optimizer_settings(config)[0], t.batch_size)
+    boundary = config.ldm.autoencoder_steps
+    if step < boundary:
+        return Stage("autoencoder", 0, boundary, config.ldm.ae_lr, config.ldm.ae_batch_size or t.batch_size)
+    return Stage("diffusion", boundary, t.steps, t.lr, t.batch_size)
+
+
+def training_stages(config: Config) -> list[Stage]:
+    """Every stage of a run of train.steps, in order (one for every method but ldm)."""
+    stages = [training_stage(config, 0)]
+    while stages[-1].end < config.train.steps:
+        stages.append(training_stage(config, stages[-1].end))
+    return stages
+
+
+def batch_sizes(config: Config) -> dict[str, int]:
+    """{the key that sets it: size} of every stage's batch: train.batch_size, and an LDM's ldm.ae_batch_size."""
+    sizes = {"train.batch_size": config.train.batch_size}
+    if config.method == "ldm" and config.ldm.ae_batch_size is not None:
+        sizes["ldm.ae_batch_size"] = config.ldm.ae_batch_size
+    return sizes
+
+
+def enter_stage(net: nn.Module, config: Config, step: int) -> Stage:
+    """training_stage of `step`, which a staged network (an LDM) is told before its training phases run."""
+    stage = training_stage(config, step)
+    if isinstance(net, LDM):
+        net.stage = stage.name
+    return stage
 
 
 def samples_in_one_pass(method: str) -> bool:
@@ -101,7 +161,8 @@ def stored_spec(net: nn.Module) -> dict | None:
     return spec if spec is None or isinstance(spec, dict) else asdict(spec)
 
 
-__all__ = ["BASELINES", "METHOD_CLASSES", "BaselineNet", "MethodNet", "Phase", "DDPM", "VAE", "DCGAN", "VAEGAN",
-           "build_method", "rebuild_method", "stored_spec",
+__all__ = ["BASELINES", "METHOD_CLASSES", "BaselineNet", "MethodNet", "Phase", "DDPM", "LDM", "VAE", "DCGAN", "VAEGAN",
+           "Stage", "build_method", "build_ldm", "rebuild_method", "stored_spec", "training_stage", "training_stages",
+           "enter_stage", "batch_sizes",
            "optimizer_settings", "samples_in_one_pass", "sample_images", "run_sampling", "build_schedule",
            "build_unet", "gaussian_kl", "gaussian_nll"]

@@ -74,6 +74,11 @@ class DDPM(nn.Module):
         return getattr(self.backbone, "num_classes", None)
 
     @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of x_T, the sampler's start: the image shape."""
+        return self.image_shape
+
+    @property
     def prediction(self) -> str:
         return self.diffusion.prediction
 

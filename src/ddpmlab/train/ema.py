@@ -14,17 +14,28 @@ def ema_decay_at(step: int, decay: float) -> float:
 
 
 class EMA:
-    """Keeps `shadow`, a frozen copy of `model` whose parameters follow θ̄ ← d·θ̄ + (1 − d)·θ; buffers are copied."""
+    """Keeps `shadow`, a frozen copy of `model` whose parameters follow θ̄ ← d·θ̄ + (1 − d)·θ; buffers are copied, and
+    so are the parameters whose names start with one of the model's EMA_COPIES, if it has any (an LDM's autoencoder,
+    whose latents the averaged denoiser was trained on)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
+        copied = tuple(getattr(model, "EMA_COPIES", ()))
+        self.averaged = [not name.startswith(copied) for name, _ in model.named_parameters()] if copied else None
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """One averaging step after `step` updates of `model`, all parameters at once (torch._foreach_lerp_: one
         kernel launch per few tensors on a GPU, θ̄ + (1 − d)(θ − θ̄) per tensor as before on the CPU)."""
         d = ema_decay_at(step, self.decay)
-        torch._foreach_lerp_(list(self.shadow.parameters()), list(model.parameters()), 1.0 - d)
+        averaged, current = list(self.shadow.parameters()), list(model.parameters())
+        if self.averaged is not None:
+            for keep, shadow, value in zip(self.averaged, averaged, current):
+                if not keep:
+                    shadow.copy_(value)
+            averaged = [shadow for keep, shadow in zip(self.averaged, averaged) if keep]
+            current = [value for keep, value in zip(self.averaged, current) if keep]
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
         for averaged, current in zip(self.shadow.buffers(), model.buffers()):
             averaged.copy_(current)

@@ -91,18 +91,20 @@ def plot_loss_curve(metrics_path: Path, out_path: Path) -> Path | None:
 
 
 class LogWindow:
-    """The mean of every logged value and pure training throughput (no validation, grids or checkpoints) since the
-    last log line. The sums stay on the device (float64, adding as Python floats would) until `flush` reads them,
-    so a step never waits for the device."""
+    """The mean of every logged value over the steps that logged it (an LDM's stages log different values) and pure
+    training throughput (no validation, grids or checkpoints) since the last log line. The sums stay on the device
+    (float64, adding as Python floats would) until `flush` reads them, so a step never waits for the device."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
         self.steps, self.images, self.seconds = 0, 0, 0.0
 
     def add(self, logs: dict[str, torch.Tensor], images: int, seconds: float) -> None:
         for name, value in logs.items():
             value = value.detach().double()
             self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
         self.steps, self.images, self.seconds = self.steps + 1, self.images + images, self.seconds + seconds
 
     def flush(self) -> tuple[dict[str, float], float]:
@@ -111,6 +113,6 @@ class LogWindow:
         start = time.perf_counter()
         totals = {name: total.item() for name, total in self.sums.items()}
         seconds = self.seconds + time.perf_counter() - start
-        result = ({name: total / max(self.steps, 1) for name, total in totals.items()}, self.images / max(seconds, 1e-9))
+        result = ({name: total / self.counts[name] for name, total in totals.items()}, self.images / max(seconds, 1e-9))
         self.__init__()
         return result

@@ -18,7 +18,8 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
 from ddpmlab.eval.speed import other_load
 from ddpmlab.images import save_grid
-from ddpmlab.methods import build_method, optimizer_settings, run_sampling, sample_images
+from ddpmlab.methods import (Stage, batch_sizes, build_method, enter_stage, optimizer_settings, run_sampling,
+                             sample_images)
 from ddpmlab.paths import storage_error
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.store import checkpoint as ckpt
@@ -75,16 +76,18 @@ class Trainer(Persistence):
             distributed.on_main(lambda: check_new_run_dir(self.run_dir, force), self.processes)
         t = config.train
         self.device = distributed.rank_device(resolve_device(t.device, setting="train.device"), self.processes)
-        self.rows = distributed.batch_rows(t.batch_size, self.processes)  # this process's slice
+        for key, size in batch_sizes(config).items():
+            self.rows = distributed.batch_rows(size, self.processes, key)  # this process's slice (per stage)
         torch.manual_seed(t.seed)
         self.generator = seeded_generator(self.device, t.seed)  # data order, t, noise, flips: on the GPU for CUDA
         self.train_data = load_dataset(config.data, "train")
         self.val_data = load_dataset(config.data, "val") if config.data.val_fraction > 0 else None
         if len(self.train_data) == 0:
             raise UserError(f"dataset {config.data.name!r} has no training images")
-        if config.train.batch_size > len(self.train_data):
-            raise UserError(f"train.batch_size={config.train.batch_size} is larger than the {len(self.train_data)} "
-                            f"training images of {config.data.name}; lower train.batch_size")
+        for key, size in batch_sizes(config).items():
+            if size > len(self.train_data):
+                raise UserError(f"{key}={size} is larger than the {len(self.train_data)} training images of "
+                                f"{config.data.name}; lower {key}")
         self.num_classes = self.train_data.num_classes if config.model.conditional else None
         if config.model.conditional and not self.num_classes:
             raise UserError(f"model.conditional=true but dataset {config.data.name!r} has no class labels")
@@ -151,9 +154,10 @@ class Trainer(Persistence):
         with stop_requested_on_signals() as stop:
             while self.step < t.steps and not distributed.any_process(stop.requested, self.processes):
                 step_start = time.perf_counter()
-                x0, labels = self.next_batch()
-                lr = self.set_lr()
-                logs, buffers = {}, copy_buffers(self.model)
+                stage = enter_stage(self.model, self.config, self.step)  # an LDM's autoencoder, then diffusion
+                x0, labels = self.next_batch(stage.batch_size)
+                lr = self.set_lr(stage)
+                logs, buffers, self.grad_norms = {}, copy_buffers(self.model), {}  # norms of this step's groups
                 for phase in self.phases(x0, labels):
                     optimizer = self.optimizers[phase.group]
                     optimizer.zero_grad(set_to_none=True)
@@ -171,9 +175,9 @@ class Trainer(Persistence):
                     continue
                 self.health.good_step()
                 if self.processes.is_main:
-                    self.ema.update(self.model, self.step)
+                    self.ema.update(self.model, self.step - stage.first)
                 self.step += 1
-                self.window.add(logs, t.batch_size, time.perf_counter() - step_start)
+                self.window.add(logs, stage.batch_size, time.perf_counter() - step_start)
                 bar.update(1)
                 self.after_step(lr, bar)
         bar.close()
@@ -246,10 +250,11 @@ class Trainer(Persistence):
         """Seconds this run has spent training, over all sessions (validation, grids and checkpoints included)."""
         return self.wall_s + (time.perf_counter() - self.session_start if self.session_start is not None else 0.0)
 
-    def set_lr(self) -> float:
-        """This step's learning rate (warm-up, then train.lr_schedule), set on every optimizer."""
+    def set_lr(self, stage: Stage) -> float:
+        """This step's learning rate in its `stage` (warm-up, then train.lr_schedule), set on every optimizer."""
         t = self.config.train
-        lr = scheduled_lr(self.step, self.lr, t.warmup_steps, t.steps, t.lr_schedule, t.lr_end_factor)
+        lr = scheduled_lr(self.step - stage.first, stage.lr, t.warmup_steps, stage.end - stage.first, t.lr_schedule,
+                          t.lr_end_factor)
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -266,10 +271,10 @@ class Trainer(Persistence):
                 return
             yield phase
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This process's slice of the next global batch of a seeded epoch permutation, as [-1, 1] floats on the
-        device (converted and flipped there, in the weights' memory layout), with labels."""
-        size = self.config.train.batch_size
+    def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's slice of the next global batch of `size` images (its stage's) of a seeded epoch permutation,
+        as [-1, 1] floats on the device (converted and flipped there, in the weights' memory layout), with labels."""
+        self.rows = distributed.batch_rows(size, self.processes)
         parts, count = [], 0
         while count < size:
             if self.position >= len(self.order):

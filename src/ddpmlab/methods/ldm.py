@@ -1,0 +1,193 @@
+"""Latent diffusion (Rombach et al. 2022): an autoencoder trained first, then a DDPM on its latents scaled to unit
+variance, whose samples are decoded into images. Both stages train in one run, the stage following from the step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, fields
+
+import torch
+from torch import nn
+
+from ddpmlab.config import DiffusionConfig, LDMConfig, check_ldm_section
+from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
+from ddpmlab.errors import UserError
+from ddpmlab.methods.base import Phase, unconditional
+from ddpmlab.methods.vae import gaussian_kl, reparameterize
+from ddpmlab.nets import UNet
+from ddpmlab.nets.autoencoder import Autoencoder
+from ddpmlab.rng import BatchSlice, model_device, randn
+from ddpmlab.samplers import SamplingSettings, sample
+
+# the ldm section's keys that are not its networks' arguments
+TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size")
+
+
+def reconstruction_loss(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torch.Tensor:
+    """The mean over pixels of |x − x̂| ("l1", Rombach et al.'s pixel term) or (x − x̂)² ("mse")."""
+    difference = x - reconstruction
+    return difference.abs().mean() if kind == "l1" else difference.pow(2).mean()
+
+
+def latent_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z | x) ‖ N(0, I)) in nats per latent element, the batch mean: Kingma & Welling appendix B over N×C×h×w."""
+    return gaussian_kl(mean.flatten(1), logvar.flatten(1)).mean() / mean[0].numel()
+
+
+def latent_scale_of(latents: torch.Tensor) -> torch.Tensor:
+    """1 / σ̂, σ̂ the standard deviation of a batch of latents (all elements): Rombach et al. §4.3.2's scale factor,
+    which gives the diffusion model unit-variance data. A 0-dim float32 tensor on the latents' device."""
+    return 1.0 / latents.detach().float().std().clamp_min(1e-8)
+
+
+class LDM(nn.Module):
+    """An autoencoder (nets.autoencoder) and a UNet `denoiser` on its latents, in two training stages.
+
+    Stage "autoencoder" (the first ldm.autoencoder_steps): one phase, group "autoencoder", loss = the reconstruction
+    loss + kl_weight · KL, logged as loss_ae (the reconstruction term) and loss_kl. Stage "diffusion": one phase,
+    group "denoiser", the DDPM loss (diffusion.*: parameterisation, min-SNR) on z = scale · μ(x), μ the encoder's
+    mean, the autoencoder frozen; logged as loss. `scale` (the buffer latent_scale, 0 until then) is measured on the
+    first diffusion step's batch (latent_scale_of) and kept in the checkpoint with the weights. The trainer says the
+    stage by setting `stage` (methods.enter_stage). Sampling runs any sampler on latents (never clipped: they are not
+    in [-1, 1]) and decodes z / scale. Called like a backbone, it is the latent denoiser: (x_t, t) on latents.
+    """
+
+    SINGLE_PASS = False
+    DEFAULT_LR = 2e-4
+    DEFAULT_BETAS = (0.9, 0.999)
+    LOGS = ("loss", "loss_ae", "loss_kl")
+    STAGES = ("autoencoder", "diffusion")
+    EMA_COPIES = ("autoencoder.",)  # the EMA averages the denoiser; the autoencoder it holds is the trained one
+    num_classes = None
+
+    def __init__(self, channels: int, image_size: int, section: LDMConfig, denoiser: UNet, schedule: NoiseSchedule,
+                 diffusion: DiffusionConfig):
+        super().__init__()
+        check_ldm_section(section)
+        if image_size % section.factor:
+            raise UserError(f"ldm.factor={section.factor} does not divide the {image_size}×{image_size} images; "
+                            f"use a power of two that divides {image_size}")
+        self.channels, self.image_size, self.config = channels, image_size, section
+        self.autoencoder = Autoencoder(channels, section.ae_channels, section.factor, section.latent_channels)
+        self.denoiser, self.schedule, self.diffusion = denoiser, schedule, diffusion
+        self.register_buffer("latent_scale", torch.zeros(()))
+        self.stage = self.STAGES[0]
+
+    @classmethod
+    def from_spec(cls, spec: dict, schedule: NoiseSchedule, diffusion: DiffusionConfig) -> "LDM":
+        """An identical, untrained LDM from its spec dict (`spec`) and its process."""
+        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size", "denoiser")}
+        names = {f.name for f in fields(LDMConfig)} - set(TRAINING_KEYS)
+        if set(network) != names:
+            raise KeyError("ldm spec keys")
+        return cls(spec["channels"], spec["image_size"], LDMConfig(**network), UNet.from_spec(spec["denoiser"]),
+                   schedule, diffusion)
+
+    @property
+    def spec(self) -> dict:
+        """What rebuilds this network: the image shape, the ldm section's network keys and the denoiser's UNetSpec."""
+        network = {key: value for key, value in asdict(self.config).items() if key not in TRAINING_KEYS}
+        return {"channels": self.channels, "image_size": self.image_size, **network,
+                "denoiser": asdict(self.denoiser.spec)}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.channels, self.image_size, self.image_size
+
+    @property
+    def noise_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latents the sampler starts from: latent_channels × (image size / factor)²."""
+        size = self.image_size // self.config.factor
+        return self.config.latent_channels, size, size
+
+    @property
+    def prediction(self) -> str:
+        return self.diffusion.prediction
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoiser(x_t, t, labels=labels)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"autoencoder": list(self.autoencoder.parameters()), "denoiser": list(self.denoiser.parameters())}
+
+    # -- stage 1 -----------------------------------------------------------------------------------
+    def autoencoder_loss(self, x0: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, reconstruction, kl): reconstruction + kl_weight · kl of the decoded z ~ q(z | x) (z = μ when
+        kl_weight is 0), batch means; ε drawn from `generator`."""
+        mean, logvar = self.autoencoder.encoder(x0)
+        weight = self.config.kl_weight
+        z = reparameterize(mean, logvar, randn(mean.shape, generator, x0.device, rows=rows)) if weight > 0 else mean
+        reconstruction = reconstruction_loss(x0, self.autoencoder.decoder(z), self.config.reconstruction)
+        kl = latent_kl(mean, logvar)
+        return reconstruction + weight * kl, reconstruction, kl
+
+    # -- stage 2 -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x0: torch.Tensor) -> torch.Tensor:
+        """The diffusion model's data: scale · μ(x0), N×noise_shape, with the frozen autoencoder."""
+        mean, _ = self.autoencoder.encoder(x0)
+        return mean * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images decoded from scaled latents, decoder(z / scale) clamped to [-1, 1] (scale 1 before it is measured)."""
+        scale = torch.where(self.latent_scale > 0, self.latent_scale, torch.ones_like(self.latent_scale))
+        return self.autoencoder.decoder(z / scale).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def measure_latent_scale(self, x0: torch.Tensor) -> None:
+        """Set latent_scale from this batch's latents unless it is set already (no read back to the host)."""
+        measured = latent_scale_of(self.autoencoder.encoder(x0)[0])
+        self.latent_scale.copy_(torch.where(self.latent_scale > 0, self.latent_scale, measured))
+
+    def diffusion_loss(self, x0: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
+                       ) -> torch.Tensor:
+        """The DDPM loss (diffusion.*) of the denoiser on the batch's scaled latents; t and ε from `generator`."""
+        d = self.diffusion
+        return diffusion_loss(self.denoiser, self.schedule, self.encode(x0), None, d.prediction, d.loss_weighting,
+                              d.min_snr_gamma, generator, rows)
+
+    def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
+        """The current stage's one phase: "autoencoder" (logs loss_ae, loss_kl) or "denoiser" (logs loss)."""
+        unconditional(labels, "the LDM")
+        if self.stage == "autoencoder":
+            loss, reconstruction, kl = self.autoencoder_loss(x0, generator, rows)
+            yield Phase("autoencoder", loss, {"loss_ae": reconstruction.detach(), "loss_kl": kl.detach()})
+            return
+        self.measure_latent_scale(x0)
+        loss = self.diffusion_loss(x0, generator, rows)
+        yield Phase("denoiser", loss, {"loss": loss.detach()})
+
+    def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
+                        labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The current stage's training loss on a held-out batch: the autoencoder's, then the latent DDPM's."""
+        unconditional(labels, "the LDM")
+        if self.stage == "autoencoder":
+            return self.autoencoder_loss(x0, generator)[0]
+        return self.diffusion_loss(x0, generator)
+
+    # -- sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None, sampling: SamplingSettings | None = None,
+                 labels: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                 rows: BatchSlice | None = None) -> torch.Tensor:
+        """n images: generate_latents, decoded: N×C×H×W float32 in [-1, 1] on the module's device."""
+        unconditional(labels, "the LDM")
+        return self.decode(self.generate_latents(n, generator, sampling, noise, rows))
+
+    @torch.no_grad()
+    def generate_latents(self, n: int, generator: torch.Generator | None, sampling: SamplingSettings | None = None,
+                         noise: torch.Tensor | None = None, rows: BatchSlice | None = None) -> torch.Tensor:
+        """n scaled latents by `sampling` (default DDIM over all T steps; clip_denoised always off) from `noise` (x_T,
+        N×noise_shape, else drawn from `generator`): N×noise_shape float32 on the module's device."""
+        settings = sampling or SamplingSettings()
+        settings = settings.with_(prediction=settings.prediction or self.prediction, clip_denoised=False)
+        return sample(self.denoiser, self.schedule, (n, *self.noise_shape), settings, noise=noise, generator=generator,
+                      device=model_device(self), rows=rows)
+
+    @torch.no_grad()
+    def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:
+        """decoder(μ(x0)), the autoencoder's reconstruction of images in [-1, 1]: same shape, clamped to [-1, 1]."""
+        return self.autoencoder.decoder(self.autoencoder.encoder(x0)[0]).clamp(-1.0, 1.0)
