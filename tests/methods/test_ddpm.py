@@ -87,7 +87,7 @@ def test_config_sections_are_the_one_declaration_of_the_networks(method):
 
 
 def test_the_registry_knows_every_configurable_method():
-    assert tuple(METHOD_CLASSES) == METHODS == ("ddpm", "vae", "dcgan", "vaegan")
+    assert tuple(METHOD_CLASSES) == METHODS == ("ddpm", "vae", "dcgan", "vaegan", "ldm")
     assert optimizer_settings(load_config("tiny")) == (1e-3, (0.9, 0.999))  # a DDPM: train.lr, AdamW's betas
     with pytest.raises(UserError, match="unknown method 'gan'"):
         rebuild_method("gan", {}, load_config("tiny"))
