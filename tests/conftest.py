@@ -54,6 +54,7 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPMLAB_CACHE", str(folder))
     return folder
 
+
 class ConvBackbone(torch.nn.Module):
     """One 3×3 convolution, no `.prediction` or `.spec`: the config alone says what it predicts."""
 
