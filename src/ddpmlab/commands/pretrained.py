@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ddpmlab.config import config_from_dict, save_config
+from ddpmlab.config import save_config
 from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.scores import FEATURE_METRICS, METRICS, SHORT_LABELS
 from ddpmlab.methods import rebuild_method
 from ddpmlab.report.render import fmt_seconds
 from ddpmlab.samplers import default_spacing
 from ddpmlab.store import checkpoint as ckpt
-from ddpmlab.store.load import find_checkpoint
+from ddpmlab.store.load import config_of, find_checkpoint
 from ddpmlab.store.pretrained import (CONFIG_FILE, FORMAT, INFO_FILE, METRICS_FILE, WEIGHTS_FILE, as_float32,
                                       pretrained_names, pretrained_root, read_info, stored_state)
 from ddpmlab.version import __version__
@@ -206,10 +206,7 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
     progress = ckpt.read_progress(folder)
     step = int(progress["step"])
     state, metadata = ckpt.read_weights(folder / ckpt.EMA_FILE)
-    try:
-        config = config_from_dict(json.loads(metadata["config"]), str(folder))
-    except (KeyError, ValueError):
-        raise UserError(f"{folder}: checkpoint metadata is missing or corrupt") from None
+    config = config_of(metadata, folder)
     stored = stored_state(state, fp16)
     digests = {"shipped weights": ckpt.weights_digest(as_float32(stored)),
                "the run's float32 EMA weights": ckpt.weights_digest(state)}
