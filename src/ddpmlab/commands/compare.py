@@ -28,7 +28,7 @@ from ddpmlab.report.stability import run_stability
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.load import checkpoint_step, load_trained, stored_method
-from ddpmlab.store.manifest import record_written, recorded, start_manifest
+from ddpmlab.store.manifest import record_in_own_folder, recorded
 from ddpmlab.store.pretrained import is_pretrained_folder, resolve_source
 from ddpmlab.store.run_dir import has_content
 from ddpmlab.train import Trainer
@@ -256,10 +256,7 @@ def check_report_folder(out: Path) -> None:
 
 def start_report_folder(out: Path) -> None:
     """Create OUT with the list of what ddpmlab writes there, and list the report's files and folders in it."""
-    out.mkdir(parents=True, exist_ok=True)
-    if recorded(out) is None:
-        start_manifest(out)
-    record_written(out, *(out / name for name in (*REPORT_FILES, *REPORT_FOLDERS)))
+    record_in_own_folder(out, *(out / name for name in (*REPORT_FILES, *REPORT_FOLDERS)))
 
 
 # -- the command -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.load import load_trained, stored_class_names, stored_method, weights_file
 from ddpmlab.store.hub import hub_source
-from ddpmlab.store.manifest import record_written, recorded, start_manifest
+from ddpmlab.store.manifest import record_in_own_folder, record_written, recorded
 from ddpmlab.store.pretrained import pretrained_name
 
 SAMPLE_NAME = re.compile(r"\d{6,}\.png")  # images.image_file_names
@@ -84,10 +84,7 @@ def write_folder(out: Path, images: torch.Tensor, force: bool) -> None:
     """One PNG per image in folder `out`, recorded in its manifest first; with `force`, the earlier samples there go."""
     for stale in earlier_samples(out, force):
         stale.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    if recorded(out) is None:
-        start_manifest(out)
-    record_written(out, *(out / name for name in image_file_names(len(images))))
+    record_in_own_folder(out, *(out / name for name in image_file_names(len(images))))
     save_images(images, out)
 
 

@@ -50,6 +50,14 @@ def record_written(folder: Path, *paths: Path) -> None:
             handle.write("".join(f"{relative}\n" for relative in new))
 
 
+def record_in_own_folder(folder: Path, *paths: Path) -> None:
+    """Create `folder` (a folder of samples, a report) with its manifest when it has none, and list `paths` in it."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    if recorded(folder) is None:
+        start_manifest(folder)
+    record_written(folder, *paths)
+
+
 def is_recorded(relative: str, listed: set[str]) -> bool:
     """Whether the entry at `relative` is one ddpmlab wrote: listed, or the temporary name of a write of one listed."""
     if relative in listed:
