@@ -14,7 +14,7 @@ from ddpmlab import UserError
 from ddpmlab.bench import bench_sample, bench_train
 from ddpmlab.cli import main
 from ddpmlab.config import DiffusionConfig, LDMConfig, load_config
-from ddpmlab.data import load_dataset, to_model_batch
+from ddpmlab.data import load_dataset, pick_views, to_model_batch
 from ddpmlab.diffusion import NoiseSchedule, gather
 from ddpmlab.methods import LDM, build_method, training_stage
 from ddpmlab.methods.ldm import latent_kl, latent_scale_of, reconstruction_loss
@@ -144,6 +144,38 @@ def test_stages_split_train_steps_with_their_own_rates():
     assert training_stage(tiny("ldm.ae_batch_size=8"), 0).batch_size == 8
 
 
+def test_the_diffusion_stage_data_is_every_training_image_encoded_once_in_fixed_chunks():
+    """encode_dataset gives μ(x) · scale of each image (the mirrored image's too with random_flip), the same in any
+    chunking, and measures the scale once: 1/std of all the unmirrored latents."""
+    torch.manual_seed(0)
+    net = build_method(tiny(), 3, 16).eval()
+    images = load_dataset(tiny().data, "train").images[:10]
+    x = to_model_batch(images, False, None)
+    views = net.encode_dataset(images, random_flip=True, chunk=3)
+    assert views.shape == (10, 2, 4, 4, 4)
+    scale = net.latent_scale.clone()
+    mean = net.autoencoder.encoder(x)[0].detach()
+    assert scale.item() == pytest.approx(1 / mean.std().item(), rel=1e-5)
+    torch.testing.assert_close(views[:, 0], mean * scale, rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(views[:, 1], net.autoencoder.encoder(x.flip(-1))[0].detach() * scale,
+                               rtol=1e-4, atol=2e-5)
+    torch.testing.assert_close(net.encode_dataset(images, chunk=500)[:, 0], views[:, 0], rtol=1e-4, atol=2e-5)
+    assert torch.equal(net.latent_scale, scale)  # measured once; a second encoding keeps it
+    torch.testing.assert_close(net.encode(x), views[:, 0], rtol=1e-4, atol=2e-5)
+
+
+def test_encoded_views_are_picked_with_the_same_flip_draws_as_images():
+    """pick_views of (x, mirrored x) draws exactly what to_model_batch draws from the same generator state."""
+    images = load_dataset(tiny().data, "train").images[:32]
+    x = to_model_batch(images, False, None)
+    views = torch.stack([x, x.flip(-1)], dim=1)
+    first, second = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    flipped = to_model_batch(images, True, first)
+    assert torch.equal(pick_views(views, True, second), flipped) and not torch.equal(flipped, x)
+    assert torch.equal(first.get_state(), second.get_state())
+    assert torch.equal(pick_views(views[:, :1], False, None), x)
+
+
 class InterruptedTrainer(Trainer):
     """Sends itself SIGINT after step `stop_at`: the loop saves a checkpoint and returns, as for Ctrl-C."""
     stop_at = None
@@ -181,6 +213,21 @@ def test_an_interrupted_ldm_run_resumes_bit_identically(straight, tmp_path, stop
     split = {stop_at, stop_at + 1} if stop_at % 2 else set()
     rows = [r for r in _rows_without_timings(tmp_path / "run" / "metrics.csv") if r["step"] not in split]
     assert rows == [r for r in _rows_without_timings(straight.run_dir / "metrics.csv") if r["step"] not in split]
+
+
+def test_an_ldm_run_with_random_flips_resumes_bit_identically_in_stage_2(tmp_path):
+    """With data.random_flip the diffusion stage trains on both views' latents; a resume re-encodes the same bits."""
+    config = tiny("data.random_flip=true")
+    straight_run = Trainer(config, tmp_path / "straight", progress=False)
+    straight_run.train()
+    InterruptedTrainer.stop_at = 9
+    first = InterruptedTrainer(config, tmp_path / "run", progress=False)
+    assert first.train()["interrupted"]
+    resumed = Trainer.resume(tmp_path / "run", progress=False)
+    resumed.train()
+    assert resumed.stage_data.shape[1] == 2
+    _states_equal(straight_run.model.state_dict(), resumed.model.state_dict())
+    _states_equal(straight_run.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
 
 
 def test_the_straight_run_logs_each_stage_and_keeps_the_scale_and_autoencoder(straight):

@@ -12,7 +12,8 @@ from ddpmlab.bench.timing import check_positive, count_flops, data_shape, images
 from ddpmlab.config import Config, load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
-from ddpmlab.methods import Stage, build_method, enter_stage, optimizer_settings, training_stages
+from ddpmlab.images import model_to_uint8
+from ddpmlab.methods import Stage, build_method, enter_stage, optimizer_settings, stage_data, training_stages
 from ddpmlab.methods.base import Phase
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.train import hotpath
@@ -26,7 +27,8 @@ class TrainingStep:
     (the method's learning rate and betas), then EMA, with the config's speed switches (train.fused_adam,
     channels_last, compile; the batch is on the device already). Calling it runs one iteration of `stage` (default:
     the first; an LDM's "autoencoder" or "diffusion" stage). The network is moved to x0's device and, with
-    channels_last, to that layout, in place."""
+    channels_last, to that layout, in place. A stage that trains on encoded data (an LDM's diffusion stage) gets x0's
+    latents, encoded once as the Trainer encodes its images (methods.stage_data)."""
 
     def __init__(self, net: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None = None,
                  stage: Stage | None = None):
@@ -36,7 +38,8 @@ class TrainingStep:
                          "channels_last": hotpath.resolve_switch(t.channels_last, device), "compile": t.compile}
         layout = hotpath.memory_format(t.channels_last, device)
         self.model = net.to(device, memory_format=layout).train()
-        self.x0, self.labels = x0.contiguous(memory_format=layout), labels
+        encoded = stage_data(self.model, self.stage, model_to_uint8(x0), False)  # an LDM's latents, as the Trainer's
+        self.x0, self.labels = (x0 if encoded is None else encoded[:, 0]).contiguous(memory_format=layout), labels
         self.grad_clip = t.grad_clip or float("inf")
         self.bf16 = device.type == "cuda" and t.bf16
         lr, betas = self.stage.lr, optimizer_settings(config)[1]

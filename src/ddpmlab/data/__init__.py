@@ -145,6 +145,20 @@ def to_model_batch(images_uint8: torch.Tensor, random_flip: bool, generator: tor
     batch = uint8_to_model(images_uint8)
     if not random_flip:
         return batch
-    device = generator.device if generator is not None else torch.device("cpu")
-    flip = torch.rand(len(batch), generator=generator, device=device).lt(0.5).to(batch.device)
+    flip = flip_draws(len(batch), generator).to(batch.device)
     return torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+
+
+def flip_draws(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """n booleans, each true with probability 1/2, from `generator` (or the global RNG): which images are mirrored."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(n, generator=generator, device=device).lt(0.5)
+
+
+def pick_views(views: torch.Tensor, random_flip: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """N×... rows of N×V×... `views` of images, encoded (V = 1, or 2 with [:, 1] the mirrored image's): with
+    `random_flip` each row's mirrored view with probability 1/2, drawn as to_model_batch draws its flips."""
+    if not random_flip:
+        return views[:, 0]
+    flip = flip_draws(len(views), generator).to(views.device)
+    return views[torch.arange(len(views), device=views.device), flip.long()]

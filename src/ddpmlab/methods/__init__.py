@@ -120,6 +120,14 @@ def enter_stage(net: nn.Module, config: Config, step: int) -> Stage:
     return stage
 
 
+def stage_data(net: nn.Module, stage: Stage, images: torch.Tensor, random_flip: bool) -> torch.Tensor | None:
+    """What `stage` trains on when not the uint8 `images` themselves: for an LDM's diffusion stage, the images'
+    scaled latents, encoded once (LDM.encode_dataset: N×V×C×h×w, the views for data.random_flip). None: the images."""
+    if isinstance(net, LDM) and stage.name == "diffusion":
+        return net.encode_dataset(images, random_flip)
+    return None
+
+
 def samples_in_one_pass(method: str) -> bool:
     """True for the methods that draw an image in one network pass (VAE, DCGAN, VAE-GAN): no sampler, steps or labels."""
     return METHOD_CLASSES[_known(method)].SINGLE_PASS
@@ -163,6 +171,6 @@ def stored_spec(net: nn.Module) -> dict | None:
 
 __all__ = ["BASELINES", "METHOD_CLASSES", "BaselineNet", "MethodNet", "Phase", "DDPM", "LDM", "VAE", "DCGAN", "VAEGAN",
            "Stage", "build_method", "build_ldm", "rebuild_method", "stored_spec", "training_stage", "training_stages",
-           "enter_stage", "batch_sizes",
+           "enter_stage", "stage_data", "batch_sizes",
            "optimizer_settings", "samples_in_one_pass", "sample_images", "run_sampling", "build_schedule",
            "build_unet", "gaussian_kl", "gaussian_nll"]

@@ -12,6 +12,7 @@ from torch import nn
 from ddpmlab.config import DiffusionConfig, LDMConfig, check_ldm_section
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError
+from ddpmlab.images import uint8_to_model
 from ddpmlab.methods.base import Phase, unconditional
 from ddpmlab.methods.vae import gaussian_kl, reparameterize
 from ddpmlab.nets import UNet
@@ -21,6 +22,7 @@ from ddpmlab.samplers import SamplingSettings, sample
 
 # the ldm section's keys that are not its networks' arguments
 TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size")
+ENCODE_CHUNK = 500  # images per encoder pass when the diffusion stage encodes the training set
 
 
 def reconstruction_loss(x: torch.Tensor, reconstruction: torch.Tensor, kind: str) -> torch.Tensor:
@@ -46,10 +48,11 @@ class LDM(nn.Module):
     Stage "autoencoder" (the first ldm.autoencoder_steps): one phase, group "autoencoder", loss = the reconstruction
     loss + kl_weight · KL, logged as loss_ae (the reconstruction term) and loss_kl. Stage "diffusion": one phase,
     group "denoiser", the DDPM loss (diffusion.*: parameterisation, min-SNR) on z = scale · μ(x), μ the encoder's
-    mean, the autoencoder frozen; logged as loss. `scale` (the buffer latent_scale, 0 until then) is measured on the
-    first diffusion step's batch (latent_scale_of) and kept in the checkpoint with the weights. The trainer says the
-    stage by setting `stage` (methods.enter_stage). Sampling runs any sampler on latents (never clipped: they are not
-    in [-1, 1]) and decodes z / scale. Called like a backbone, it is the latent denoiser: (x_t, t) on latents.
+    mean, the autoencoder frozen; logged as loss. Its batches are latents, not images: the trainer encodes the
+    training images once when the stage starts (encode_dataset, which also measures `scale`, the buffer latent_scale,
+    0 until then, kept in the checkpoint with the weights). The trainer says the stage by setting `stage`
+    (methods.enter_stage). Sampling runs any sampler on latents (never clipped: they are not in [-1, 1]) and decodes
+    z / scale. Called like a backbone, it is the latent denoiser: (x_t, t) on latents.
     """
 
     SINGLE_PASS = False
@@ -136,37 +139,49 @@ class LDM(nn.Module):
         return self.autoencoder.decoder(z / scale).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def measure_latent_scale(self, x0: torch.Tensor) -> None:
-        """Set latent_scale from this batch's latents unless it is set already (no read back to the host)."""
-        measured = latent_scale_of(self.autoencoder.encoder(x0)[0])
-        self.latent_scale.copy_(torch.where(self.latent_scale > 0, self.latent_scale, measured))
-
-    def diffusion_loss(self, x0: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
+    def encode_dataset(self, images: torch.Tensor, random_flip: bool = False, chunk: int = ENCODE_CHUNK
                        ) -> torch.Tensor:
-        """The DDPM loss (diffusion.*) of the denoiser on the batch's scaled latents; t and ε from `generator`."""
+        """The diffusion stage's data: μ(x) · scale of every uint8 N×C×H×W image, N×V×noise_shape float32 where
+        `images` are; V = 2 with `random_flip` ([:, 1]: the mirrored image's), else 1. Encoded by the frozen
+        autoencoder on the module's device in fixed chunks, so the same bits at the stage's start and after a resume.
+        Sets latent_scale from all the unmirrored latents unless it is set already."""
+        device, views = model_device(self), []
+        for mirrored in (False, True)[:1 + random_flip]:
+            parts = (uint8_to_model(part.to(device)) for part in images.split(chunk))
+            views.append(torch.cat([self.autoencoder.encoder(x.flip(-1) if mirrored else x)[0].to(images.device)
+                                    for x in parts]))
+        latents = torch.stack(views, dim=1)
+        self.latent_scale.copy_(torch.where(self.latent_scale > 0, self.latent_scale,
+                                            latent_scale_of(latents[:, 0]).to(device)))
+        return latents.mul_(self.latent_scale.to(latents.device))
+
+    def diffusion_loss(self, z: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
+                       ) -> torch.Tensor:
+        """The DDPM loss (diffusion.*) of the denoiser on a batch of scaled latents `z`; t and ε from `generator`."""
         d = self.diffusion
-        return diffusion_loss(self.denoiser, self.schedule, self.encode(x0), None, d.prediction, d.loss_weighting,
-                              d.min_snr_gamma, generator, rows)
+        return diffusion_loss(self.denoiser, self.schedule, z, None, d.prediction, d.loss_weighting, d.min_snr_gamma,
+                              generator, rows)
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
-        """The current stage's one phase: "autoencoder" (logs loss_ae, loss_kl) or "denoiser" (logs loss)."""
+        """The current stage's one phase: "autoencoder" on a batch of images (logs loss_ae, loss_kl), or "denoiser" on
+        a batch of scaled latents, rows of encode_dataset or `encode` (logs loss)."""
         unconditional(labels, "the LDM")
         if self.stage == "autoencoder":
             loss, reconstruction, kl = self.autoencoder_loss(x0, generator, rows)
             yield Phase("autoencoder", loss, {"loss_ae": reconstruction.detach(), "loss_kl": kl.detach()})
             return
-        self.measure_latent_scale(x0)
         loss = self.diffusion_loss(x0, generator, rows)
         yield Phase("denoiser", loss, {"loss": loss.detach()})
 
     def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The current stage's training loss on a held-out batch: the autoencoder's, then the latent DDPM's."""
+        """The current stage's training loss on a held-out batch of images: the autoencoder's, then the latent
+        DDPM's on their latents."""
         unconditional(labels, "the LDM")
         if self.stage == "autoencoder":
             return self.autoencoder_loss(x0, generator)[0]
-        return self.diffusion_loss(x0, generator)
+        return self.diffusion_loss(self.encode(x0), generator)
 
     # -- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()

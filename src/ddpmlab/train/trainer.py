@@ -13,13 +13,13 @@ from tqdm.auto import tqdm
 
 from ddpmlab import distributed
 from ddpmlab.config import Config
-from ddpmlab.data import load_dataset, to_model_batch
+from ddpmlab.data import load_dataset, pick_views, to_model_batch
 from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
 from ddpmlab.eval.speed import other_load
 from ddpmlab.images import save_grid
 from ddpmlab.methods import (Stage, batch_sizes, build_method, enter_stage, optimizer_settings, run_sampling,
-                             sample_images)
+                             sample_images, stage_data)
 from ddpmlab.paths import storage_error
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.store import checkpoint as ckpt
@@ -111,6 +111,7 @@ class Trainer(Persistence):
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.saved_step: int | None = None  # the step of the newest checkpoint saved or loaded
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
+        self.data_stage, self.stage_data = None, None  # the stage whose data is prepared, and its data if not images
         self.stop_signal: int | None = None
         self.health, self.lock = StepHealth(config.train.max_bad_steps), None
         check_tensorboard(config.train)
@@ -155,6 +156,9 @@ class Trainer(Persistence):
             while self.step < t.steps and not distributed.any_process(stop.requested, self.processes):
                 step_start = time.perf_counter()
                 stage = enter_stage(self.model, self.config, self.step)  # an LDM's autoencoder, then diffusion
+                if stage.name != self.data_stage:  # an LDM's diffusion stage trains on latents, encoded once
+                    self.data_stage = stage.name
+                    self.stage_data = stage_data(self.model, stage, self.images, self.config.data.random_flip)
                 x0, labels = self.next_batch(stage.batch_size)
                 lr = self.set_lr(stage)
                 logs, buffers, self.grad_norms = {}, copy_buffers(self.model), {}  # norms of this step's groups
@@ -273,7 +277,8 @@ class Trainer(Persistence):
 
     def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This process's slice of the next global batch of `size` images (its stage's) of a seeded epoch permutation,
-        as [-1, 1] floats on the device (converted and flipped there, in the weights' memory layout), with labels."""
+        as [-1, 1] floats on the device (converted and flipped there, in the weights' memory layout), with labels; in a
+        stage that trains on encoded data (methods.stage_data: an LDM's latents), those images' rows of it."""
         self.rows = distributed.batch_rows(size, self.processes)
         parts, count = [], 0
         while count < size:
@@ -284,8 +289,12 @@ class Trainer(Persistence):
             parts.append(take)
             count, self.position = count + len(take), self.position + len(take)
         index = torch.cat(parts)
-        images = self.images[index.to(self.images.device)].to(self.device)
-        x0 = to_model_batch(images, self.config.data.random_flip, self.generator)
+        if self.stage_data is not None:
+            x0 = pick_views(self.stage_data[index.to(self.stage_data.device)].to(self.device),
+                            self.config.data.random_flip, self.generator)
+        else:
+            images = self.images[index.to(self.images.device)].to(self.device)
+            x0 = to_model_batch(images, self.config.data.random_flip, self.generator)
         labels = self.training_labels(index)
         return self.rows.take(x0).contiguous(memory_format=self.layout), self.rows.take(labels)
 
