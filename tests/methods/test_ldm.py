@@ -16,7 +16,7 @@ from ddpmlab.cli import main
 from ddpmlab.config import DiffusionConfig, LDMConfig, load_config
 from ddpmlab.data import load_dataset, pick_views, to_model_batch
 from ddpmlab.diffusion import NoiseSchedule, gather
-from ddpmlab.methods import LDM, build_method, training_stage
+from ddpmlab.methods import LDM, build_method, images_seen, training_stage
 from ddpmlab.methods.ldm import latent_kl, latent_scale_of, reconstruction_loss
 from ddpmlab.nets import UNet
 from ddpmlab.samplers import SamplingSettings
@@ -53,11 +53,11 @@ def test_reconstruction_kl_and_scale_follow_their_formulas():
 def test_the_autoencoder_maps_28_pixels_to_7_latents_and_back():
     config = load_config("cpu-demo-latent", ["ldm.ae_channels=8"])
     net = build_method(config, 1, 28)
-    assert net.noise_shape == (4, 7, 7) and net.image_shape == (1, 28, 28)
+    assert net.noise_shape == (8, 7, 7) and net.image_shape == (1, 28, 28)
     mean, logvar = net.autoencoder.encoder(torch.zeros(2, 1, 28, 28))
-    assert mean.shape == logvar.shape == (2, 4, 7, 7)
+    assert mean.shape == logvar.shape == (2, 8, 7, 7)
     assert net.autoencoder.decoder(mean).shape == (2, 1, 28, 28)
-    assert net(mean, torch.tensor([0, 5])).shape == (2, 4, 7, 7)  # the denoiser pads 7 to 8 and crops back
+    assert net(mean, torch.tensor([0, 5])).shape == (2, 8, 7, 7)  # the denoiser pads 7 to 8 and crops back
 
 
 def test_the_autoencoder_round_trip_improves_on_a_fixed_batch():
@@ -142,6 +142,12 @@ def test_stages_split_train_steps_with_their_own_rates():
     stage = training_stage(config, 6)
     assert (stage.name, stage.first, stage.end, stage.lr) == ("diffusion", 6, 12, 1e-3)
     assert training_stage(tiny("ldm.ae_batch_size=8"), 0).batch_size == 8
+
+
+def test_images_seen_sums_each_stages_steps_times_its_batch():
+    config = tiny("ldm.ae_batch_size=8")  # 6 autoencoder steps of 8, then 6 diffusion steps of 16
+    assert [images_seen(config, n) for n in (0, 4, 6, 9, 12)] == [0, 32, 48, 96, 144]
+    assert images_seen(load_config("tiny", ["train.batch_size=16"]), 5) == 5 * 16
 
 
 def test_the_diffusion_stage_data_is_every_training_image_encoded_once_in_fixed_chunks():

@@ -275,3 +275,10 @@ def test_an_nll_only_score_file_ships_without_a_sampling_protocol(tmp_path):
     assert entry["command"] == ("ddpmlab eval pretrained:m --metrics nll --nll-n 200 --nll-timesteps 100 --seed 0 "
                                 "--batch-size 64")
     assert export.score_summary(entry) == "NLL bits/dim 3.9 (200 test images, 100 timesteps)"
+
+
+def test_list_names_a_spacing_other_than_the_samplers_own():
+    table = export.pretrained_table(pretrained.package_root())
+    latent = table.split("pretrained:cpu-demo-latent ")[1].split("pretrained:")[0]
+    assert "FD 3.83 (2000 samples vs 10000 test, dpm-solver++ 20 NFE (logSNR spacing), seed 0)" in latent
+    assert "FD 4.057 (2000 samples vs 10000 test, dpm-solver++ 20 NFE, seed 0)" in latent  # time-quadratic: its own

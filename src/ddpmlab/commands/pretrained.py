@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ddpmlab.config import save_config
 from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.scores import FEATURE_METRICS, METRICS, SHORT_LABELS
-from ddpmlab.methods import rebuild_method
+from ddpmlab.methods import images_seen, rebuild_method
 from ddpmlab.report.render import fmt_seconds
 from ddpmlab.samplers import default_spacing
 from ddpmlab.store import checkpoint as ckpt
@@ -57,11 +57,14 @@ def score_summary(score: dict) -> str:
 
 
 def sampling_text(protocol: dict | None) -> str:
-    """What the metrics of samples were measured on, e.g. "2000 samples vs 10000 test, ddim 50 NFE, seed 0"."""
+    """What the metrics of samples were measured on, e.g. "2000 samples vs 10000 test, ddim 50 NFE, seed 0" (with the
+    spacing, as "dpm-solver++ 20 NFE (logSNR spacing)", where it is not the sampler's default)."""
     if not protocol:
         return "protocol not recorded"
     sampler = protocol.get("sampler")
     how = f"{sampler} {protocol.get('nfe')} NFE" if protocol.get("nfe") not in (None, 1) else sampler
+    if protocol.get("spacing") not in (None, default_spacing(sampler)):  # a spacing other than the sampler's own
+        how += f" ({protocol['spacing']} spacing)"
     return (f"{protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, {how}, "
             f"seed {protocol.get('seed')}")
 
@@ -229,7 +232,7 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
             "num_classes": num_classes, "class_names": json.loads(metadata.get("class_names") or "null"),
             "parameters": sum(p.numel() for p in net.parameters()),
             "training": {"steps": step, "wall_s": progress.get("wall_s"), "batch_size": config.train.batch_size,
-                         "images_seen": step * config.train.batch_size, "devices": training_devices(run_dir),
+                         "images_seen": images_seen(config, step), "devices": training_devices(run_dir),
                          "finished": finished.isoformat(timespec="seconds"),
                          "command": command or f"ddpmlab train <this folder>/{CONFIG_FILE}"},
             "machine": machine or this_machine(),

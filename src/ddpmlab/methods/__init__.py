@@ -104,6 +104,11 @@ def training_stages(config: Config) -> list[Stage]:
     return stages
 
 
+def images_seen(config: Config, steps: int) -> int:
+    """Images the first `steps` steps trained on: Σ over the stages of its steps done × its (global) batch size."""
+    return sum(max(0, min(steps, s.end) - s.first) * s.batch_size for s in training_stages(config))
+
+
 def batch_sizes(config: Config) -> dict[str, int]:
     """{the key that sets it: size} of every stage's batch: train.batch_size, and an LDM's ldm.ae_batch_size."""
     sizes = {"train.batch_size": config.train.batch_size}
