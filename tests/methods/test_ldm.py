@@ -17,7 +17,9 @@ from ddpmlab.config import DiffusionConfig, LDMConfig, load_config
 from ddpmlab.data import load_dataset, pick_views, to_model_batch
 from ddpmlab.diffusion import NoiseSchedule, gather
 from ddpmlab.methods import LDM, build_method, images_seen, training_stage
-from ddpmlab.methods.ldm import latent_kl, latent_scale_of, reconstruction_loss
+from ddpmlab.methods.ldm import (adaptive_weight, hinge_discriminator_loss, latent_kl, latent_scale_of,
+                                 reconstruction_loss)
+from ddpmlab.nets.autoencoder import PatchDiscriminator
 from ddpmlab.nets import UNet
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.metrics_csv import read_metrics
@@ -48,6 +50,33 @@ def test_reconstruction_kl_and_scale_follow_their_formulas():
     assert latent_kl(mean + 1, logvar).item() == pytest.approx(0.5)  # ½ μ² per element
     latents = torch.randn(64, 4, 7, 7, generator=torch.Generator().manual_seed(0)) * 3.0
     assert latent_scale_of(latents).item() == pytest.approx(1 / 3.0, rel=0.02)
+
+
+def test_the_hinge_loss_and_the_adaptive_weight_follow_their_formulas():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 1.0])
+    # real: max(0, 1 − d) = 0, 0.5, 2; fake: max(0, 1 + d) = 0, 1, 2
+    assert hinge_discriminator_loss(real, fake).item() == pytest.approx(2.5 / 3 + 3 / 3)
+    weight = torch.tensor([1.0, 2.0], requires_grad=True)
+    rec, gen = (weight * torch.tensor([3.0, 4.0])).sum(), (weight * torch.tensor([0.6, 0.8])).sum()
+    # ∇rec = (3, 4), ‖·‖ = 5; ∇gen = (0.6, 0.8), ‖·‖ = 1: λ = δ · 5 / (1 + 1e-4)
+    assert adaptive_weight(rec, gen, weight, 0.5).item() == pytest.approx(0.5 * 5 / (1 + 1e-4))
+    assert not adaptive_weight(rec, gen, weight, 0.5).requires_grad
+    flat = (weight * 0.0).sum() + 1.0  # no pull from the adversary: λ clamps at 1e4 instead of dividing by 0
+    assert adaptive_weight(rec, flat, weight, 1.0).item() == pytest.approx(1e4)
+
+
+def test_the_patch_discriminator_gives_a_logit_per_patch_and_only_with_an_adversarial_weight():
+    assert PatchDiscriminator(1, 8)(torch.zeros(2, 1, 28, 28)).shape == (2, 1, 6, 6)
+    assert PatchDiscriminator(3, 8)(torch.zeros(2, 3, 16, 16)).shape == (2, 1, 3, 3)
+    plain, adversarial = build_method(tiny(), 3, 16), build_method(tiny("ldm.adversarial_weight=0.5"), 3, 16)
+    assert not hasattr(plain, "discriminator") and "loss_d" not in plain.LOGS
+    assert set(adversarial.parameter_groups()) == {"autoencoder", "denoiser", "discriminator"}
+    assert adversarial.LOGS[-2:] == ("loss_g", "loss_d") and "loss_d" not in LDM.LOGS
+    # a spec written before the adversarial term rebuilds the same network, without a discriminator
+    old = {key: value for key, value in plain.spec.items() if key not in ("adversarial_weight", "disc_channels")}
+    rebuilt = LDM.from_spec(old, plain.schedule, plain.diffusion)
+    assert not hasattr(rebuilt, "discriminator") and rebuilt.spec == plain.spec
+    rebuilt.load_state_dict(plain.state_dict())
 
 
 def test_the_autoencoder_maps_28_pixels_to_7_latents_and_back():
@@ -236,6 +265,46 @@ def test_an_ldm_run_with_random_flips_resumes_bit_identically_in_stage_2(tmp_pat
     _states_equal(straight_run.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
 
 
+ADVERSARIAL = ("ldm.adversarial_weight=0.5", "ldm.adversarial_start=2", "ldm.disc_channels=8")
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory):
+    trainer = Trainer(tiny(*ADVERSARIAL), tmp_path_factory.mktemp("adversarial") / "run", progress=False)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("stop_at", [1, 4], ids=["before-the-adversary", "with-the-adversary"])
+def test_an_adversarial_ldm_run_resumes_bit_identically(adversarial, tmp_path, stop_at):
+    InterruptedTrainer.stop_at = stop_at
+    first = InterruptedTrainer(tiny(*ADVERSARIAL), tmp_path / "run", progress=False)
+    assert first.train()["interrupted"] and first.step == stop_at
+    resumed = Trainer.resume(tmp_path / "run", progress=False)
+    resumed.train()
+    _states_equal(adversarial.model.state_dict(), resumed.model.state_dict())
+    _states_equal(adversarial.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+    for group, optimizer in adversarial.optimizers.items():
+        _states_equal(optimizer.state_dict()["state"][0], resumed.optimizers[group].state_dict()["state"][0])
+
+
+def test_the_adversary_trains_from_its_start_step_and_changes_the_autoencoder(adversarial, straight):
+    """The discriminator's phase runs from ldm.adversarial_start (0-based step 2, so in the rows of steps 4 and 6
+    only); the term changes the autoencoder the same seed trains without it; the diffusion stage ignores D."""
+    rows = {r["step"]: r for r in read_metrics(adversarial.run_dir / "metrics.csv")}
+    assert rows[2]["loss_d"] is None and rows[2]["loss_g"] is None and rows[2]["grad_norm_discriminator"] is None
+    for step in (4, 6):
+        assert rows[step]["loss_d"] > 0 and rows[step]["grad_norm_discriminator"] > 0
+        assert rows[step]["loss_g"] is not None and rows[step]["loss_ae"] is not None
+    assert all(r["loss_d"] is None and r["grad_norm_discriminator"] is None for s, r in rows.items() if s > 6)
+    plain, trained = straight.model.state_dict(), adversarial.model.state_dict()
+    assert not torch.equal(plain["autoencoder.decoder.layers.0.weight"], trained["autoencoder.decoder.layers.0.weight"])
+    untrained = build_method(tiny(*ADVERSARIAL), 3, 16).discriminator.state_dict()
+    assert any(not torch.equal(value, trained[f"discriminator.{name}"]) for name, value in untrained.items())
+    pipe = ddpmlab.load(adversarial.run_dir)
+    assert hasattr(pipe.net, "discriminator") and pipe.sample(2, sampler="ddim", steps=3).shape == (2, 3, 16, 16)
+
+
 def test_the_straight_run_logs_each_stage_and_keeps_the_scale_and_autoencoder(straight):
     rows = read_metrics(straight.run_dir / "metrics.csv")
     stage1, stage2 = [r for r in rows if r["step"] <= 6], [r for r in rows if r["step"] > 6]
@@ -286,6 +355,9 @@ def test_nll_of_an_ldm_is_a_one_line_error(straight, tmp_path, capsys):
     (["ldm.kl_weight=-1"], "ldm.kl_weight: must be >= 0"),
     (["ldm.latent_channels=0"], "ldm.latent_channels: must be positive"),
     (["ldm.ae_lr=0"], "ldm.ae_lr: must be positive"),
+    (["ldm.adversarial_weight=-1"], "ldm.adversarial_weight: must be >= 0"),
+    (["ldm.adversarial_start=6"], "ldm.adversarial_start: 6 must be in 0..ldm.autoencoder_steps-1 (5)"),
+    (["ldm.disc_channels=0"], "ldm.disc_channels: must be positive"),
     (["model.conditional=true"], "method=ldm is unconditional"),
 ])
 def test_bad_ldm_settings_are_one_line_errors(capsys, overrides, fragment):

@@ -280,5 +280,5 @@ def test_an_nll_only_score_file_ships_without_a_sampling_protocol(tmp_path):
 def test_list_names_a_spacing_other_than_the_samplers_own():
     table = export.pretrained_table(pretrained.package_root())
     latent = table.split("pretrained:cpu-demo-latent ")[1].split("pretrained:")[0]
-    assert "FD 3.83 (2000 samples vs 10000 test, dpm-solver++ 20 NFE (logSNR spacing), seed 0)" in latent
-    assert "FD 4.057 (2000 samples vs 10000 test, dpm-solver++ 20 NFE, seed 0)" in latent  # time-quadratic: its own
+    assert "FID 44.68, FD 3.834 (2000 samples vs 10000 test, dpm-solver++ 20 NFE (logSNR spacing), seed 0)" in latent
+    assert "FD 3.752 (2000 samples vs 10000 test, dpm-solver++ 20 NFE, seed 0)" in latent  # time-quadratic: its own

@@ -162,6 +162,9 @@ class LDMConfig:
     kl_weight: float = 1e-6  # on KL(q(z|x) || N(0, I)), the mean over latent elements; 0: a plain autoencoder
     ae_lr: float = 1e-3  # the autoencoder stage's peak learning rate (train.lr is the diffusion stage's)
     ae_batch_size: int | None = None  # the autoencoder stage's batch; None: train.batch_size (the diffusion stage's)
+    adversarial_weight: float = 0.0  # δ, the patch discriminator's term in the autoencoder's loss (Esser et al.); 0: none
+    adversarial_start: int = 0  # the autoencoder step from which the discriminator trains and its term applies
+    disc_channels: int = 32  # the patch discriminator's first convolution (its second has twice as many)
 
 
 @dataclass

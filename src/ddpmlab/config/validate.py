@@ -169,6 +169,8 @@ def _check_ldm(config: Config) -> None:
            f"train the latent DDPM")
     _check(section.ae_lr > 0, "ldm.ae_lr", "must be positive")
     _check(section.ae_batch_size is None or section.ae_batch_size > 0, "ldm.ae_batch_size", "must be positive")
+    _check(0 <= section.adversarial_start < section.autoencoder_steps, "ldm.adversarial_start",
+           f"{section.adversarial_start} must be in 0..ldm.autoencoder_steps-1 ({section.autoencoder_steps - 1})")
 
 
 def check_ldm_section(section: LDMConfig) -> None:
@@ -181,3 +183,5 @@ def check_ldm_section(section: LDMConfig) -> None:
     _check(section.reconstruction in AE_LOSSES, "ldm.reconstruction",
            f"{section.reconstruction!r} is not one of {', '.join(AE_LOSSES)}")
     _check(section.kl_weight >= 0, "ldm.kl_weight", "must be >= 0 (0: a plain autoencoder)")
+    _check(section.adversarial_weight >= 0, "ldm.adversarial_weight", "must be >= 0 (0: no discriminator)")
+    _check(section.disc_channels > 0, "ldm.disc_channels", "must be positive")

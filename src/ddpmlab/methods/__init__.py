@@ -118,10 +118,13 @@ def batch_sizes(config: Config) -> dict[str, int]:
 
 
 def enter_stage(net: nn.Module, config: Config, step: int) -> Stage:
-    """training_stage of `step`, which a staged network (an LDM) is told before its training phases run."""
+    """training_stage of `step`, which a staged network (an LDM) is told before its training phases run, with
+    whether its autoencoder's adversarial term applies (from ldm.adversarial_start, when ldm.adversarial_weight > 0)."""
     stage = training_stage(config, step)
     if isinstance(net, LDM):
         net.stage = stage.name
+        net.adversarial = stage.name == "autoencoder" and hasattr(net, "discriminator") and \
+            step >= config.ldm.adversarial_start
     return stage
 
 

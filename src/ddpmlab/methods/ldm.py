@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ddpmlab.config import DiffusionConfig, LDMConfig, check_ldm_section
@@ -16,12 +17,14 @@ from ddpmlab.images import uint8_to_model
 from ddpmlab.methods.base import Phase, unconditional
 from ddpmlab.methods.vae import gaussian_kl, reparameterize
 from ddpmlab.nets import UNet
-from ddpmlab.nets.autoencoder import Autoencoder
+from ddpmlab.nets.autoencoder import Autoencoder, PatchDiscriminator
 from ddpmlab.rng import BatchSlice, model_device, randn
 from ddpmlab.samplers import SamplingSettings, sample
 
 # the ldm section's keys that are not its networks' arguments
-TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size")
+TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size", "adversarial_start")
+# network keys added after the first checkpoints, and what a spec without them means: no discriminator
+LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32}
 ENCODE_CHUNK = 500  # images per encoder pass when the diffusion stage encodes the training set
 
 
@@ -29,6 +32,20 @@ def reconstruction_loss(x: torch.Tensor, reconstruction: torch.Tensor, kind: str
     """The mean over pixels of |x − x̂| ("l1", Rombach et al.'s pixel term) or (x − x̂)² ("mse")."""
     difference = x - reconstruction
     return difference.abs().mean() if kind == "l1" else difference.pow(2).mean()
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[max(0, 1 − D(x))] + E[max(0, 1 + D(x̂))], means over patches and batch: Esser et al. (2021)'s hinge loss."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def adaptive_weight(reconstruction: torch.Tensor, generator_loss: torch.Tensor, last_layer: torch.Tensor,
+                    delta: float) -> torch.Tensor:
+    """λ = δ · ‖∇_L rec‖ / (‖∇_L gen‖ + 1e-4), L the decoder's last layer, clamped to [0, 1e4] and detached: Esser et
+    al. (2021) Eq. 7, which balances the adversarial term against the reconstruction's pull on the same weights."""
+    rec_grad, = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)
+    gen_grad, = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)
+    return (delta * rec_grad.norm() / (gen_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 def latent_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -46,7 +63,11 @@ class LDM(nn.Module):
     """An autoencoder (nets.autoencoder) and a UNet `denoiser` on its latents, in two training stages.
 
     Stage "autoencoder" (the first ldm.autoencoder_steps): one phase, group "autoencoder", loss = the reconstruction
-    loss + kl_weight · KL, logged as loss_ae (the reconstruction term) and loss_kl. Stage "diffusion": one phase,
+    loss + kl_weight · KL, logged as loss_ae (the reconstruction term) and loss_kl. With ldm.adversarial_weight δ > 0
+    the LDM also holds a `discriminator` (PatchDiscriminator, group "discriminator"); from ldm.adversarial_start (the
+    trainer sets `adversarial`) the autoencoder's loss adds λ · loss_g, loss_g = −mean D(x̂) and λ adaptive_weight's,
+    and a second phase trains D on the hinge loss (loss_d) against the same, detached, reconstructions (Esser et al.
+    2021, as Rombach et al.'s autoencoders). Stage "diffusion": one phase,
     group "denoiser", the DDPM loss (diffusion.*: parameterisation, min-SNR) on z = scale · μ(x), μ the encoder's
     mean, the autoencoder frozen; logged as loss. Its batches are latents, not images: the trainer encodes the
     training images once when the stage starts (encode_dataset, which also measures `scale`, the buffer latent_scale,
@@ -60,7 +81,8 @@ class LDM(nn.Module):
     DEFAULT_BETAS = (0.9, 0.999)
     LOGS = ("loss", "loss_ae", "loss_kl")
     STAGES = ("autoencoder", "diffusion")
-    EMA_COPIES = ("autoencoder.",)  # the EMA averages the denoiser; the autoencoder it holds is the trained one
+    # the EMA averages the denoiser; the autoencoder (and discriminator) it holds are the trained ones
+    EMA_COPIES = ("autoencoder.", "discriminator.")
     num_classes = None
 
     def __init__(self, channels: int, image_size: int, section: LDMConfig, denoiser: UNet, schedule: NoiseSchedule,
@@ -72,6 +94,10 @@ class LDM(nn.Module):
                             f"use a power of two that divides {image_size}")
         self.channels, self.image_size, self.config = channels, image_size, section
         self.autoencoder = Autoencoder(channels, section.ae_channels, section.factor, section.latent_channels)
+        if section.adversarial_weight > 0:
+            self.discriminator = PatchDiscriminator(channels, section.disc_channels)
+            self.LOGS = (*self.LOGS, "loss_g", "loss_d")
+        self.adversarial = False  # whether this step's autoencoder loss has the adversarial term (the trainer's)
         self.denoiser, self.schedule, self.diffusion = denoiser, schedule, diffusion
         self.register_buffer("latent_scale", torch.zeros(()))
         self.stage = self.STAGES[0]
@@ -79,7 +105,8 @@ class LDM(nn.Module):
     @classmethod
     def from_spec(cls, spec: dict, schedule: NoiseSchedule, diffusion: DiffusionConfig) -> "LDM":
         """An identical, untrained LDM from its spec dict (`spec`) and its process."""
-        network = {key: value for key, value in spec.items() if key not in ("channels", "image_size", "denoiser")}
+        network = {**LATER_NETWORK_KEYS,
+                   **{key: value for key, value in spec.items() if key not in ("channels", "image_size", "denoiser")}}
         names = {f.name for f in fields(LDMConfig)} - set(TRAINING_KEYS)
         if set(network) != names:
             raise KeyError("ldm spec keys")
@@ -111,19 +138,39 @@ class LDM(nn.Module):
         return self.denoiser(x_t, t, labels=labels)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        return {"autoencoder": list(self.autoencoder.parameters()), "denoiser": list(self.denoiser.parameters())}
+        groups = {"autoencoder": list(self.autoencoder.parameters()), "denoiser": list(self.denoiser.parameters())}
+        if hasattr(self, "discriminator"):
+            groups["discriminator"] = list(self.discriminator.parameters())
+        return groups
 
     # -- stage 1 -----------------------------------------------------------------------------------
     def autoencoder_loss(self, x0: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, reconstruction, kl): reconstruction + kl_weight · kl of the decoded z ~ q(z | x) (z = μ when
-        kl_weight is 0), batch means; ε drawn from `generator`."""
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, reconstruction, kl, x̂): reconstruction + kl_weight · kl of x̂, the decoded z ~ q(z | x) (z = μ
+        when kl_weight is 0), batch means; ε drawn from `generator`."""
         mean, logvar = self.autoencoder.encoder(x0)
         weight = self.config.kl_weight
         z = reparameterize(mean, logvar, randn(mean.shape, generator, x0.device, rows=rows)) if weight > 0 else mean
-        reconstruction = reconstruction_loss(x0, self.autoencoder.decoder(z), self.config.reconstruction)
+        decoded = self.autoencoder.decoder(z)
+        reconstruction = reconstruction_loss(x0, decoded, self.config.reconstruction)
         kl = latent_kl(mean, logvar)
-        return reconstruction + weight * kl, reconstruction, kl
+        return reconstruction + weight * kl, reconstruction, kl, decoded
+
+    def autoencoder_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
+                           rows: BatchSlice | None = None) -> Iterator[Phase]:
+        """Stage 1's phases: the autoencoder's (with the adversarial term when `adversarial`), then the
+        discriminator's on x and the reconstructions the autoencoder's phase made (before its update)."""
+        loss, reconstruction, kl, decoded = self.autoencoder_loss(x0, generator, rows)
+        logs = {"loss_ae": reconstruction.detach(), "loss_kl": kl.detach()}
+        if not self.adversarial:
+            yield Phase("autoencoder", loss, logs)
+            return
+        loss_g = -self.discriminator(decoded).mean()
+        last_layer = self.autoencoder.decoder.layers[-1].weight
+        loss = loss + adaptive_weight(reconstruction, loss_g, last_layer, self.config.adversarial_weight) * loss_g
+        yield Phase("autoencoder", loss, {**logs, "loss_g": loss_g.detach()})
+        loss_d = hinge_discriminator_loss(self.discriminator(x0), self.discriminator(decoded.detach()))
+        yield Phase("discriminator", loss_d, {"loss_d": loss_d.detach()})
 
     # -- stage 2 -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,20 +211,20 @@ class LDM(nn.Module):
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
-        """The current stage's one phase: "autoencoder" on a batch of images (logs loss_ae, loss_kl), or "denoiser" on
-        a batch of scaled latents, rows of encode_dataset or `encode` (logs loss)."""
+        """The current stage's phases: autoencoder_phases' on a batch of images (logs loss_ae, loss_kl; loss_g and
+        loss_d when adversarial), or "denoiser" on a batch of scaled latents, rows of encode_dataset or `encode`
+        (logs loss)."""
         unconditional(labels, "the LDM")
         if self.stage == "autoencoder":
-            loss, reconstruction, kl = self.autoencoder_loss(x0, generator, rows)
-            yield Phase("autoencoder", loss, {"loss_ae": reconstruction.detach(), "loss_kl": kl.detach()})
+            yield from self.autoencoder_phases(x0, generator, rows)
             return
         loss = self.diffusion_loss(x0, generator, rows)
         yield Phase("denoiser", loss, {"loss": loss.detach()})
 
     def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The current stage's training loss on a held-out batch of images: the autoencoder's, then the latent
-        DDPM's on their latents."""
+        """The current stage's training loss on a held-out batch of images: the autoencoder's (without the
+        adversarial term, which measures the players, not a fit), then the latent DDPM's on their latents."""
         unconditional(labels, "the LDM")
         if self.stage == "autoencoder":
             return self.autoencoder_loss(x0, generator)[0]

@@ -1,5 +1,6 @@
 """The latent DDPM's first stage: a convolutional autoencoder that downsamples images by a power of two
-(Rombach et al. 2022, their KL-regularised autoencoder without the perceptual and adversarial terms)."""
+(Rombach et al. 2022, their KL-regularised autoencoder without the perceptual term), and the patch discriminator of
+its optional adversarial term (Esser et al. 2021)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,18 @@ class Autoencoder(nn.Module):
         super().__init__()
         self.encoder = Encoder(in_channels, channels, factor, latent_channels)
         self.decoder = Decoder(latent_channels, channels, factor, in_channels)
+
+
+class PatchDiscriminator(nn.Module):
+    """Images N×C×H×W -> N×1×(H/4 − 1)×(W/4 − 1) logits of "real", one per overlapping 14×14 patch: Isola et al.'s
+    PatchGAN as Esser et al. use it, two stride-2 4×4 convolutions (`channels`, then 2·channels with GroupNorm),
+    LeakyReLU(0.2), and a 2×2 convolution to one logit."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                                    nn.Conv2d(channels, 2 * channels, 4, stride=2, padding=1),
+                                    group_norm(2 * channels, 8), nn.LeakyReLU(0.2), nn.Conv2d(2 * channels, 1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
