@@ -5,11 +5,14 @@ import statistics
 import pytest
 import torch
 
+from ddpmlab.config import load_config
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.eval import speed
 from ddpmlab.eval.speed import process_peak_rss_bytes, sampling_speed, training_cost
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.metrics_csv import MetricsLog
+
+BATCH_16 = load_config("tiny", ["train.batch_size=16"])
 
 
 class Zero(torch.nn.Module):
@@ -49,20 +52,24 @@ def test_training_cost_from_metrics_csv(tmp_path):
     log.append(step=10, loss=1.0, images_per_s=100.0, wall_s=2.0)
     log.append(step=20, loss=0.5, images_per_s=300.0, wall_s=5.0)
     log.append(step=30, loss=0.4, images_per_s=200.0, wall_s=8.0)
-    cost = training_cost(tmp_path, batch_size=16)
+    cost = training_cost(tmp_path, BATCH_16)
     assert cost == {"train_steps": 30, "train_wall_s": 8.0, "train_images": 480, "train_images_per_s": 60.0,
                     "train_step_images_per_s": 200.0, "train_other_load": None, "train_cpu_shared": None}
-    assert training_cost(tmp_path / "absent", 16) == {}
+    assert training_cost(tmp_path / "absent", BATCH_16) == {}
+    # a latent DDPM's stages have their own batches: 10 autoencoder steps of 8, then 20 diffusion steps of 16
+    ldm = load_config("tiny", ["method=ldm", "train.steps=30", "train.batch_size=16", "ldm.autoencoder_steps=10",
+                               "ldm.ae_batch_size=8"])
+    assert training_cost(tmp_path, ldm)["train_images"] == 10 * 8 + 20 * 16
 
 
 def test_training_on_a_shared_cpu_is_known_from_the_logged_load(tmp_path):
     log = MetricsLog(tmp_path / "metrics.csv")
     for step, load in ((10, 0.1), (20, 3.5), (30, 4.0)):  # other work started beside the training
         log.append(step=step, loss=1.0, images_per_s=2.0, wall_s=step / 2, other_load=load)
-    cost = training_cost(tmp_path, batch_size=16)
+    cost = training_cost(tmp_path, BATCH_16)
     assert cost["train_other_load"] == 3.5 and cost["train_cpu_shared"] is True
     alone = tmp_path / "alone"
     alone.mkdir()
     log = MetricsLog(alone / "metrics.csv")
     log.append(step=10, loss=1.0, images_per_s=50.0, wall_s=3.0, other_load=-0.2)
-    assert training_cost(alone, batch_size=16)["train_cpu_shared"] is False
+    assert training_cost(alone, BATCH_16)["train_cpu_shared"] is False

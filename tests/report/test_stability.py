@@ -93,16 +93,17 @@ def test_an_ldms_losses_are_judged_each_over_its_own_stage(tmp_path):
     """Stage 1 logs loss_ae at steps 10..500, stage 2 loss at 510..1000; each is empty in the other's rows. Each
     loss is judged over its stage alone: no empty cell counts as NaN and the quarters are the stage's own
     (loss: 2.0 over (500, 750], 1.0 after 750 -> second quarter (625, 750] = 2, last (875, 1000] = 1, trend 0.5)."""
-    log = MetricsLog(tmp_path / "metrics.csv", columns=("step", "loss", "loss_ae", "loss_kl", "wall_s"))
+    log = MetricsLog(tmp_path / "metrics.csv", columns=("step", "loss", "loss_ae", "loss_kl", "loss_d", "wall_s"))
     for step in STEPS:
-        if step <= 500:
-            log.append(step=step, loss_ae=0.1, loss_kl=step / 100.0, wall_s=float(step))
+        if step <= 500:  # a discriminator from step 300: loss_d logged in the rows of 310..500
+            log.append(step=step, loss_ae=0.1, loss_kl=step / 100.0, loss_d=2.0 if step > 300 else None,
+                       wall_s=float(step))
         else:
             log.append(step=step, loss=2.0 if step <= 750 else 1.0, wall_s=float(step))
     stability = run_stability(tmp_path / "metrics.csv", "ldm")
-    assert set(stability["losses"]) == {"loss_ae", "loss"}  # loss_kl, a regulariser that grows, is not judged
+    assert set(stability["losses"]) == {"loss_ae", "loss_d", "loss"}  # not loss_kl, a regulariser that grows
     ae, diffusion = stability["losses"]["loss_ae"], stability["losses"]["loss"]
-    assert ae["non_finite"] == diffusion["non_finite"] == 0
+    assert ae["non_finite"] == diffusion["non_finite"] == stability["losses"]["loss_d"]["non_finite"] == 0
     assert ae["cv"] == 0.0 and ae["trend"] == pytest.approx(1.0) and ae["verdict"] == "stable"
     assert diffusion["trend"] == pytest.approx(0.5)
     # the same rows read as one stage: the empty cells are NaN rows, as for every other method

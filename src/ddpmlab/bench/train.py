@@ -26,14 +26,18 @@ class TrainingStep:
     loss (forward under bf16 autocast on CUDA when train.bf16), backward, gradient clipping and its AdamW step
     (the method's learning rate and betas), then EMA, with the config's speed switches (train.fused_adam,
     channels_last, compile; the batch is on the device already). Calling it runs one iteration of `stage` (default:
-    the first; an LDM's "autoencoder" or "diffusion" stage). The network is moved to x0's device and, with
+    the first; an LDM's "autoencoder" or "diffusion" stage; an autoencoder stage with a discriminator is timed from
+    ldm.adversarial_start, with both its phases). The network is moved to x0's device and, with
     channels_last, to that layout, in place. A stage that trains on encoded data (an LDM's diffusion stage) gets x0's
     latents, encoded once as the Trainer encodes its images (methods.stage_data)."""
 
     def __init__(self, net: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None = None,
                  stage: Stage | None = None):
         t, device = config.train, x0.device
-        self.stage = enter_stage(net, config, stage.first if stage is not None else 0)
+        step = stage.first if stage is not None else 0
+        if config.method == "ldm" and step == 0 and config.ldm.adversarial_weight > 0:
+            step = config.ldm.adversarial_start  # the autoencoder's steps with the discriminator's phase
+        self.stage = enter_stage(net, config, step)
         self.switches = {"fused_adam": hotpath.resolve_switch(t.fused_adam, device),
                          "channels_last": hotpath.resolve_switch(t.channels_last, device), "compile": t.compile}
         layout = hotpath.memory_format(t.channels_last, device)

@@ -215,7 +215,7 @@ def measure_run(plan: PlannedRun, suite: Suite, metrics: list[str], n: int, clas
            "seconds_per_1000": seconds_per_1000(results["metrics"].get("sampling_images_per_s")),
            "parameters": parameter_count(plan.run_dir),
            "stability": run_stability(plan.run_dir / "metrics.csv", method),  # n/a without a metrics.csv
-           "training": training_cost(plan.run_dir, config.train.batch_size),
+           "training": training_cost(plan.run_dir, config),
            "loss": None if one_pass else loss_name(config.diffusion.prediction, config.diffusion.loss_weighting,
                                                    config.diffusion.min_snr_gamma)}
 

@@ -214,7 +214,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         labels = class_labels(speed_batch, model.num_classes)
         speed = sampling_speed(model, schedule, (speed_batch, channels, image_size, image_size), sampling,
                                repeats=speed_repeats, device=device, labels=labels)
-        training = training_cost(run_dir, config.train.batch_size)
+        training = training_cost(run_dir, config)
         results["speed"], results["training"] = speed, training
         results["protocols"]["speed"] = {"sampler": speed["sampler"], "steps": speed["steps"], "nfe": speed["nfe"],
                                          "batch_size": speed_batch, "repeats": speed_repeats}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.methods import DDPM, LDM, sample_images
+from ddpmlab.methods import DDPM, LDM, images_seen, sample_images
 from ddpmlab.rng import model_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.metrics_csv import read_metrics
@@ -93,8 +93,9 @@ def sampling_speed(model, schedule, shape, sampling: SamplingSettings | None = N
             "device": str(device), **peak_memory(device), **machine_load()}
 
 
-def training_cost(run_dir: str | Path, batch_size: int) -> dict:
-    """Training cost read from RUN_DIR/metrics.csv: steps, wall-clock seconds, images seen, images per second.
+def training_cost(run_dir: str | Path, config) -> dict:
+    """Training cost read from RUN_DIR/metrics.csv: steps, wall-clock seconds, images seen (methods.images_seen of
+    the run's `config`: each stage's steps times its batch), images per second.
 
     train_images_per_s: images seen / wall-clock (validation, grids and checkpoints included);
     train_step_images_per_s: the median of the logged windows' throughput (the training steps alone);
@@ -110,7 +111,7 @@ def training_cost(run_dir: str | Path, batch_size: int) -> dict:
     throughput = [r["images_per_s"] for r in rows if r["images_per_s"] is not None]
     loads = [r["other_load"] for r in rows if r.get("other_load") is not None]
     load = statistics.median(loads) if loads else None
-    images = last["step"] * batch_size
+    images = images_seen(config, last["step"])
     return {"train_steps": last["step"], "train_wall_s": last["wall_s"], "train_images": images,
             "train_images_per_s": images / last["wall_s"] if last["wall_s"] else None,
             "train_step_images_per_s": statistics.median(throughput) if throughput else None,

@@ -42,7 +42,7 @@ class MethodNet(Protocol):
     SINGLE_PASS: ClassVar[bool]                  # True: `generate(n, generator)` draws in one network pass
     DEFAULT_LR: ClassVar[float]                  # recommended Adam learning rate
     DEFAULT_BETAS: ClassVar[tuple[float, float]]  # recommended Adam betas
-    LOGS: ClassVar[tuple[str, ...]]              # the names of the phases' logs, in the order metrics.csv shows them
+    LOGS: tuple[str, ...]                        # the phases' logs, in metrics.csv's order (an LDM's: its config's)
     spec: Any
     image_shape: tuple[int, int, int]            # (C, H, W) of the images it trains on and generates
     num_classes: int | None                      # classes of a conditional model; None when unconditional

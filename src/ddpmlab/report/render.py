@@ -167,7 +167,7 @@ def load_note(report: dict) -> str | None:
 def stability_text() -> str:
     cv, spikes, _, trend = (THRESHOLDS[k] for k in ("cv", "spikes", "non_finite", "trend"))
     return (f"Over the second half of training, for each loss (a DDPM's and VAE's loss, a GAN's loss_d and "
-            f"loss_g; a latent DDPM's loss_ae and loss, each over its own stage): the coefficient of variation (std/|mean|) of the loss smoothed by an EMA of weight "
+            f"loss_g; a latent DDPM's loss_ae (loss_d, loss_g) and loss, each over its own stage): the coefficient of variation (std/|mean|) of the loss smoothed by an EMA of weight "
             f"{EMA_WEIGHT:g} per logged row; spikes, logged values above {SPIKE_FACTOR:g}× the median; NaN/inf rows "
             f"(divergence, counted over the whole run or stage); and the trend, the mean of the last quarter over that of the "
             f"second (below 1: still improving). Stable: CV ≤ {cv[0]:g}, no spike, no NaN, trend ≤ {trend[0]:g}. "

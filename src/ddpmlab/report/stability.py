@@ -1,7 +1,8 @@
 """How steadily a run trained, read from its metrics.csv: one figure per loss and one verdict per run.
 
 For each training loss (a DDPM's or VAE's `loss`; a GAN's `loss_d` and `loss_g`, VAE-GAN included; a latent DDPM's
-`loss_ae` in its autoencoder stage and `loss` in its diffusion stage), over the second half of its training (the
+`loss_ae`, and `loss_d` and `loss_g` with a discriminator, in its autoencoder stage and `loss` in its diffusion
+stage), over the second half of its training (the
 rows whose step is past half way from the loss's start to its last logged step). A loss spans the whole run from
 step 0, or, for a method that trains in stages (STAGED), its stage: the rows from its first to its last value,
 starting at the step of the row before (an LDM leaves each stage's losses empty in the other stage's rows):
@@ -40,7 +41,7 @@ THRESHOLDS = {
 }
 VERDICTS = ("stable", "moderate", "unstable")
 LOSS_COLUMNS = {"ddpm": ("loss",), "vae": ("loss",), "dcgan": ("loss_d", "loss_g"), "vaegan": ("loss_d", "loss_g"),
-                "ldm": ("loss_ae", "loss")}
+                "ldm": ("loss_ae", "loss_d", "loss_g", "loss")}
 STAGED = ("ldm",)  # methods whose losses each span their own stage's rows
 
 
