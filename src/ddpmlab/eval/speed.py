@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ddpmlab.config import Config
 from ddpmlab.methods import DDPM, LDM, images_seen, sample_images
 from ddpmlab.rng import model_device
 from ddpmlab.samplers import SamplingSettings
@@ -93,7 +94,7 @@ def sampling_speed(model, schedule, shape, sampling: SamplingSettings | None = N
             "device": str(device), **peak_memory(device), **machine_load()}
 
 
-def training_cost(run_dir: str | Path, config) -> dict:
+def training_cost(run_dir: str | Path, config: Config) -> dict:
     """Training cost read from RUN_DIR/metrics.csv: steps, wall-clock seconds, images seen (methods.images_seen of
     the run's `config`: each stage's steps times its batch), images per second.
 

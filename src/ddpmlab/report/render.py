@@ -167,10 +167,11 @@ def load_note(report: dict) -> str | None:
 def stability_text() -> str:
     cv, spikes, _, trend = (THRESHOLDS[k] for k in ("cv", "spikes", "non_finite", "trend"))
     return (f"Over the second half of training, for each loss (a DDPM's and VAE's loss, a GAN's loss_d and "
-            f"loss_g; a latent DDPM's loss_ae (loss_d, loss_g) and loss, each over its own stage): the coefficient of variation (std/|mean|) of the loss smoothed by an EMA of weight "
-            f"{EMA_WEIGHT:g} per logged row; spikes, logged values above {SPIKE_FACTOR:g}× the median; NaN/inf rows "
-            f"(divergence, counted over the whole run or stage); and the trend, the mean of the last quarter over that of the "
-            f"second (below 1: still improving). Stable: CV ≤ {cv[0]:g}, no spike, no NaN, trend ≤ {trend[0]:g}. "
+            f"loss_g; a latent DDPM's loss_ae (loss_d, loss_g) and loss, each over its own stage): the coefficient "
+            f"of variation (std/|mean|) of the loss smoothed by an EMA of weight {EMA_WEIGHT:g} per logged row; "
+            f"spikes, logged values above {SPIKE_FACTOR:g}× the median; NaN/inf rows (divergence, counted over the "
+            f"whole run or stage); and the trend, the mean of the last quarter over that of the second (below 1: "
+            f"still improving). Stable: CV ≤ {cv[0]:g}, no spike, no NaN, trend ≤ {trend[0]:g}. "
             f"Unstable: CV > {cv[1]:g}, more than {spikes[1]} spikes, any NaN, or trend > {trend[1]:g}. Moderate "
             f"otherwise. A run's verdict is its worst loss's.")
 

@@ -2,8 +2,8 @@
 
 For each training loss (a DDPM's or VAE's `loss`; a GAN's `loss_d` and `loss_g`, VAE-GAN included; a latent DDPM's
 `loss_ae`, and `loss_d` and `loss_g` with a discriminator, in its autoencoder stage and `loss` in its diffusion
-stage), over the second half of its training (the
-rows whose step is past half way from the loss's start to its last logged step). A loss spans the whole run from
+stage), over the second half of its training (the rows whose step is past half way from the loss's start to its
+last logged step). A loss spans the whole run from
 step 0, or, for a method that trains in stages (STAGED), its stage: the rows from its first to its last value,
 starting at the step of the row before (an LDM leaves each stage's losses empty in the other stage's rows):
 
@@ -134,11 +134,13 @@ def column_stability(rows: list[dict], column: str, staged: bool = False) -> dic
     """loss_stability of one metrics.csv column over every row from step 0, or, `staged`, over its stage: the rows
     from its first to its last value, from the step of the row before the first (0 when it is the first row); None
     for a staged column never logged."""
-    logged = [i for i, row in enumerate(rows) if row[column] is not None] if staged else [0, len(rows) - 1]
-    if not logged:
-        return None
-    span = rows[logged[0]:logged[-1] + 1]
-    start = rows[logged[0] - 1]["step"] if logged[0] > 0 else 0
+    span, start = rows, 0
+    if staged:
+        logged = [i for i, row in enumerate(rows) if row[column] is not None]
+        if not logged:
+            return None
+        span = rows[logged[0]:logged[-1] + 1]
+        start = rows[logged[0] - 1]["step"] if logged[0] > 0 else 0
     return loss_stability([r["step"] for r in span], [math.nan if r[column] is None else r[column] for r in span],
                           start)
 
