@@ -3,9 +3,9 @@
 For each training loss (a DDPM's or VAE's `loss`; a GAN's `loss_d` and `loss_g`, VAE-GAN included; a latent DDPM's
 `loss_ae`, and `loss_d` and `loss_g` with a discriminator, in its autoencoder stage and `loss` in its diffusion
 stage), over the second half of its training (the rows whose step is past half way from the loss's start to its
-last logged step). A loss spans the whole run from
-step 0, or, for a method that trains in stages (STAGED), its stage: the rows from its first to its last value,
-starting at the step of the row before (an LDM leaves each stage's losses empty in the other stage's rows):
+last logged step). A loss spans the whole run from step 0, or, for a method that trains in stages (STAGED), its
+stage: the rows from its first to its last value, starting at the step of the row before (an LDM leaves each
+stage's losses empty in the other stage's rows):
 
 - cv: the coefficient of variation, std / |mean|, of the EMA-smoothed loss (EMA_WEIGHT per logged row, run over
   the whole curve so the second half starts warm). Smoothing removes the batch-to-batch noise that every method
