@@ -217,6 +217,9 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0)")
     evaluate.add_argument("--variance", choices=VARIANCES, default=None,
                           help="ddpm's reverse variance: posterior or beta (default: the run's sample.variance)")
+    evaluate.add_argument("--guidance", type=float,
+                          help="classifier-free guidance scale w of a class-conditional model (default: its "
+                               "sample.guidance)")
     evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=_int64, help="sampling seed (default 0)")
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")

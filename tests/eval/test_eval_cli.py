@@ -208,6 +208,18 @@ def test_conditional_eval_reports_class_accuracy_and_per_class_fd(tiny_condition
     assert math.isfinite(numbers["fd_classifier_per_class"]) and numbers["fd_classifier_per_class"] > 0
 
 
+def test_a_sweep_at_another_guidance_keeps_its_own_name_and_samples(tiny_conditional_run, synthetic_classifier):
+    classifier, _ = synthetic_classifier
+    args = ["eval", str(tiny_conditional_run), "--sweep", "ddim:2", "--classifier", str(classifier), "--n", "8",
+            "--device", "cpu", "--quiet"]
+    assert main(args) == 0 and main([*args, "--guidance", "3"]) == 0
+    folder, name = tiny_conditional_run / "eval", "sweep-step_0000020-n8-seed0"
+    own, other = (json.loads((folder / f"{name}{w}.json").read_text()) for w in ("", "-w3"))
+    assert own["guidance"] is None and other["guidance"] == 3.0  # the run's sample.guidance: none
+    own_images, other_images = (np.load(*folder.glob(f"{name}{w}-ddim2*.npz"))["images"] for w in ("", "-w3"))
+    assert own_images.shape == other_images.shape and not np.array_equal(own_images, other_images)
+
+
 def test_sweep_scores_every_point_from_the_same_x_T_and_plots_it(tiny_run, synthetic_classifier, capsys):
     classifier, _ = synthetic_classifier
     assert main(["eval", str(tiny_run), "--sweep", "ddim:3,dpm-solver++:3,heun:2", "--classifier", str(classifier),

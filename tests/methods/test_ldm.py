@@ -2,6 +2,7 @@
 train through the one loop and resume bit-identically, it samples through the CLI and ddpmlab.load, and its config
 errors are one line."""
 
+import json
 import math
 import signal
 
@@ -161,6 +162,42 @@ def test_a_wrong_latent_predictor_fails_the_same_check():
     raw = net.autoencoder.decoder(net.generate_latents(5000, None, SamplingSettings("ddim", 100), noise=z) / 0.25)
     raw = raw.flatten()
     assert abs(raw.std().item() - math.sqrt(8) * S) > 0.5
+
+
+class ClassLatentEps(torch.nn.Module):
+    """The exact ε of class c's latents N(means[c], S²); label 2 (the null label) is N(0, S²)."""
+
+    null_label, num_classes = 2, 2
+
+    def __init__(self, schedule, means=(0.1, -0.2)):
+        super().__init__()
+        self.schedule, self.means = schedule, torch.tensor([*means, 0.0])
+        self.spec = UNet(in_channels=2, channels=8, channel_mult=(1,), attention_resolutions=(), groups=8,
+                         image_size=4, num_classes=2).spec
+
+    def forward(self, z, t, labels=None):
+        a = gather(self.schedule.alphas_cumprod, t, z)
+        labels = torch.full((len(z),), self.null_label) if labels is None else labels
+        return (1 - a).sqrt() / (a * S**2 + 1 - a) * (z - a.sqrt() * self.means[labels].reshape(-1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("settings", [SamplingSettings("dpm-solver++", 20, guidance=1.5),
+                                      SamplingSettings("ddim", 1000, guidance=0.0)])
+def test_class_conditional_latents_are_the_analytically_guided_gaussians(settings):
+    """ε is affine in the class mean, so (1 + w) ε_c − w ε_∅ is the exact ε of N((1 + w) m_c, S²) when ∅'s mean is 0:
+    each class's latents must have that mean and spread, and the images must be their decoding."""
+    schedule = NoiseSchedule.linear(1000)
+    net = LDM(1, 4, LDMConfig(factor=1, latent_channels=2, ae_channels=8), ClassLatentEps(schedule), schedule,
+              DiffusionConfig()).eval()
+    net.latent_scale.fill_(0.5)
+    assert net.num_classes == 2
+    labels, w = torch.tensor([0, 1] * 1500), settings.guidance
+    z = torch.randn(3000, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    latents = net.generate_latents(3000, None, settings, noise=z, labels=labels)
+    for c, m in enumerate((0.1, -0.2)):
+        assert latents[c::2].mean().item() == pytest.approx((1 + w) * m, abs=0.01)
+        assert latents[c::2].std().item() == pytest.approx(S, abs=0.01)
+    torch.testing.assert_close(net.generate(3000, None, settings, labels=labels, noise=z), net.decode(latents))
 
 
 # -- stages in the trainer ------------------------------------------------------------------------
@@ -346,6 +383,65 @@ def test_nll_of_an_ldm_is_a_one_line_error(straight, tmp_path, capsys):
     assert err.startswith("error: ") and "\n" not in err and "latent" in err
 
 
+# -- class-conditional ----------------------------------------------------------------------------------------
+CONDITIONAL = ["model.conditional=true", "model.class_dropout=0.2", "sample.guidance=1.0"]
+LABELS = [0, 0, 1, 1, 2, 2, 3, 3]  # --per-class --n 2 of the synthetic shapes' 4 classes
+
+
+@pytest.fixture(scope="module")
+def conditional(tmp_path_factory):
+    trainer = Trainer(tiny(*CONDITIONAL), tmp_path_factory.mktemp("conditional") / "run", progress=False)
+    trainer.train()
+    return trainer
+
+
+def test_a_conditional_ldm_trains_its_denoiser_on_the_labels_and_resumes_bit_identically(conditional, tmp_path):
+    net = conditional.model
+    assert net.num_classes == 4 and net.denoiser.label_emb is not None and net.autoencoder is not None
+    z = net.encode(torch.zeros(4, 3, 16, 16))
+    losses = [net.diffusion_loss(z, torch.Generator().manual_seed(0), torch.tensor(labels)).item()
+              for labels in ([0, 1, 2, 3], [4, 4, 4, 4])]  # 4: the null label
+    assert losses[0] != losses[1]
+    InterruptedTrainer.stop_at = 9
+    first = InterruptedTrainer(tiny(*CONDITIONAL), tmp_path / "run", progress=False)
+    assert first.train()["interrupted"]
+    resumed = Trainer.resume(tmp_path / "run", progress=False)
+    resumed.train()
+    _states_equal(conditional.model.state_dict(), resumed.model.state_dict())
+    _states_equal(conditional.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+
+
+def test_a_conditional_ldm_samples_each_class_through_the_cli_ddpmlab_load_and_eval(conditional, tmp_path, capsys):
+    out = tmp_path / "grid.npz"
+    assert main(["sample", str(conditional.run_dir), "--out", str(out), "--per-class", "--n", "2", "--sampler",
+                 "dpm-solver++", "--steps", "4", "--guidance", "2", "--seed", "1"]) == 0
+    images = np.load(out)["images"]
+    assert images.shape == (8, 16, 16, 3)
+    pipe = ddpmlab.load(conditional.run_dir)
+    again = pipe.sample(8, sampler="dpm-solver++", steps=4, seed=1, labels=LABELS, guidance=2.0)
+    np.testing.assert_array_equal(((again + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                                  .numpy(), images)
+    unguided = pipe.sample(8, sampler="dpm-solver++", steps=4, seed=1, labels=LABELS, guidance=0.0)
+    assert not torch.equal(unguided, again)
+    # eval at the run's own guidance and at another: other samples, under another name, the w recorded
+    names = []
+    for extra in ([], ["--guidance", "3"]):
+        assert main(["eval", str(conditional.run_dir), "--n", "8", "--ref-n", "8", "--metrics", "speed", "--sampler",
+                     "ddim", "--steps", "3", "--out", str(tmp_path / "e"), "--quiet", *extra]) == 0
+        written = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
+        names.append(written)
+        assert json.loads(open(written).read())["settings"]["guidance"] == (3.0 if extra else 1.0)
+    assert names[1] == names[0].replace(".json", "-w3.json")
+
+
+def test_guidance_of_an_unconditional_ldm_is_a_one_line_error(straight, tmp_path, capsys):
+    assert main(["eval", str(straight.run_dir), "--guidance", "2", "--n", "4", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "class-conditional" in err
+    assert main(["eval", str(straight.run_dir), "--guidance", "-1", "--n", "4", "--out", str(tmp_path / "e")]) == 2
+    assert "--guidance must be" in capsys.readouterr().err
+
+
 # -- config errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,fragment", [
     (["ldm.factor=3"], "ldm.factor: 3 must be a power of two"),
@@ -358,7 +454,6 @@ def test_nll_of_an_ldm_is_a_one_line_error(straight, tmp_path, capsys):
     (["ldm.adversarial_weight=-1"], "ldm.adversarial_weight: must be >= 0"),
     (["ldm.adversarial_start=6"], "ldm.adversarial_start: 6 must be in 0..ldm.autoencoder_steps-1 (5)"),
     (["ldm.disc_channels=0"], "ldm.disc_channels: must be positive"),
-    (["model.conditional=true"], "method=ldm is unconditional"),
 ])
 def test_bad_ldm_settings_are_one_line_errors(capsys, overrides, fragment):
     assert main(["config", "tiny", *TINY, *overrides]) == 2

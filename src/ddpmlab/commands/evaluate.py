@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ddpmlab.commands.sample import check_diffusion_flags
+from ddpmlab.commands.sample import check_diffusion_flags, check_guidance
 from ddpmlab.commands.sweep import evaluate_sweep
 from ddpmlab.config import DataConfig, config_from_dict, parse_overrides
 from ddpmlab.data import load_dataset
@@ -28,7 +28,8 @@ from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import default_classifier_path, held_out_split, train_classifier_to_file
 from ddpmlab.eval.image_sources import model_reference, reference_data
 from ddpmlab.eval.reference import reference_features, subset_indices
-from ddpmlab.eval.samples import check_same_weights, class_labels, generate_samples, load_samples, save_samples
+from ddpmlab.eval.samples import (check_same_weights, class_labels, evaluation_guidance, generate_samples,
+                                  guidance_suffix, load_samples, save_samples)
 from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRICS, METRICS, MIN_FID_SAMPLES,
                                  check_pr_counts, class_conditional_scores, distance_scores, extractor_ids,
                                  needed_extractors, parse_metrics)
@@ -66,12 +67,13 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                  device: str = "auto", name: str | None = None, classifier: str | Path | None = None,
                  ref_n: int = 10000, nll_n: int = 1000, nll_timesteps: int | None = None, speed_repeats: int = 3,
                  progress: bool = True, out: str | Path | None = None, processes: Processes | None = None,
-                 reference: tuple[str, str] | None = None) -> dict | None:
+                 reference: tuple[str, str] | None = None, guidance: float | None = None) -> dict | None:
     """Evaluate a run's newest checkpoint (or the checkpoint folder given); writes <name>.json and the .npz samples
     into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
     `sampling` (default: DDIM at samplers.EVALUATION_STEPS, the same for every run; steps None: the sampler's
-    evaluation default, SamplingSettings.for_evaluation). metrics: comma-separated names of eval.scores.METRICS
+    evaluation default, SamplingSettings.for_evaluation); `guidance`: a class-conditional model's classifier-free
+    guidance w (default: its sample.guidance; a UserError for an unconditional model). metrics: comma-separated names of eval.scores.METRICS
     (default: the cpu_default ones on a CPU, all on a GPU). FD/FID/KID/PR
     compare `n` samples with min(ref_n, split size) held-out images (or, with `reference` (NAME, SPLIT), images of
     that split: results in <name>-vs-NAME-SPLIT.json beside the same samples); NLL is the bound in bits/dim on
@@ -103,7 +105,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     out_dir = Path(out) if out is not None else eval_folder(run_dir)
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
-    guidance = config.sample.guidance if model.num_classes else None
+    guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
     if model.SINGLE_PASS:
         if "nll" in metrics and requested is not None:
             raise UserError(f"the nll metric is the diffusion models' variational bound; a {config.method} run has "
@@ -138,7 +140,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         settings = {**weights, "nll_n": nll_n, "nll_timesteps": nll_timesteps, "batch_size": batch_size, "seed": seed,
                     "device_type": device.type}
     else:
-        default = default_name(step, sampler, steps, n, seed, use_ema, spacing, variance)
+        default = (default_name(step, sampler, steps, n, seed, use_ema, spacing, variance)
+                   + guidance_suffix(guidance, config.sample.guidance if model.num_classes else None))
         settings = {**weights, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
                     "eta": eta if sampler == "ddim" else None, "variance": variance, "n": n, "batch_size": batch_size,
@@ -346,6 +349,7 @@ def run(args) -> int:
     if args.reference is None and Path(args.run_dir).suffix.lower() == ".npz":
         raise UserError(f"{args.run_dir} holds images, not a model: score them with --reference REF")
     check_diffusion_flags(args, args.run_dir)
+    check_guidance(args.guidance)
     reference = model_reference(args.reference)
     if args.force:
         raise UserError("--force applies to scoring images (ddpmlab eval SAMPLES --reference REF); a model's results "
@@ -363,7 +367,7 @@ def run(args) -> int:
         results = evaluate_sweep(args.run_dir, args.sweep, metrics=args.metrics, batch_size=args.batch_size,
                                  use_ema=not args.no_ema, device=args.device, name=args.name,
                                  classifier=args.classifier, progress=not args.quiet, out=args.out,
-                                 variance=args.variance, **counts)
+                                 variance=args.variance, guidance=args.guidance, **counts)
         print(sweep_table(results))
         print(f"wrote {results['json']} and {results['plot']}")
         return 0
@@ -376,7 +380,7 @@ def run(args) -> int:
     results = evaluate_run(args.run_dir, sampling, metrics=args.metrics, batch_size=args.batch_size,
                            use_ema=not args.no_ema, device=args.device, name=args.name, classifier=args.classifier,
                            nll_timesteps=args.nll_timesteps, progress=not args.quiet, out=args.out,
-                           processes=current(), reference=reference, **counts, **flags_given(args, "nll_n", "speed_repeats"))
+                           processes=current(), reference=reference, guidance=args.guidance, **counts, **flags_given(args, "nll_n", "speed_repeats"))
     if results is None:  # a process other than rank 0: it sampled its share
         return 0
     print(results_table(results))

@@ -13,7 +13,8 @@ import torch
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import reference_features
-from ddpmlab.eval.samples import check_same_weights, generate_samples, load_samples, save_samples
+from ddpmlab.eval.samples import (check_same_weights, evaluation_guidance, generate_samples, guidance_suffix,
+                                  load_samples, save_samples)
 from ddpmlab.eval.scores import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, check_pr_counts, distance_scores,
                                  extractor_ids, needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import machine_load
@@ -57,9 +58,11 @@ def earlier_timings(path: Path, weights: dict) -> dict[str, float]:
 def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = None, n: int = 10000,
                    batch_size: int | None = None, seed: int = 0, use_ema: bool = True, device: str = "auto",
                    name: str | None = None, classifier: str | Path | None = None, ref_n: int = 10000,
-                   progress: bool = True, out: str | Path | None = None, variance: str | None = None) -> dict:
+                   progress: bool = True, out: str | Path | None = None, variance: str | None = None,
+                   guidance: float | None = None) -> dict:
     """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict. ddpm's
-    points use `variance` (default: the run's sample.variance)."""
+    points use `variance` (default: the run's sample.variance), a conditional model's `guidance` (default: its
+    sample.guidance)."""
     # Check the request.
     device = resolve_device(device)
     metrics = parse_metrics(metrics or ("fd" if device.type == "cpu" else "fd,fid"), device)
@@ -83,8 +86,9 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
-    guidance = config.sample.guidance if model.num_classes else None
-    name = safe_name(name) if name else sweep_name(step, n, seed, use_ema)
+    guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
+    configured = config.sample.guidance if model.num_classes else None
+    name = safe_name(name) if name else sweep_name(step, n, seed, use_ema) + guidance_suffix(guidance, configured)
     weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                "weights_digest": weights_digest(model.state_dict())}
     json_path = out_dir / f"sweep-{name}.json"

@@ -132,8 +132,9 @@ def _check_baseline_sections(config: Config) -> None:
                     raise UserError(f"{name}.{key} applies to method={name}, but this config has method={config.method}; "
                                     f"set method={name} or drop {name}.{key}")
         check_baseline_section(name, section)
-    _check(not (config.model.conditional and config.method != "ddpm"), "model.conditional",
-           f"method={config.method} is unconditional; class conditioning (model.conditional=true) applies to method=ddpm")
+    _check(not (config.model.conditional and config.method not in ("ddpm", "ldm")), "model.conditional",
+           f"method={config.method} is unconditional; class conditioning (model.conditional=true) applies to "
+           f"method=ddpm and method=ldm")
 
 
 def check_baseline_section(name: str, section: VAEConfig | DCGANConfig | VAEGANConfig) -> None:

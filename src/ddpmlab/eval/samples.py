@@ -23,6 +23,22 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
+def evaluation_guidance(num_classes: int | None, configured: float | None, requested: float | None = None
+                        ) -> float | None:
+    """The classifier-free guidance w an evaluation samples at: `requested` (--guidance), else the run's
+    sample.guidance `configured`; None for an unconditional model, for which a requested w is a UserError."""
+    if not num_classes:
+        if requested is not None:
+            raise UserError("--guidance needs a class-conditional model (model.conditional=true)")
+        return None
+    return configured if requested is None else requested
+
+
+def guidance_suffix(guidance: float | None, configured: float | None) -> str:  # guidance: evaluation_guidance's
+    """"-w1.5" in the default names of samples drawn at a guidance other than the run's own, else ""."""
+    return "" if guidance == configured else f"-w{guidance:g}"
+
+
 def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_size: int, seed: int,
                      labels: torch.Tensor | None = None, noise: torch.Tensor | None = None, progress: bool = True,
                      processes: Processes | None = None) -> tuple[torch.Tensor, torch.Tensor | None] | None:

@@ -37,15 +37,16 @@ def build_method(config: Config, channels: int, image_size: int, num_classes: in
     if backbone is not None:
         raise UserError(f"a backbone network trains by diffusion only; this config has method={config.method}")
     if config.method == "ldm":
-        return build_ldm(config, channels, image_size)
+        return build_ldm(config, channels, image_size, num_classes)
     return BASELINES[config.method](channels, image_size, getattr(config, config.method))
 
 
-def build_ldm(config: Config, channels: int, image_size: int) -> LDM:
-    """The untrained latent DDPM of a config: the ldm section's autoencoder and model.*'s UNet on its latents."""
+def build_ldm(config: Config, channels: int, image_size: int, num_classes: int | None = None) -> LDM:
+    """The untrained latent DDPM of a config: the ldm section's autoencoder and model.*'s UNet on its latents
+    (conditional on num_classes when model.conditional)."""
     section = config.ldm
     latent_size = image_size // section.factor
-    denoiser = build_unet(config.model, section.latent_channels, latent_size, None, config.diffusion.prediction)
+    denoiser = build_unet(config.model, section.latent_channels, latent_size, num_classes, config.diffusion.prediction)
     return LDM(channels, image_size, section, denoiser, build_schedule(config.diffusion), config.diffusion)
 
 

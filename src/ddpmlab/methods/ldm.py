@@ -14,7 +14,7 @@ from ddpmlab.config import DiffusionConfig, LDMConfig, check_ldm_section
 from ddpmlab.diffusion import NoiseSchedule, diffusion_loss
 from ddpmlab.errors import UserError
 from ddpmlab.images import uint8_to_model
-from ddpmlab.methods.base import Phase, unconditional
+from ddpmlab.methods.base import Phase
 from ddpmlab.methods.vae import gaussian_kl, reparameterize
 from ddpmlab.nets import UNet
 from ddpmlab.nets.autoencoder import Autoencoder, PatchDiscriminator
@@ -73,7 +73,9 @@ class LDM(nn.Module):
     training images once when the stage starts (encode_dataset, which also measures `scale`, the buffer latent_scale,
     0 until then, kept in the checkpoint with the weights). The trainer says the stage by setting `stage`
     (methods.enter_stage). Sampling runs any sampler on latents (never clipped: they are not in [-1, 1]) and decodes
-    z / scale. Called like a backbone, it is the latent denoiser: (x_t, t) on latents.
+    z / scale. Called like a backbone, it is the latent denoiser: (x_t, t, labels) on latents. A class-conditional
+    denoiser (model.conditional) takes the batches' labels in stage 2 and a sample's classes with classifier-free
+    guidance; the autoencoder never sees labels.
     """
 
     SINGLE_PASS = False
@@ -83,7 +85,6 @@ class LDM(nn.Module):
     STAGES = ("autoencoder", "diffusion")
     # the EMA averages the denoiser; the autoencoder (and discriminator) it holds are the trained ones
     EMA_COPIES = ("autoencoder.", "discriminator.")
-    num_classes = None
 
     def __init__(self, channels: int, image_size: int, section: LDMConfig, denoiser: UNet, schedule: NoiseSchedule,
                  diffusion: DiffusionConfig):
@@ -133,6 +134,12 @@ class LDM(nn.Module):
     @property
     def prediction(self) -> str:
         return self.diffusion.prediction
+
+    @property
+    def num_classes(self) -> int | None:
+        """The denoiser's classes (model.conditional: the latents' DDPM is class-conditional); the autoencoder never
+        is."""
+        return getattr(self.denoiser, "num_classes", None)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoiser(x_t, t, labels=labels)
@@ -202,33 +209,32 @@ class LDM(nn.Module):
                                             latent_scale_of(latents[:, 0]).to(device)))
         return latents.mul_(self.latent_scale.to(latents.device))
 
-    def diffusion_loss(self, z: torch.Tensor, generator: torch.Generator | None, rows: BatchSlice | None = None
-                       ) -> torch.Tensor:
-        """The DDPM loss (diffusion.*) of the denoiser on a batch of scaled latents `z`; t and ε from `generator`."""
+    def diffusion_loss(self, z: torch.Tensor, generator: torch.Generator | None, labels: torch.Tensor | None = None,
+                       rows: BatchSlice | None = None) -> torch.Tensor:
+        """The DDPM loss (diffusion.*) of the denoiser on a batch of scaled latents `z` (with their class labels for a
+        conditional denoiser); t and ε from `generator`."""
         d = self.diffusion
-        return diffusion_loss(self.denoiser, self.schedule, z, None, d.prediction, d.loss_weighting, d.min_snr_gamma,
-                              generator, rows)
+        return diffusion_loss(self.denoiser, self.schedule, z, labels, d.prediction, d.loss_weighting,
+                              d.min_snr_gamma, generator, rows)
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """The current stage's phases: autoencoder_phases' on a batch of images (logs loss_ae, loss_kl; loss_g and
         loss_d when adversarial), or "denoiser" on a batch of scaled latents, rows of encode_dataset or `encode`
-        (logs loss)."""
-        unconditional(labels, "the LDM")
+        (logs loss). The labels (a conditional model's) go to the denoiser only: the autoencoder is unconditional."""
         if self.stage == "autoencoder":
             yield from self.autoencoder_phases(x0, generator, rows)
             return
-        loss = self.diffusion_loss(x0, generator, rows)
+        loss = self.diffusion_loss(x0, generator, labels, rows)
         yield Phase("denoiser", loss, {"loss": loss.detach()})
 
     def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None) -> torch.Tensor:
         """The current stage's training loss on a held-out batch of images: the autoencoder's (without the
         adversarial term, which measures the players, not a fit), then the latent DDPM's on their latents."""
-        unconditional(labels, "the LDM")
         if self.stage == "autoencoder":
             return self.autoencoder_loss(x0, generator)[0]
-        return self.diffusion_loss(self.encode(x0), generator)
+        return self.diffusion_loss(self.encode(x0), generator, labels)
 
     # -- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -236,18 +242,19 @@ class LDM(nn.Module):
                  labels: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                  rows: BatchSlice | None = None) -> torch.Tensor:
         """n images: generate_latents, decoded: N×C×H×W float32 in [-1, 1] on the module's device."""
-        unconditional(labels, "the LDM")
-        return self.decode(self.generate_latents(n, generator, sampling, noise, rows))
+        return self.decode(self.generate_latents(n, generator, sampling, noise, rows, labels))
 
     @torch.no_grad()
     def generate_latents(self, n: int, generator: torch.Generator | None, sampling: SamplingSettings | None = None,
-                         noise: torch.Tensor | None = None, rows: BatchSlice | None = None) -> torch.Tensor:
+                         noise: torch.Tensor | None = None, rows: BatchSlice | None = None,
+                         labels: torch.Tensor | None = None) -> torch.Tensor:
         """n scaled latents by `sampling` (default DDIM over all T steps; clip_denoised always off) from `noise` (x_T,
-        N×noise_shape, else drawn from `generator`): N×noise_shape float32 on the module's device."""
+        N×noise_shape, else drawn from `generator`), of classes `labels` for a conditional denoiser (guidance
+        sampling.guidance): N×noise_shape float32 on the module's device."""
         settings = sampling or SamplingSettings()
         settings = settings.with_(prediction=settings.prediction or self.prediction, clip_denoised=False)
         return sample(self.denoiser, self.schedule, (n, *self.noise_shape), settings, noise=noise, generator=generator,
-                      device=model_device(self), rows=rows)
+                      labels=labels, device=model_device(self), rows=rows)
 
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:
