@@ -142,6 +142,7 @@ def make_bad_inputs(tmp_path, paths):
         "variance": ([a, "--reference", b, "--variance", "beta"], "--variance applies to a model"),
         "nll-n": ([a, "--reference", b, "--nll-n", "3"], "--nll-n applies to a model"),
         "seed": ([a, "--reference", b, "--seed", "1"], "--seed applies to a model"),
+        "guidance": ([a, "--reference", b, "--guidance", "2"], "--guidance applies to a model"),
         "nll": ([a, "--reference", b, "--metrics", "fd,nll"], "--metrics nll measures the variational bound"),
         "speed": ([a, "--reference", b, "--metrics", "speed"], "--metrics speed measures"),
         "n below 2": ([a, "--reference", b, "--n", "1"], "--n and --ref-n must be at least 2"),

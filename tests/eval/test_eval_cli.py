@@ -208,6 +208,17 @@ def test_conditional_eval_reports_class_accuracy_and_per_class_fd(tiny_condition
     assert math.isfinite(numbers["fd_classifier_per_class"]) and numbers["fd_classifier_per_class"] > 0
 
 
+def test_eval_at_another_guidance_draws_other_samples_under_another_name(tiny_conditional_run, synthetic_classifier):
+    classifier, _ = synthetic_classifier
+    for extra in (["--name", "own"], ["--name", "other", "--guidance", "3"], ["--guidance", "3"]):
+        assert run_eval(tiny_conditional_run, classifier, "--metrics", "fd", *extra) == 0
+    names = ("own", "other", "step_0000020-ddim5-n32-seed0-w3")  # the last: the default name at another w
+    folder = tiny_conditional_run / "eval"
+    assert [json.loads((folder / f"{name}.json").read_text())["settings"]["guidance"] for name in names] == [None, 3, 3]
+    own, other, default = (np.load(folder / f"{name}.npz")["images"] for name in names)
+    assert not np.array_equal(own, other) and np.array_equal(other, default)
+
+
 def test_a_sweep_at_another_guidance_keeps_its_own_name_and_samples(tiny_conditional_run, synthetic_classifier):
     classifier, _ = synthetic_classifier
     args = ["eval", str(tiny_conditional_run), "--sweep", "ddim:2", "--classifier", str(classifier), "--n", "8",

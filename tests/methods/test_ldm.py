@@ -397,18 +397,33 @@ def conditional(tmp_path_factory):
 
 def test_a_conditional_ldm_trains_its_denoiser_on_the_labels_and_resumes_bit_identically(conditional, tmp_path):
     net = conditional.model
-    assert net.num_classes == 4 and net.denoiser.label_emb is not None and net.autoencoder is not None
+    assert net.num_classes == 4 and net.denoiser.label_emb is not None
     z = net.encode(torch.zeros(4, 3, 16, 16))
     losses = [net.diffusion_loss(z, torch.Generator().manual_seed(0), torch.tensor(labels)).item()
               for labels in ([0, 1, 2, 3], [4, 4, 4, 4])]  # 4: the null label
     assert losses[0] != losses[1]
-    InterruptedTrainer.stop_at = 9
+    InterruptedTrainer.stop_at = 6  # at the switch: the denoiser untrained
     first = InterruptedTrainer(tiny(*CONDITIONAL), tmp_path / "run", progress=False)
     assert first.train()["interrupted"]
+    untrained = first.model.denoiser.label_emb.weight[:4].clone()
     resumed = Trainer.resume(tmp_path / "run", progress=False)
     resumed.train()
     _states_equal(conditional.model.state_dict(), resumed.model.state_dict())
     _states_equal(conditional.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+    # the classes' embeddings learn in stage 2 only if the trainer passes the batches' labels (else all are null)
+    assert not torch.equal(untrained, net.denoiser.label_emb.weight[:4])
+
+
+def test_the_autoencoder_stage_draws_no_labels(tmp_path):
+    """Stage 1 ignores labels, so a conditional LDM's run draws the same batches, flips and noise there as an
+    unconditional one: the generator is in the same state at the switch."""
+    states = []
+    for name, extra in (("plain", []), ("conditional", CONDITIONAL)):
+        InterruptedTrainer.stop_at = 6
+        trainer = InterruptedTrainer(tiny(*extra), tmp_path / name, progress=False)
+        assert trainer.train()["interrupted"]
+        states.append(trainer.generator.get_state())
+    assert torch.equal(*states)
 
 
 def test_a_conditional_ldm_samples_each_class_through_the_cli_ddpmlab_load_and_eval(conditional, tmp_path, capsys):
@@ -423,15 +438,15 @@ def test_a_conditional_ldm_samples_each_class_through_the_cli_ddpmlab_load_and_e
                                   .numpy(), images)
     unguided = pipe.sample(8, sampler="dpm-solver++", steps=4, seed=1, labels=LABELS, guidance=0.0)
     assert not torch.equal(unguided, again)
-    # eval at the run's own guidance and at another: other samples, under another name, the w recorded
+    # eval at the run's own guidance (named or not) and at another: the w recorded, another name for another w
     names = []
-    for extra in ([], ["--guidance", "3"]):
+    for extra in ([], ["--guidance", "1"], ["--guidance", "3"]):
         assert main(["eval", str(conditional.run_dir), "--n", "8", "--ref-n", "8", "--metrics", "speed", "--sampler",
                      "ddim", "--steps", "3", "--out", str(tmp_path / "e"), "--quiet", *extra]) == 0
         written = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
         names.append(written)
-        assert json.loads(open(written).read())["settings"]["guidance"] == (3.0 if extra else 1.0)
-    assert names[1] == names[0].replace(".json", "-w3.json")
+        assert json.loads(open(written).read())["settings"]["guidance"] == float(extra[1] if extra else 1)
+    assert names[1] == names[0] and names[2] == names[0].replace(".json", "-w3.json")
 
 
 def test_guidance_of_an_unconditional_ldm_is_a_one_line_error(straight, tmp_path, capsys):

@@ -277,6 +277,12 @@ def test_an_nll_only_score_file_ships_without_a_sampling_protocol(tmp_path):
     assert export.score_summary(entry) == "NLL bits/dim 3.9 (200 test images, 100 timesteps)"
 
 
+def test_a_score_of_a_conditional_model_replays_with_its_guidance():
+    settings = {"sampler": "dpm-solver++", "steps": 20, "spacing": "logSNR", "nfe": 20, "guidance": 0.5}
+    assert export.sampling_flags(settings) == " --sampler dpm-solver++ --steps 20 --spacing logSNR --guidance 0.5"
+    assert export.sampling_flags({**settings, "guidance": None}).endswith("--spacing logSNR")
+
+
 def test_list_names_a_spacing_other_than_the_samplers_own():
     table = export.pretrained_table(pretrained.package_root())
     latent = table.split("pretrained:cpu-demo-latent ")[1].split("pretrained:")[0]

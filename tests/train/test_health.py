@@ -113,8 +113,8 @@ def test_a_skipped_step_undoes_its_batch_norm_statistics(tmp_path, monkeypatch):
     trainer = Trainer(tiny("dcgan", "train.steps=4"), tmp_path / "run", progress=False)
     real_batch, attempts, seen = trainer.next_batch, [0], []
 
-    def next_batch(size):
-        x0, labels = real_batch(size)
+    def next_batch(stage):
+        x0, labels = real_batch(stage)
         attempts[0] += 1
         if attempts[0] == 3:
             x0[0, 0, 0, 0] = float("nan")

@@ -50,7 +50,8 @@ def default_name(step: int, method: str, steps: int | None, n: int, seed: int, u
                  spacing: str | None = None, variance: str | None = None) -> str:
     """e.g. "step_0000040-ddim50-n10000-seed0", "step_0000040-vae-n10000-seed0" for a single-pass method (+
     "-trailing" for a spacing other than the sampler's default, "-beta" for ddpm's σ² = β, "-raw" for the non-EMA
-    weights): the checkpoint's name first, so that results of other weights never take each other's place."""
+    weights): the checkpoint's name first, so that results of other weights never take each other's place. Samples at
+    another guidance than the run's add eval.samples.guidance_suffix."""
     extra = f"-{spacing}" if spacing not in (None, default_spacing(method)) else ""
     extra += f"-{variance}" if variance not in (None, VARIANCES[0]) else ""
     return (f"{checkpoint_name(step)}-{method}{'' if steps is None else steps}{extra}-n{n}-seed{seed}"
@@ -73,8 +74,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
 
     `sampling` (default: DDIM at samplers.EVALUATION_STEPS, the same for every run; steps None: the sampler's
     evaluation default, SamplingSettings.for_evaluation); `guidance`: a class-conditional model's classifier-free
-    guidance w (default: its sample.guidance; a UserError for an unconditional model). metrics: comma-separated names of eval.scores.METRICS
-    (default: the cpu_default ones on a CPU, all on a GPU). FD/FID/KID/PR
+    guidance w (default: its sample.guidance; a UserError for an unconditional model). metrics: comma-separated
+    names of eval.scores.METRICS (default: the cpu_default ones on a CPU, all on a GPU). FD/FID/KID/PR
     compare `n` samples with min(ref_n, split size) held-out images (or, with `reference` (NAME, SPLIT), images of
     that split: results in <name>-vs-NAME-SPLIT.json beside the same samples); NLL is the bound in bits/dim on
     min(nll_n, …) held-out images of the run's dataset; speed times `speed_repeats` batches of min(batch_size, n) on
@@ -141,7 +142,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                     "device_type": device.type}
     else:
         default = (default_name(step, sampler, steps, n, seed, use_ema, spacing, variance)
-                   + guidance_suffix(guidance, config.sample.guidance if model.num_classes else None))
+                   + guidance_suffix(guidance, evaluation_guidance(model.num_classes, config.sample.guidance)))
         settings = {**weights, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
                     "eta": eta if sampler == "ddim" else None, "variance": variance, "n": n, "batch_size": batch_size,
@@ -380,7 +381,8 @@ def run(args) -> int:
     results = evaluate_run(args.run_dir, sampling, metrics=args.metrics, batch_size=args.batch_size,
                            use_ema=not args.no_ema, device=args.device, name=args.name, classifier=args.classifier,
                            nll_timesteps=args.nll_timesteps, progress=not args.quiet, out=args.out,
-                           processes=current(), reference=reference, guidance=args.guidance, **counts, **flags_given(args, "nll_n", "speed_repeats"))
+                           processes=current(), reference=reference, guidance=args.guidance, **counts,
+                           **flags_given(args, "nll_n", "speed_repeats"))
     if results is None:  # a process other than rank 0: it sampled its share
         return 0
     print(results_table(results))

@@ -169,12 +169,15 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
 
 
 def sampling_flags(settings: dict) -> str:
-    """The --sampler/--steps/--spacing that draw the samples of `settings` again ("" for a one-pass method)."""
+    """The --sampler/--steps/--spacing (and a conditional model's --guidance) that draw the samples of `settings`
+    again ("" for a one-pass method)."""
     if settings.get("nfe") == 1 and settings.get("steps") is None:
         return ""
     flags = f" --sampler {settings['sampler']} --steps {settings['steps']}"
     if settings.get("spacing") not in (None, default_spacing(settings["sampler"])):
         flags += f" --spacing {settings['spacing']}"
+    if settings.get("guidance") is not None:
+        flags += f" --guidance {settings['guidance']:g}"
     return flags
 
 

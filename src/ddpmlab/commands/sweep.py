@@ -33,7 +33,8 @@ from ddpmlab.version import __version__
 
 def sweep_name(step: int, n: int, seed: int, use_ema: bool = True) -> str:
     """The default NAME of a sweep's files (sweep-NAME.json, .png, sweep-NAME-POINT.npz): e.g.
-    "step_0000040-n1000-seed0", the checkpoint's name first so that sweeps of other weights never replace each other."""
+    "step_0000040-n1000-seed0", the checkpoint's name first so that sweeps of other weights never replace each other
+    (+ eval.samples.guidance_suffix at another guidance than the run's)."""
     return f"{checkpoint_name(step)}-n{n}-seed{seed}" + ("" if use_ema else "-raw")
 
 
@@ -87,7 +88,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
     guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
-    configured = config.sample.guidance if model.num_classes else None
+    configured = evaluation_guidance(model.num_classes, config.sample.guidance)
     name = safe_name(name) if name else sweep_name(step, n, seed, use_ema) + guidance_suffix(guidance, configured)
     weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                "weights_digest": weights_digest(model.state_dict())}

@@ -19,7 +19,7 @@ from ddpmlab.config import Config, eval_metric_names
 from ddpmlab.errors import UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import feature_stats, reference_features
-from ddpmlab.eval.samples import generate_samples
+from ddpmlab.eval.samples import evaluation_guidance, generate_samples
 from ddpmlab.eval.scores import FEATURE_BATCH, METRICS, fd_between, needed_extractors
 from ddpmlab.samplers import SamplingSettings
 
@@ -35,7 +35,7 @@ class TrainingEvaluator:
         t = config.train
         self.config, self.device, self.metrics = config, device, eval_metric_names(t.eval_metrics)
         self.single_pass = net.SINGLE_PASS
-        self.guidance = config.sample.guidance if net.num_classes else None
+        self.guidance = evaluation_guidance(net.num_classes, config.sample.guidance)
         if self.single_pass:
             self.sampler, self.steps, self.spacing, self.nfe, self.sampling = config.method, None, None, 1, None
         else:

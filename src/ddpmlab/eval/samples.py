@@ -34,8 +34,9 @@ def evaluation_guidance(num_classes: int | None, configured: float | None, reque
     return configured if requested is None else requested
 
 
-def guidance_suffix(guidance: float | None, configured: float | None) -> str:  # guidance: evaluation_guidance's
-    """"-w1.5" in the default names of samples drawn at a guidance other than the run's own, else ""."""
+def guidance_suffix(guidance: float | None, configured: float | None) -> str:
+    """What the default names of samples drawn at guidance w (evaluation_guidance's) end with: "-w1.5" for a w other
+    than the run's own `configured`, "" for its own."""
     return "" if guidance == configured else f"-w{guidance:g}"
 
 

@@ -82,6 +82,7 @@ class Stage:
     end: int    # one past its last step
     lr: float   # its peak learning rate
     batch_size: int
+    labelled: bool = True  # whether its batches carry a conditional model's labels (an LDM's autoencoder's: never)
 
 
 def training_stage(config: Config, step: int) -> Stage:
@@ -93,7 +94,8 @@ def training_stage(config: Config, step: int) -> Stage:
         return Stage("train", 0, t.steps, optimizer_settings(config)[0], t.batch_size)
     boundary = config.ldm.autoencoder_steps
     if step < boundary:
-        return Stage("autoencoder", 0, boundary, config.ldm.ae_lr, config.ldm.ae_batch_size or t.batch_size)
+        return Stage("autoencoder", 0, boundary, config.ldm.ae_lr, config.ldm.ae_batch_size or t.batch_size,
+                     labelled=False)
     return Stage("diffusion", boundary, t.steps, t.lr, t.batch_size)
 
 

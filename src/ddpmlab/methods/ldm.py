@@ -231,7 +231,8 @@ class LDM(nn.Module):
     def validation_loss(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None) -> torch.Tensor:
         """The current stage's training loss on a held-out batch of images: the autoencoder's (without the
-        adversarial term, which measures the players, not a fit), then the latent DDPM's on their latents."""
+        adversarial term, which measures the players, not a fit), then the latent DDPM's on their latents (with their
+        labels for a conditional denoiser)."""
         if self.stage == "autoencoder":
             return self.autoencoder_loss(x0, generator)[0]
         return self.diffusion_loss(self.encode(x0), generator, labels)

@@ -159,7 +159,7 @@ class Trainer(Persistence):
                 if stage.name != self.data_stage:  # an LDM's diffusion stage trains on latents, encoded once
                     self.data_stage = stage.name
                     self.stage_data = stage_data(self.model, stage, self.images, self.config.data.random_flip)
-                x0, labels = self.next_batch(stage.batch_size)
+                x0, labels = self.next_batch(stage)
                 lr = self.set_lr(stage)
                 logs, buffers, self.grad_norms = {}, copy_buffers(self.model), {}  # norms of this step's groups
                 for phase in self.phases(x0, labels):
@@ -275,10 +275,12 @@ class Trainer(Persistence):
                 return
             yield phase
 
-    def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This process's slice of the next global batch of `size` images (its stage's) of a seeded epoch permutation,
-        as [-1, 1] floats on the device (converted and flipped there, in the weights' memory layout), with labels; in a
-        stage that trains on encoded data (methods.stage_data: an LDM's latents), those images' rows of it."""
+    def next_batch(self, stage: Stage) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's slice of the next global batch of stage.batch_size images of a seeded epoch permutation,
+        as [-1, 1] floats on the device (converted and flipped there, in the weights' memory layout), with labels
+        where the stage takes them (no label draws otherwise); in a stage that trains on encoded data
+        (methods.stage_data: an LDM's latents), those images' rows of it."""
+        size = stage.batch_size
         self.rows = distributed.batch_rows(size, self.processes)
         parts, count = [], 0
         while count < size:
@@ -295,7 +297,7 @@ class Trainer(Persistence):
         else:
             images = self.images[index.to(self.images.device)].to(self.device)
             x0 = to_model_batch(images, self.config.data.random_flip, self.generator)
-        labels = self.training_labels(index)
+        labels = self.training_labels(index) if stage.labelled else None
         return self.rows.take(x0).contiguous(memory_format=self.layout), self.rows.take(labels)
 
     def training_labels(self, index: torch.Tensor) -> torch.Tensor | None:
