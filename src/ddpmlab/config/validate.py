@@ -132,7 +132,7 @@ def _check_baseline_sections(config: Config) -> None:
                     raise UserError(f"{name}.{key} applies to method={name}, but this config has method={config.method}; "
                                     f"set method={name} or drop {name}.{key}")
         check_baseline_section(name, section)
-    _check(not (config.model.conditional and config.method not in ("ddpm", "ldm")), "model.conditional",
+    _check(not (config.model.conditional and config.method in BASELINE_SECTIONS), "model.conditional",
            f"method={config.method} is unconditional; class conditioning (model.conditional=true) applies to "
            f"method=ddpm and method=ldm")
 
