@@ -1,6 +1,7 @@
 """Kill at any moment: a tiny run SIGKILLed at 20 seeded random moments (checkpoints written every step, so many
-kills land in a write), resumed with `--resume` after each, ends with exactly the weights, optimizer state and metrics
-of an uninterrupted run, and leaves no temporary file, lock or damaged checkpoint behind.
+kills land in a write; if none did, up to 10 more kills follow, each at the first unfinished write it sees), resumed
+with `--resume` after each, ends with exactly the weights, optimizer state and metrics of an uninterrupted run, and
+leaves no temporary file, lock or damaged checkpoint behind.
 
 Each killed session is `ddpmlab.cli.main` in a process forked from a warm Python that has already imported torch
 (seconds per process otherwise); the uninterrupted run is a plain `python -m ddpmlab train` subprocess."""
@@ -21,16 +22,18 @@ from ddpmlab.store import checkpoint as ckpt
 from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.store.run_dir import unfinished_writes
 
-KILLS, STEPS, SEED = 20, 40, 13
+KILLS, AIMED, STEPS, SEED = 20, 10, 40, 13
 OVERRIDES = ["train.checkpoint_every=1", "train.keep_checkpoints=3", "train.log_every=1", "train.sample_every=1000",
              "train.val_every=1000"]
 
-# Runs `ddpmlab.cli.main(argv)` in a forked child per request {"argv", "log", "kill_after", "after_start"} read from
-# stdin; SIGKILLs it kill_after seconds after its training began (its first line on stdout), or after it was forked
-# when after_start, or never when kill_after is null; answers {"killed", "code", "training_after"} on stdout.
+# Runs `ddpmlab.cli.main(argv)` in a forked child per request {"argv", "log", "kill_after", "after_start", "aim_at"}
+# read from stdin; SIGKILLs it kill_after seconds after its training began (its first line on stdout), or after it was
+# forked when after_start, or as soon as the run folder aim_at holds an unfinished write once training began, or never
+# when kill_after and aim_at are null; answers {"killed", "code", "training_after"} on stdout.
 FORK_SERVER = r"""
 import json, os, signal, sys, time
 import torch, matplotlib.pyplot, ddpmlab.cli, ddpmlab.train.trainer
+from ddpmlab.store.run_dir import unfinished_writes
 torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # torch imports its compiler on an optimizer's first use
 for line in sys.stdin:
     request = json.loads(line)
@@ -58,7 +61,8 @@ for line in sys.stdin:
         if done:
             answer = {"killed": False, "code": os.waitstatus_to_exitcode(status)}
             break
-        if deadline is not None and time.monotonic() >= deadline:
+        aimed = request["aim_at"] is not None and training is not None and unfinished_writes(request["aim_at"])
+        if aimed or deadline is not None and time.monotonic() >= deadline:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             answer = {"killed": True, "code": None}
@@ -101,16 +105,18 @@ def test_a_run_killed_at_20_random_moments_ends_as_an_uninterrupted_run(tmp_path
     server = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env=_env())
 
-    def session(argv, kill_after, after_start, index):
+    def session(argv, kill_after, after_start, index, aim_at=None):
         server.stdin.write(json.dumps({"argv": argv, "log": str(tmp_path / f"session{index:02d}"),
-                                       "kill_after": kill_after, "after_start": after_start}) + "\n")
+                                       "kill_after": kill_after, "after_start": after_start, "aim_at": aim_at}) + "\n")
         server.stdin.flush()
         return json.loads(server.stdout.readline())
 
     try:
         steps, window, startup, kills, in_a_write, in_startup = STEPS, 0.5, 1.0, 0, 0, 0
         resumed_from, trained_after_resume = [], 0  # newest checkpoint at each resume; resumes that began training
-        while kills < KILLS:
+        # if no random moment fell in a write (a few % of suites on a slow day), aimed kills follow: each as soon as
+        # a session's first unfinished write appears, until one lands in it
+        while kills < KILLS or (in_a_write == 0 and kills < KILLS + AIMED):
             newest = _newest_step(run)
             if newest is None:  # killed before its first checkpoint: start again
                 argv = ["train", "tiny", "--run-dir", str(run), "--force", "--quiet", f"train.steps={steps}", *OVERRIDES]
@@ -119,7 +125,10 @@ def test_a_run_killed_at_20_random_moments_ends_as_an_uninterrupted_run(tmp_path
                 argv = ["train", "--resume", str(run), "--quiet", f"train.steps={steps}"]
                 resumed_from.append(newest)
             after_start = kills % 4 == 3  # every fourth kill while the process starts (loads, cleans up, resumes)
-            answer = session(argv, rng.uniform(0.0, startup if after_start else window), after_start, kills)
+            if kills >= KILLS and newest is not None:  # aimed: a resumed run's write, so a checkpoint stays
+                answer = session(argv, None, False, kills, aim_at=str(run))
+            else:
+                answer = session(argv, rng.uniform(0.0, startup if after_start else window), after_start, kills)
             if not answer["killed"]:  # finished before its moment came: keep going with a longer run
                 assert answer["code"] == 0, (tmp_path / f"session{kills:02d}.err").read_text()
                 steps += 10
