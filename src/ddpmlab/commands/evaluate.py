@@ -106,7 +106,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     out_dir = Path(out) if out is not None else eval_folder(run_dir)
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
-    configured = evaluation_guidance(model.num_classes, config.sample.guidance)  # the run's own w
+    suffix = guidance_suffix(guidance, config.sample.guidance)  # of the requested w, for the default name
     guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
     if model.SINGLE_PASS:
         if "nll" in metrics and requested is not None:
@@ -142,8 +142,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         settings = {**weights, "nll_n": nll_n, "nll_timesteps": nll_timesteps, "batch_size": batch_size, "seed": seed,
                     "device_type": device.type}
     else:
-        default = (default_name(step, sampler, steps, n, seed, use_ema, spacing, variance)
-                   + guidance_suffix(guidance, configured))
+        default = default_name(step, sampler, steps, n, seed, use_ema, spacing, variance) + suffix
         settings = {**weights, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
                     "eta": eta if sampler == "ddim" else None, "variance": variance, "n": n, "batch_size": batch_size,

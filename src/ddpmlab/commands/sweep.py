@@ -87,9 +87,9 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
+    suffix = guidance_suffix(guidance, config.sample.guidance)  # of the requested w, for the default name
     guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
-    configured = evaluation_guidance(model.num_classes, config.sample.guidance)
-    name = safe_name(name) if name else sweep_name(step, n, seed, use_ema) + guidance_suffix(guidance, configured)
+    name = safe_name(name) if name else sweep_name(step, n, seed, use_ema) + suffix
     weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                "weights_digest": weights_digest(model.state_dict())}
     json_path = out_dir / f"sweep-{name}.json"

@@ -34,10 +34,10 @@ def evaluation_guidance(num_classes: int | None, configured: float | None, reque
     return configured if requested is None else requested
 
 
-def guidance_suffix(guidance: float | None, configured: float | None) -> str:
-    """What the default names of samples drawn at guidance w (evaluation_guidance's) end with: "-w1.5" for a w other
-    than the run's own `configured`, "" for its own."""
-    return "" if guidance == configured else f"-w{guidance:g}"
+def guidance_suffix(requested: float | None, configured: float | None) -> str:
+    """What the default names of samples drawn at a `requested` guidance w (--guidance) end with: "-w1.5" for a w
+    other than the run's own sample.guidance `configured`, "" for none or its own."""
+    return "" if requested is None or requested == configured else f"-w{requested:g}"
 
 
 def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_size: int, seed: int,
