@@ -91,7 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--batch-size", type=_int64, default=None, help="images per batch (default: the run's)")
     sample.add_argument("--seed", type=_int64, default=0)
     sample.add_argument("--class", dest="class_label", type=_int64, help="class index for a conditional model")
-    sample.add_argument("--guidance", type=float, help="classifier-free guidance scale w")
+    sample.add_argument("--guidance", type=float,
+                        help="guidance scale w: classifier-free for a class-conditional model, autoguidance for a "
+                             "latent DDPM with a guide (ldm.guide_steps); default: the run's sample.guidance")
     sample.add_argument("--per-class", action="store_true",
                         help="conditional models: --n images of every class (default 8), a grid with one labelled row each")
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -218,8 +220,8 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--variance", choices=VARIANCES, default=None,
                           help="ddpm's reverse variance: posterior or beta (default: the run's sample.variance)")
     evaluate.add_argument("--guidance", type=float,
-                          help="classifier-free guidance scale w of a class-conditional model (default: its "
-                               "sample.guidance)")
+                          help="guidance scale w of a class-conditional model (classifier-free) or of a latent DDPM "
+                               "with a guide (autoguidance; default: its sample.guidance)")
     evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=_int64, help="sampling seed (default 0)")
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")

@@ -17,7 +17,8 @@ from torch import nn
 from ddpmlab.config import Config
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.errors import UserError
-from ddpmlab.methods import sample_images
+from ddpmlab.eval.samples import evaluation_guidance
+from ddpmlab.methods import guidable, sample_images
 from ddpmlab.rng import model_device, resolve_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.load import load_trained
@@ -63,7 +64,8 @@ class Pipeline:
 
         A diffusion model runs `sampler` (default: the run's sample.sampler) for `steps` (default: as `ddpmlab sample`
         chooses), with any other SamplingSettings field as a keyword (eta, spacing, variance, clip_denoised, ...);
-        `noise` (N×noise_shape) is x_T; `labels` (N class indices) and `guidance` w are for a class-conditional model.
+        `noise` (N×noise_shape) is x_T; `labels` (N class indices) are for a class-conditional model, `guidance` w
+        for one or for a latent DDPM with an autoguidance guide (ldm.guide_steps).
         A baseline draws in one pass and takes only n and seed. seed None draws from torch's global generator.
         """
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
@@ -77,8 +79,12 @@ class Pipeline:
                 raise UserError(f"{self.config.method} draws an image in one network pass; {named[0]} applies to "
                                 f"diffusion models only")
             return sample_images(self.net, n, generator)
-        sampling = SamplingSettings.of_run(self.config.sample, self.schedule.T, sampler, steps, guidance=guidance,
-                                           **settings).resolved(self.schedule.T)
+        if guidance is not None and not guidable(self.net):
+            raise UserError("guidance needs a class-conditional model or a latent DDPM with a set autoguidance guide "
+                            "(ldm.guide_steps)")
+        guidance = evaluation_guidance(guidable(self.net), self.config.sample.guidance, guidance)
+        sampling = SamplingSettings.of_run(self.config.sample, self.schedule.T, sampler, steps,
+                                           **settings).with_(guidance=guidance).resolved(self.schedule.T)
         return sample_images(self.net, n, generator, sampling, self._labels(labels, n), self._noise(noise, n))
 
     @torch.no_grad()

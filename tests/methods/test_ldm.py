@@ -1,5 +1,6 @@
-"""The latent DDPM (method=ldm): its autoencoder learns, its sampler recovers an analytic latent Gaussian, both stages
-train through the one loop and resume bit-identically, it samples through the CLI and ddpmlab.load, and its config
+"""The latent DDPM (method=ldm): its autoencoder learns, its sampler recovers an analytic latent Gaussian (guided by
+labels or by an autoguidance guide, in closed form), both stages train through the one loop and resume
+bit-identically, the guide is the EMA denoiser of its step, it samples through the CLI and ddpmlab.load, and its config
 errors are one line."""
 
 import json
@@ -17,7 +18,7 @@ from ddpmlab.cli import main
 from ddpmlab.config import DiffusionConfig, LDMConfig, load_config
 from ddpmlab.data import load_dataset, pick_views, to_model_batch
 from ddpmlab.diffusion import NoiseSchedule, gather
-from ddpmlab.methods import LDM, build_method, images_seen, training_stage
+from ddpmlab.methods import LDM, build_method, images_seen, trained_parameters, training_stage
 from ddpmlab.methods.ldm import (adaptive_weight, hinge_discriminator_loss, latent_kl, latent_scale_of,
                                  reconstruction_loss)
 from ddpmlab.nets.autoencoder import PatchDiscriminator
@@ -74,9 +75,10 @@ def test_the_patch_discriminator_gives_a_logit_per_patch_and_only_with_an_advers
     assert set(adversarial.parameter_groups()) == {"autoencoder", "denoiser", "discriminator"}
     assert adversarial.LOGS[-2:] == ("loss_g", "loss_d") and "loss_d" not in LDM.LOGS
     # a spec written before the adversarial term rebuilds the same network, without a discriminator
-    old = {key: value for key, value in plain.spec.items() if key not in ("adversarial_weight", "disc_channels")}
+    old = {key: value for key, value in plain.spec.items()
+           if key not in ("adversarial_weight", "disc_channels", "guide_steps")}
     rebuilt = LDM.from_spec(old, plain.schedule, plain.diffusion)
-    assert not hasattr(rebuilt, "discriminator") and rebuilt.spec == plain.spec
+    assert not hasattr(rebuilt, "discriminator") and not hasattr(rebuilt, "guide") and rebuilt.spec == plain.spec
     rebuilt.load_state_dict(plain.state_dict())
 
 
@@ -198,6 +200,56 @@ def test_class_conditional_latents_are_the_analytically_guided_gaussians(setting
         assert latents[c::2].mean().item() == pytest.approx((1 + w) * m, abs=0.01)
         assert latents[c::2].std().item() == pytest.approx(S, abs=0.01)
     torch.testing.assert_close(net.generate(3000, None, settings, labels=labels, noise=z), net.decode(latents))
+
+
+class ShiftedLatentEps(ExactLatentEps):
+    """The exact ε of N(m, S²) latents for another mean m: a guide that has learnt the data's mean wrong."""
+
+    def __init__(self, schedule: NoiseSchedule, m: float):
+        super().__init__(schedule, 2, 4)
+        self.m = m
+
+    def forward(self, z, t, labels=None):
+        a = gather(self.schedule.alphas_cumprod, t, z)
+        return (1 - a).sqrt() / (a * S**2 + 1 - a) * (z - a.sqrt() * self.m)
+
+
+def _autoguided_ldm(guide_mean: float) -> LDM:
+    """_gaussian_ldm's exact denoiser of N(M, S²) with a ready guide that is exact for N(guide_mean, S²)."""
+    schedule = NoiseSchedule.linear(1000)
+    net = LDM(1, 4, LDMConfig(factor=1, latent_channels=2, ae_channels=8, guide_steps=1),
+              ExactLatentEps(schedule, 2, 4), schedule, DiffusionConfig())
+    net.guide = ShiftedLatentEps(schedule, guide_mean)
+    net.guide_ready.fill_(1.0)
+    net.latent_scale.fill_(0.5)
+    return net.eval()
+
+
+@pytest.mark.parametrize("settings", [SamplingSettings("dpm-solver++", 20, guidance=1.5),
+                                      SamplingSettings("ddim", 1000, guidance=0.5)])
+def test_autoguided_latents_are_the_analytically_guided_gaussian(settings):
+    """ε is affine in the mean, so (1 + w) ε_M − w ε_m' is the exact ε of N((1 + w) M − w m', S²): autoguidance moves
+    the samples away from the guide's mean, by w times the gap, at the same spread; w 0 leaves the model alone."""
+    net, w = _autoguided_ldm(-0.1), settings.guidance
+    z = torch.randn(5000, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    latents = net.generate_latents(5000, None, settings, noise=z)
+    assert latents.mean().item() == pytest.approx((1 + w) * M - w * -0.1, abs=0.01)  # 0.4 at w 1.5, 0.2 at 0.5
+    assert latents.std().item() == pytest.approx(S, abs=0.01)
+    unguided = net.generate_latents(5000, None, settings.with_(guidance=0.0), noise=z)
+    assert unguided.mean().item() == pytest.approx(M, abs=0.01)
+    assert settings.nfe(1000, autoguided=True) == 2 * settings.nfe(1000) == 2 * settings.steps
+    assert settings.with_(guidance=0.0).nfe(1000, autoguided=True) == settings.steps
+
+
+def test_a_guide_equal_to_the_model_changes_nothing_and_an_unset_guide_is_not_used():
+    net = _autoguided_ldm(M)  # the guide knows what the model knows: nothing to steer away from
+    z = torch.randn(200, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    settings = SamplingSettings("dpm-solver++", 10)
+    plain = net.generate_latents(200, None, settings, noise=z)
+    torch.testing.assert_close(net.generate_latents(200, None, settings.with_(guidance=2.0), noise=z), plain)
+    net = _autoguided_ldm(-0.1)
+    net.guide_ready.zero_()  # not set yet (before diffusion step ldm.guide_steps): unguided
+    torch.testing.assert_close(net.generate_latents(200, None, settings.with_(guidance=2.0), noise=z), plain)
 
 
 # -- stages in the trainer ------------------------------------------------------------------------
@@ -452,9 +504,89 @@ def test_a_conditional_ldm_samples_each_class_through_the_cli_ddpmlab_load_and_e
 def test_guidance_of_an_unconditional_ldm_is_a_one_line_error(straight, tmp_path, capsys):
     assert main(["eval", str(straight.run_dir), "--guidance", "2", "--n", "4", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "class-conditional" in err
+    assert err.startswith("error: ") and "\n" not in err and "class-conditional" in err and "ldm.guide_steps" in err
     assert main(["eval", str(straight.run_dir), "--guidance", "-1", "--n", "4", "--out", str(tmp_path / "e")]) == 2
     assert "--guidance must be" in capsys.readouterr().err
+
+
+GUIDED = ("ldm.guide_steps=2", "sample.guidance=1.0")  # the guide: the EMA denoiser after step 6 + 2 = 8
+
+
+@pytest.fixture(scope="module")
+def guided(tmp_path_factory):
+    trainer = Trainer(tiny(*GUIDED), tmp_path_factory.mktemp("guided") / "run", progress=False)
+    trainer.train()
+    return trainer
+
+
+def test_the_guide_is_the_ema_denoiser_at_its_step_and_changes_no_training(guided, straight):
+    """Training with a guide draws and learns exactly what training without one does; the guide (in the model and
+    in the EMA network) is the EMA denoiser of diffusion step 2, global step 8, and stays frozen after it."""
+    model, ema = guided.model.state_dict(), guided.ema.shadow.state_dict()
+    _states_equal({k: v for k, v in model.items() if not k.startswith("guide")}, straight.model.state_dict())
+    _states_equal({k: v for k, v in ema.items() if not k.startswith("guide")}, straight.ema.shadow.state_dict())
+    at_8 = ddpmlab.load(straight.run_dir / "checkpoints" / "step_0000008").net.denoiser.state_dict()
+    for net in (guided.model, guided.ema.shadow):
+        assert net.guide_ready.item() == 1.0 and not any(p.requires_grad for p in net.guide.parameters())
+        _states_equal(net.guide.state_dict(), at_8)
+    assert not all(torch.equal(at_8[k], v) for k, v in guided.ema.shadow.denoiser.state_dict().items())
+    before = ddpmlab.load(guided.run_dir / "checkpoints" / "step_0000004").net
+    assert before.guide_ready.item() == 0.0 and before.ready_guide is None
+    assert set(guided.model.parameter_groups()) == {"autoencoder", "denoiser"}  # the guide has no optimizer
+    assert trained_parameters(guided.model) == trained_parameters(straight.model) == \
+        sum(p.numel() for p in straight.model.parameters())
+
+
+@pytest.mark.parametrize("stop_at", [7, 9], ids=["before-the-guide", "after-the-guide"])
+def test_a_guided_ldm_run_resumes_bit_identically(guided, tmp_path, stop_at):
+    InterruptedTrainer.stop_at = stop_at
+    first = InterruptedTrainer(tiny(*GUIDED), tmp_path / "run", progress=False)
+    assert first.train()["interrupted"] and first.step == stop_at
+    resumed = Trainer.resume(tmp_path / "run", progress=False)
+    resumed.train()
+    _states_equal(guided.model.state_dict(), resumed.model.state_dict())
+    _states_equal(guided.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+
+
+def test_a_guided_ldm_samples_autoguided_through_the_cli_ddpmlab_load_and_eval(guided, straight, tmp_path, capsys):
+    """sample.guidance (the run's w, 1) and --guidance W steer away from the guide, calling it at each step: twice the
+    network evaluations; w 0 gives the unguided samples."""
+    pipe = ddpmlab.load(guided.run_dir)
+    settings = dict(sampler="dpm-solver++", steps=4, seed=3)
+    own, unguided = pipe.sample(4, **settings), pipe.sample(4, guidance=0.0, **settings)
+    assert not torch.equal(own, unguided)
+    torch.testing.assert_close(own, pipe.sample(4, guidance=1.0, **settings))
+    # the same weights without a guide (the straight run, trained bit-identically) sample the unguided images
+    torch.testing.assert_close(unguided, ddpmlab.load(straight.run_dir).sample(4, **settings))
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(guided.run_dir), "--out", str(out), "--n", "4", "--sampler", "dpm-solver++",
+                 "--steps", "4", "--seed", "3", "--guidance", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 network evaluations" in printed and "guidance 2.0" in printed
+    images = torch.from_numpy(np.load(out)["images"]).permute(0, 3, 1, 2)
+    expected = pipe.sample(4, guidance=2.0, **settings)
+    torch.testing.assert_close(images, ((expected + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    assert main(["eval", str(guided.run_dir), "--n", "8", "--ref-n", "8", "--metrics", "speed", "--sampler",
+                 "dpm-solver++", "--steps", "3", "--out", str(tmp_path / "e"), "--quiet"]) == 0
+    written = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
+    settings = json.loads(open(written).read())["settings"]
+    assert settings["guidance"] == 1.0 and settings["nfe"] == 6
+
+
+def test_a_checkpoint_from_before_the_guide_samples_unguided_and_refuses_guidance(guided, tmp_path, capsys):
+    """At step 4 the guide is not set: the run's sample.guidance does not apply (recorded as none, NFE = steps) and
+    asking for a w is a one-line error, not samples labelled guided that are not."""
+    early = guided.run_dir / "checkpoints" / "step_0000004"
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(early), "--out", str(out), "--n", "2", "--sampler", "dpm-solver++", "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 network evaluations" in printed and "guidance" not in printed
+    assert main(["sample", str(early), "--out", str(tmp_path / "t.npz"), "--n", "2", "--guidance", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "none yet" in err
+    with pytest.raises(UserError, match="autoguidance guide"):
+        ddpmlab.load(early).sample(2, guidance=1.0)
+    assert ddpmlab.load(early).sample(2, sampler="ddim", steps=2).shape == (2, 3, 16, 16)
 
 
 # -- config errors ---------------------------------------------------------------------------------
@@ -469,6 +601,9 @@ def test_guidance_of_an_unconditional_ldm_is_a_one_line_error(straight, tmp_path
     (["ldm.adversarial_weight=-1"], "ldm.adversarial_weight: must be >= 0"),
     (["ldm.adversarial_start=6"], "ldm.adversarial_start: 6 must be in 0..ldm.autoencoder_steps-1 (5)"),
     (["ldm.disc_channels=0"], "ldm.disc_channels: must be positive"),
+    (["ldm.guide_steps=-1"], "ldm.guide_steps: must be >= 0"),
+    (["ldm.guide_steps=6"], "ldm.guide_steps: 6 must be below the 6 diffusion steps"),
+    (["ldm.guide_steps=2", "model.conditional=true"], "autoguidance applies to an unconditional denoiser"),
 ])
 def test_bad_ldm_settings_are_one_line_errors(capsys, overrides, fragment):
     assert main(["config", "tiny", *TINY, *overrides]) == 2

@@ -283,8 +283,11 @@ def test_a_score_of_a_conditional_model_replays_with_its_guidance():
     assert export.sampling_flags({**settings, "guidance": None}).endswith("--spacing logSNR")
 
 
-def test_list_names_a_spacing_other_than_the_samplers_own():
+def test_list_names_a_spacing_other_than_the_samplers_own_and_the_guidance():
     table = export.pretrained_table(pretrained.package_root())
     latent = table.split("pretrained:cpu-demo-latent ")[1].split("pretrained:")[0]
-    assert "FID 44.68, FD 3.834 (2000 samples vs 10000 test, dpm-solver++ 20 NFE (logSNR spacing), seed 0)" in latent
-    assert "FD 3.752 (2000 samples vs 10000 test, dpm-solver++ 20 NFE, seed 0)" in latent  # time-quadratic: its own
+    # autoguided DPM-Solver++ 10: 20 network evaluations; time-quadratic is the sampler's own spacing
+    assert ("FID 34.73, FD 2.72 (2000 samples vs 10000 test, dpm-solver++ 10 steps, 20 NFE, guidance 1.5, "
+            "seed 0)") in latent
+    assert ("FID 38.74, FD 3.641 (2000 samples vs 10000 test, dpm-solver++ 10 steps, 20 NFE (logSNR spacing), "
+            "guidance 1.5, seed 0)") in latent

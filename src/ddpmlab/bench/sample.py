@@ -8,7 +8,7 @@ from ddpmlab.bench.timing import check_positive, data_shape
 from ddpmlab.config import load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import sampling_speed
-from ddpmlab.methods import build_method, samples_in_one_pass
+from ddpmlab.methods import build_method, samples_in_one_pass, trained_parameters
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SAMPLERS, SamplingSettings, resolve_steps
 from ddpmlab.train import hotpath
@@ -41,7 +41,7 @@ def bench_sample(config_name: str, sampler: str | None = None, steps: int | None
     return {"benchmark": "sample", "config": config_name, "method": config.method, "overrides": list(overrides or []),
             **result, "channels_last": layout == torch.channels_last, "bf16": bf16,
             "network_evaluations_per_s": result["nfe"] / result["seconds_per_batch"],
-            "parameters": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
+            "parameters": trained_parameters(model), "torch": torch.__version__}
 
 
 def check_sampler(method: str, one_pass: bool, sampler: str | None, steps: int | None) -> None:

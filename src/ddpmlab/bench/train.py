@@ -13,7 +13,8 @@ from ddpmlab.config import Config, load_config
 from ddpmlab.errors import UserError
 from ddpmlab.eval.speed import machine_load, peak_memory
 from ddpmlab.images import model_to_uint8
-from ddpmlab.methods import Stage, build_method, enter_stage, optimizer_settings, stage_data, training_stages
+from ddpmlab.methods import (Stage, build_method, enter_stage, optimizer_settings, stage_data, trained_parameters,
+                             training_stages)
 from ddpmlab.methods.base import Phase
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.train import hotpath
@@ -136,7 +137,7 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
         stage_result["matmul_fraction"] = stage_result["achieved_tflops"] / rate["matmul_tflops"]
     return {"benchmark": "train", "config": config_name, "method": config.method, "overrides": list(overrides or []),
             **result, "steps": steps, "warmup": warmup, "device": str(device),
-            "image_shape": list(x0.shape[1:]), "parameters": sum(p.numel() for p in model.parameters()),
+            "image_shape": list(x0.shape[1:]), "parameters": trained_parameters(model),
             "bf16": step.bf16, **step.switches, **rate, **peak_memory(device), **load, "torch": torch.__version__,
             "stages": [stage_result for stage_result, _ in timed] if len(timed) > 1 else None}
 

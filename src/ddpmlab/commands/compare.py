@@ -20,7 +20,7 @@ from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.scores import FEATURE_METRICS, headline_key
 from ddpmlab.eval.speed import training_cost
 from ddpmlab.eval.sweep import parse_sweep
-from ddpmlab.methods import samples_in_one_pass
+from ddpmlab.methods import samples_in_one_pass, trained_parameters
 from ddpmlab.paths import check_writable_folder
 from ddpmlab.report.plots import make_figures
 from ddpmlab.report.render import write_report
@@ -161,7 +161,7 @@ def train_planned(plan: PlannedRun, progress: bool) -> None:
 def parameter_count(run_dir: Path) -> int:
     """Parameters of every network the run trained (a GAN's discriminator and a VAE's encoder included)."""
     model, _, _, _ = load_trained(run_dir, device="cpu")
-    return sum(p.numel() for p in model.parameters())
+    return trained_parameters(model)
 
 
 def seconds_per_1000(images_per_s: float | None) -> float | None:

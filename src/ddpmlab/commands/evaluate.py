@@ -34,6 +34,7 @@ from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRI
                                  check_pr_counts, class_conditional_scores, distance_scores, extractor_ids,
                                  needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import sampling_speed, training_cost
+from ddpmlab.methods import guidable, sampling_nfe
 from ddpmlab.paths import check_new_file, check_writable_folder, safe_name
 from ddpmlab.report.tables import results_table, sweep_table
 from ddpmlab.rng import resolve_device
@@ -73,8 +74,9 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
     `sampling` (default: DDIM at samplers.EVALUATION_STEPS, the same for every run; steps None: the sampler's
-    evaluation default, SamplingSettings.for_evaluation); `guidance`: a class-conditional model's classifier-free
-    guidance w (default: its sample.guidance; a UserError for an unconditional model). metrics: comma-separated
+    evaluation default, SamplingSettings.for_evaluation); `guidance`: the guidance w of a class-conditional model
+    (classifier-free) or of a latent DDPM with a set guide (autoguidance) (default: its sample.guidance; a UserError
+    for any other model). metrics: comma-separated
     names of eval.scores.METRICS (default: the cpu_default ones on a CPU, all on a GPU). FD/FID/KID/PR
     compare `n` samples with min(ref_n, split size) held-out images (or, with `reference` (NAME, SPLIT), images of
     that split: results in <name>-vs-NAME-SPLIT.json beside the same samples); NLL is the bound in bits/dim on
@@ -107,7 +109,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
     suffix = guidance_suffix(guidance, config.sample.guidance)  # of the requested w, for the default name
-    guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
+    guidance = evaluation_guidance(guidable(model), config.sample.guidance, guidance)
     if model.SINGLE_PASS:
         if "nll" in metrics and requested is not None:
             raise UserError(f"the nll metric is the diffusion models' variational bound; a {config.method} run has "
@@ -144,7 +146,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     else:
         default = default_name(step, sampler, steps, n, seed, use_ema, spacing, variance) + suffix
         settings = {**weights, "sampler": sampler, "steps": steps, "spacing": spacing,
-                    "nfe": 1 if model.SINGLE_PASS else sampling.nfe(schedule.T),
+                    "nfe": 1 if model.SINGLE_PASS else sampling_nfe(model, sampling),
                     "eta": eta if sampler == "ddim" else None, "variance": variance, "n": n, "batch_size": batch_size,
                     "seed": seed, "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
                     "device_type": device.type}

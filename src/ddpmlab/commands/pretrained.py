@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from ddpmlab.config import save_config
 from ddpmlab.errors import DdpmlabWarning, UserError
 from ddpmlab.eval.scores import FEATURE_METRICS, METRICS, SHORT_LABELS
-from ddpmlab.methods import images_seen, rebuild_method
+from ddpmlab.methods import images_seen, rebuild_method, trained_parameters
 from ddpmlab.report.render import fmt_seconds
 from ddpmlab.samplers import default_spacing
 from ddpmlab.store import checkpoint as ckpt
@@ -62,9 +62,13 @@ def sampling_text(protocol: dict | None) -> str:
     if not protocol:
         return "protocol not recorded"
     sampler = protocol.get("sampler")
-    how = f"{sampler} {protocol.get('nfe')} NFE" if protocol.get("nfe") not in (None, 1) else sampler
+    nfe, steps = protocol.get("nfe"), protocol.get("steps")
+    how = sampler if nfe in (None, 1) else f"{sampler} {nfe} NFE" if steps in (None, nfe) else \
+        f"{sampler} {steps} steps, {nfe} NFE"  # Heun's 2 evaluations a step, autoguidance's 2 networks
     if protocol.get("spacing") not in (None, default_spacing(sampler)):  # a spacing other than the sampler's own
         how += f" ({protocol['spacing']} spacing)"
+    if protocol.get("guidance"):
+        how += f", guidance {protocol['guidance']:g}"
     return (f"{protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, {how}, "
             f"seed {protocol.get('seed')}")
 
@@ -233,7 +237,7 @@ def export_pretrained(source: str | Path, name: str, fp16: bool = False, scores:
     finished = datetime.fromtimestamp((folder / ckpt.PROGRESS_FILE).stat().st_mtime, timezone.utc)
     info = {"format": FORMAT, "name": name, "method": method, "image_shape": list(net.image_shape),
             "num_classes": num_classes, "class_names": json.loads(metadata.get("class_names") or "null"),
-            "parameters": sum(p.numel() for p in net.parameters()),
+            "parameters": trained_parameters(net),
             "training": {"steps": step, "wall_s": progress.get("wall_s"), "batch_size": config.train.batch_size,
                          "images_seen": images_seen(config, step), "devices": training_devices(run_dir),
                          "finished": finished.isoformat(timespec="seconds"),

@@ -10,10 +10,10 @@ import torch
 
 from ddpmlab.distributed import current, rank_device
 from ddpmlab.errors import UserError
-from ddpmlab.eval.samples import generate_samples, save_samples
+from ddpmlab.eval.samples import evaluation_guidance, generate_samples, save_samples
 from ddpmlab.data.folder import EXTENSIONS as IMAGE_EXTENSIONS
 from ddpmlab.images import image_file_names, save_grid, save_images, save_labelled_grid
-from ddpmlab.methods import samples_in_one_pass
+from ddpmlab.methods import guidable, samples_in_one_pass, sampling_nfe
 from ddpmlab.paths import check_new_file, check_writable_folder
 from ddpmlab.rng import resolve_device
 from ddpmlab.samplers import SamplingSettings
@@ -113,10 +113,11 @@ def run(args) -> int:
         raise UserError(f"--eta applies to --sampler ddim only, not {method}")
     if method != "ddpm" and args.variance is not None:
         raise UserError(f"--variance applies to --sampler ddpm only, not {method}")
+    guidance = evaluation_guidance(guidable(model), config.sample.guidance, args.guidance)  # None: unguided
     sampling = SamplingSettings.of_run(config.sample, schedule.T, method, args.steps, spacing=args.spacing,
-                                       eta=args.eta, guidance=args.guidance,
-                                       variance=args.variance).resolved(schedule.T)
-    steps, spacing, nfe, guidance = sampling.steps, sampling.spacing, sampling.nfe(schedule.T), sampling.guidance
+                                       eta=args.eta, variance=args.variance)
+    sampling = sampling.with_(guidance=guidance).resolved(schedule.T)
+    steps, spacing, nfe, guidance = sampling.steps, sampling.spacing, sampling_nfe(model, sampling), sampling.guidance
     eta = sampling.eta if method == "ddim" else None
     variance = sampling.variance if method == "ddpm" else None
     n = args.n or (8 if args.per_class else config.sample.n)
@@ -132,8 +133,8 @@ def run(args) -> int:
         else:
             labels = (torch.full((n,), args.class_label) if args.class_label is not None
                       else torch.arange(n) % model.num_classes)
-    elif args.class_label is not None or args.guidance is not None or args.per_class:
-        raise UserError("--class, --per-class and --guidance need a class-conditional model (model.conditional=true)")
+    elif args.class_label is not None or args.per_class:
+        raise UserError("--class and --per-class need a class-conditional model (model.conditional=true)")
 
     # Draw samples.
     generated = generate_samples(model, n, sampling, batch_size=args.batch_size or config.sample.batch_size,
@@ -152,7 +153,7 @@ def run(args) -> int:
                                               "guidance": guidance}, class_names)
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
         f", eta {eta}" if method == "ddim" else "") + (f", variance {variance}" if variance else "") + (
-        f", guidance {guidance}" if labels is not None and guidance else "")
+        f", guidance {guidance}" if guidance else "")
     print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
     return 0
 

@@ -19,6 +19,7 @@ from ddpmlab.eval.scores import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPL
                                  extractor_ids, needed_extractors, parse_metrics)
 from ddpmlab.eval.speed import machine_load
 from ddpmlab.eval.sweep import parse_sweep, point_name
+from ddpmlab.methods import guidable, sampling_nfe
 from ddpmlab.paths import check_writable_folder, safe_name
 from ddpmlab.report.plots import plot_sweep
 from ddpmlab.rng import resolve_device
@@ -62,8 +63,8 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                    progress: bool = True, out: str | Path | None = None, variance: str | None = None,
                    guidance: float | None = None) -> dict:
     """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict. ddpm's
-    points use `variance` (default: the run's sample.variance), a conditional model's `guidance` (default: its
-    sample.guidance)."""
+    points use `variance` (default: the run's sample.variance), a guidable model's `guidance` (methods.guidable;
+    default: its sample.guidance)."""
     # Check the request.
     device = resolve_device(device)
     metrics = parse_metrics(metrics or ("fd" if device.type == "cpu" else "fd,fid"), device)
@@ -88,7 +89,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
     suffix = guidance_suffix(guidance, config.sample.guidance)  # of the requested w, for the default name
-    guidance = evaluation_guidance(model.num_classes, config.sample.guidance, guidance)
+    guidance = evaluation_guidance(guidable(model), config.sample.guidance, guidance)
     name = safe_name(name) if name else sweep_name(step, n, seed, use_ema) + suffix
     weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                "weights_digest": weights_digest(model.state_dict())}
@@ -139,7 +140,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                 for kind, extractor in extractors.items()}
         scores = distance_scores(metrics, extractors, real, fake, device)
         results["points"].append({"sampler": method, "steps": steps, "spacing": spacing,
-                                  "nfe": sampling.nfe(schedule.T),
+                                  "nfe": sampling_nfe(model, sampling),
                                   "seconds_per_1000": seconds_per_1000,
                                   "timed": "now" if not reused else "earlier" if seconds_per_1000 is not None else None,
                                   "samples": str(samples_path), "metrics": scores})

@@ -165,6 +165,7 @@ class LDMConfig:
     adversarial_weight: float = 0.0  # δ, the patch discriminator's term in the autoencoder's loss (Esser et al.); 0: none
     adversarial_start: int = 0  # the autoencoder step from which the discriminator trains and its term applies
     disc_channels: int = 32  # the patch discriminator's first convolution (its second has twice as many)
+    guide_steps: int = 0  # autoguidance: the EMA denoiser after this many diffusion steps, frozen as the guide; 0: none
 
 
 @dataclass

@@ -172,6 +172,13 @@ def _check_ldm(config: Config) -> None:
     _check(section.ae_batch_size is None or section.ae_batch_size > 0, "ldm.ae_batch_size", "must be positive")
     _check(0 <= section.adversarial_start < section.autoencoder_steps, "ldm.adversarial_start",
            f"{section.adversarial_start} must be in 0..ldm.autoencoder_steps-1 ({section.autoencoder_steps - 1})")
+    diffusion_steps = config.train.steps - section.autoencoder_steps
+    _check(section.guide_steps < diffusion_steps, "ldm.guide_steps",
+           f"{section.guide_steps} must be below the {diffusion_steps} diffusion steps (train.steps - "
+           f"ldm.autoencoder_steps): the guide is the denoiser part-way through its stage; or ldm.guide_steps=0")
+    _check(not (section.guide_steps and config.model.conditional), "ldm.guide_steps",
+           "autoguidance applies to an unconditional denoiser; a class-conditional one (model.conditional=true) is "
+           "guided by classifier-free guidance: set ldm.guide_steps=0")
 
 
 def check_ldm_section(section: LDMConfig) -> None:
@@ -186,3 +193,4 @@ def check_ldm_section(section: LDMConfig) -> None:
     _check(section.kl_weight >= 0, "ldm.kl_weight", "must be >= 0 (0: a plain autoencoder)")
     _check(section.adversarial_weight >= 0, "ldm.adversarial_weight", "must be >= 0 (0: no discriminator)")
     _check(section.disc_channels > 0, "ldm.disc_channels", "must be positive")
+    _check(section.guide_steps >= 0, "ldm.guide_steps", "must be >= 0 (0: no autoguidance guide)")

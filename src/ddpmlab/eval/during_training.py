@@ -35,7 +35,9 @@ class TrainingEvaluator:
         t = config.train
         self.config, self.device, self.metrics = config, device, eval_metric_names(t.eval_metrics)
         self.single_pass = net.SINGLE_PASS
-        self.guidance = evaluation_guidance(net.num_classes, config.sample.guidance)
+        # classifier-free guidance only: an LDM's autoguidance guide is set part-way (ldm.guide_steps), and one protocol
+        # for every evaluation of the run keeps its scores comparable (train.keep_best)
+        self.guidance = evaluation_guidance(bool(net.num_classes), config.sample.guidance)
         if self.single_pass:
             self.sampler, self.steps, self.spacing, self.nfe, self.sampling = config.method, None, None, 1, None
         else:

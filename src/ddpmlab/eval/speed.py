@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ddpmlab.config import Config
-from ddpmlab.methods import DDPM, LDM, images_seen, sample_images
+from ddpmlab.methods import DDPM, LDM, images_seen, sample_images, sampling_nfe
 from ddpmlab.rng import model_device
 from ddpmlab.samplers import SamplingSettings
 from ddpmlab.store.metrics_csv import read_metrics
@@ -90,7 +90,7 @@ def sampling_speed(model, schedule, shape, sampling: SamplingSettings | None = N
     median = statistics.median(seconds)
     return {"images_per_s": shape[0] / median, "seconds_per_batch": median, "seconds": seconds,
             "batch_size": shape[0], "sampler": name, "steps": steps,
-            "nfe": 1 if schedule is None else timed.nfe(schedule.T), "repeats": repeats,
+            "nfe": 1 if schedule is None else sampling_nfe(net, timed), "repeats": repeats,
             "device": str(device), **peak_memory(device), **machine_load()}
 
 

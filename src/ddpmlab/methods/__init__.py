@@ -168,6 +168,41 @@ def sample_images(net: nn.Module, n: int, generator: torch.Generator | None,
         net.train(was_training)
 
 
+def autoguide(net: nn.Module) -> nn.Module | None:
+    """The network's ready autoguidance guide (an LDM's, from ldm.guide_steps once the trainer has set it), which a
+    guidance w then steers away from; None for every other network."""
+    return getattr(net, "ready_guide", None)
+
+
+def guidable(net: nn.Module) -> bool:
+    """Whether guidance w applies to the network: classifier-free for a class-conditional one, autoguidance for one
+    whose guide is set (an LDM's checkpoint from before diffusion step ldm.guide_steps has none yet)."""
+    return bool(getattr(net, "num_classes", None)) or autoguide(net) is not None
+
+
+def trained_parameters(net: nn.Module) -> int:
+    """The network's parameters but a frozen autoguidance guide's (a copy of the denoiser, trained by nothing)."""
+    guide = getattr(net, "guide", None)
+    frozen = sum(p.numel() for p in guide.parameters()) if isinstance(guide, nn.Module) else 0
+    return sum(p.numel() for p in net.parameters()) - frozen
+
+
+def sampling_nfe(net: nn.Module, sampling: SamplingSettings) -> int:
+    """Network evaluations of one `sampling` run by a diffusion network: an autoguided one calls its guide too."""
+    return sampling.nfe(net.schedule.T, autoguided=autoguide(net) is not None)
+
+
+def freeze_guide_if_due(net: nn.Module, averaged: nn.Module, config: Config, step: int) -> None:
+    """After training `step` (1-based: steps done), an LDM with ldm.guide_steps freezes its guide, and the EMA
+    network's, as the EMA denoiser when that many diffusion steps are done (Karras et al. 2024's weaker model: the
+    same network, trained for less time). Rank 0's only under torchrun: it alone keeps the EMA, samples and writes
+    the checkpoints that every process resumes from."""
+    if isinstance(net, LDM) and hasattr(net, "guide") and \
+            step == config.ldm.autoencoder_steps + config.ldm.guide_steps:
+        net.freeze_guide(averaged.denoiser)
+        averaged.freeze_guide(averaged.denoiser)
+
+
 def run_sampling(net: nn.Module, sample_cfg) -> SamplingSettings | None:
     """The sampling a run's `sample.*` settings describe for `net`: None for a single-pass network (they do not
     apply to it)."""
@@ -184,4 +219,5 @@ __all__ = ["BASELINES", "METHOD_CLASSES", "BaselineNet", "MethodNet", "Phase", "
            "Stage", "build_method", "build_ldm", "rebuild_method", "stored_spec", "training_stage", "training_stages",
            "enter_stage", "stage_data", "batch_sizes",
            "optimizer_settings", "samples_in_one_pass", "sample_images", "run_sampling", "build_schedule",
-           "build_unet", "gaussian_kl", "gaussian_nll"]
+           "build_unet", "gaussian_kl", "gaussian_nll", "autoguide", "guidable", "sampling_nfe", "freeze_guide_if_due",
+           "trained_parameters"]

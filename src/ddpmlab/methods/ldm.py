@@ -3,6 +3,7 @@ variance, whose samples are decoded into images. Both stages train in one run, t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 
@@ -23,8 +24,8 @@ from ddpmlab.samplers import SamplingSettings, sample
 
 # the ldm section's keys that are not its networks' arguments
 TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size", "adversarial_start")
-# network keys added after the first checkpoints, and what a spec without them means: no discriminator
-LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32}
+# network keys added after the first checkpoints, and what a spec without them means: no discriminator, no guide
+LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32, "guide_steps": 0}
 ENCODE_CHUNK = 500  # images per encoder pass when the diffusion stage encodes the training set
 
 
@@ -76,6 +77,12 @@ class LDM(nn.Module):
     z / scale. Called like a backbone, it is the latent denoiser: (x_t, t, labels) on latents. A class-conditional
     denoiser (model.conditional) takes the batches' labels in stage 2 and a sample's classes with classifier-free
     guidance; the autoencoder never sees labels.
+
+    Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"): with
+    ldm.guide_steps > 0 the LDM also holds a `guide`, a frozen copy of the denoiser that the trainer sets to the EMA
+    denoiser after that many diffusion steps (freeze_guide), trained on the same latents for less time. Sampling
+    with guidance w then steers away from it: out = (1 + w)·D(x) − w·D_guide(x), two network evaluations a step.
+    Before the guide is set (guide_ready 0), sampling is unguided.
     """
 
     SINGLE_PASS = False
@@ -83,8 +90,8 @@ class LDM(nn.Module):
     DEFAULT_BETAS = (0.9, 0.999)
     LOGS = ("loss", "loss_ae", "loss_kl")
     STAGES = ("autoencoder", "diffusion")
-    # the EMA averages the denoiser; the autoencoder (and discriminator) it holds are the trained ones
-    EMA_COPIES = ("autoencoder.", "discriminator.")
+    # the EMA averages the denoiser; the autoencoder, discriminator and autoguidance guide it holds are the model's
+    EMA_COPIES = ("autoencoder.", "discriminator.", "guide.")
 
     def __init__(self, channels: int, image_size: int, section: LDMConfig, denoiser: UNet, schedule: NoiseSchedule,
                  diffusion: DiffusionConfig):
@@ -101,6 +108,9 @@ class LDM(nn.Module):
         self.adversarial = False  # whether this step's autoencoder loss has the adversarial term (the trainer's)
         self.denoiser, self.schedule, self.diffusion = denoiser, schedule, diffusion
         self.register_buffer("latent_scale", torch.zeros(()))
+        if section.guide_steps > 0:  # a copy, not a new UNet: building one would draw from torch's RNG
+            self.guide = copy.deepcopy(denoiser).requires_grad_(False)
+            self.register_buffer("guide_ready", torch.zeros(()))
         self.stage = self.STAGES[0]
 
     @classmethod
@@ -143,6 +153,18 @@ class LDM(nn.Module):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoiser(x_t, t, labels=labels)
+
+    @property
+    def ready_guide(self) -> UNet | None:
+        """The autoguidance guide once the trainer has set it (freeze_guide); None before it, and without
+        ldm.guide_steps."""
+        return self.guide if hasattr(self, "guide") and bool(self.guide_ready > 0) else None
+
+    @torch.no_grad()
+    def freeze_guide(self, denoiser: UNet) -> None:
+        """Make the guide a copy of `denoiser`'s weights (the EMA denoiser at diffusion step ldm.guide_steps)."""
+        self.guide.load_state_dict(denoiser.state_dict())
+        self.guide_ready.fill_(1.0)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"autoencoder": list(self.autoencoder.parameters()), "denoiser": list(self.denoiser.parameters())}
@@ -251,11 +273,12 @@ class LDM(nn.Module):
                          labels: torch.Tensor | None = None) -> torch.Tensor:
         """n scaled latents by `sampling` (default DDIM over all T steps; clip_denoised always off) from `noise` (x_T,
         N×noise_shape, else drawn from `generator`), of classes `labels` for a conditional denoiser (guidance
-        sampling.guidance): N×noise_shape float32 on the module's device."""
+        sampling.guidance), or autoguided by the ready guide at that w: N×noise_shape float32 on the module's
+        device."""
         settings = sampling or SamplingSettings()
         settings = settings.with_(prediction=settings.prediction or self.prediction, clip_denoised=False)
         return sample(self.denoiser, self.schedule, (n, *self.noise_shape), settings, noise=noise, generator=generator,
-                      labels=labels, device=model_device(self), rows=rows)
+                      labels=labels, device=model_device(self), rows=rows, guide=self.ready_guide)
 
     @torch.no_grad()
     def reconstruct(self, x0: torch.Tensor) -> torch.Tensor:

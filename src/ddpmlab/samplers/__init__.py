@@ -55,11 +55,11 @@ def resolve_spacing(name: str, spacing: str | None) -> str:
     return spacing
 
 
-def network_evaluations(name: str, steps: int | None, T: int) -> int:
+def network_evaluations(name: str, steps: int | None, T: int, autoguided: bool = False) -> int:
     """Network evaluations (NFE) of one `sample` call. Classifier-free guidance doubles the batch of each
-    evaluation, not their number."""
+    evaluation, not their number; autoguidance calls a second network (the guide) at each, doubling their number."""
     steps = resolve_steps(name, steps, T)
-    return SAMPLERS[name].evaluations(steps)
+    return SAMPLERS[name].evaluations(steps) * (2 if autoguided else 1)
 
 
 def default_steps_text() -> str:
@@ -79,7 +79,7 @@ class SamplingSettings:
 
     steps None: the sampler's default (all T for ddpm and ddim, 20 for the dpm-solvers, 18 for heun); spacing None:
     its default; eta for DDIM only; variance for ddpm only (None: "posterior"); guidance w for a conditional model
-    with labels;
+    with labels (classifier-free) or, with a `guide` network passed to `sample`, autoguidance;
     prediction None: the model's own parameterisation.
     """
 
@@ -102,9 +102,10 @@ class SamplingSettings:
             raise UserError(f"variance {variance!r} is not one of {', '.join(VARIANCES)}")
         return replace(self, steps=steps, spacing=resolve_spacing(self.sampler, self.spacing), variance=variance)
 
-    def nfe(self, T: int) -> int:
-        """Network evaluations of one run of these settings."""
-        return network_evaluations(self.sampler, self.steps, T)
+    def nfe(self, T: int, autoguided: bool = False) -> int:
+        """Network evaluations of one run of these settings, by a model with an autoguidance guide (`autoguided`:
+        a non-zero guidance w then calls it beside the model) or without."""
+        return network_evaluations(self.sampler, self.steps, T, autoguided=autoguided and bool(self.guidance))
 
     @classmethod
     def of_run(cls, sample_cfg, T: int, sampler: str | None = None, steps: int | None = None, **given) -> "SamplingSettings":
@@ -133,29 +134,31 @@ class SamplingSettings:
 def sample(model: Callable, schedule: NoiseSchedule, shape, settings: SamplingSettings | None = None, *,
            noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
            labels: torch.Tensor | None = None, device=None, progress: bool = False, rows: BatchSlice | None = None,
-           **fields) -> torch.Tensor:
+           guide: Callable | None = None, **fields) -> torch.Tensor:
     """Generate a batch x_0 of `shape` (N, C, H, W) from `model(x_t, t, labels=None)`; float32 on `device`.
 
     `settings` (default SamplingSettings()) with any of its fields given as keywords on top (sampler="heun",
     steps=10, ...). noise fixes x_T; otherwise it is drawn from `generator`. Values are in [−1, 1] when
     clip_denoised. An nn.Module is put in eval mode while sampling and restored after. UserError for steps outside
     1..T, an unknown spacing or eta outside [0, 1]. With `rows`, `shape` is that slice of a batch split over
-    processes (labels and noise the slice's) and every draw the slice's share of the whole batch's.
+    processes (labels and noise the slice's) and every draw the slice's share of the whole batch's. A `guide`
+    network (autoguidance, see Denoiser) is called beside the model at each evaluation when settings.guidance is
+    non-zero: twice the network evaluations (SamplingSettings.nfe, autoguided).
     """
     settings = (settings or SamplingSettings()).with_(**fields).resolved(schedule.T)
     device = torch.device(device) if device is not None else model_device(model)
     x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn(tuple(shape), generator, device, rows=rows)
     if labels is not None:
         labels = labels.to(device)
-    denoiser = Denoiser(model, schedule, settings.prediction, labels, settings.guidance, settings.clip_denoised)
-    was_training = isinstance(model, nn.Module) and model.training
-    if was_training:
-        model.eval()
+    denoiser = Denoiser(model, schedule, settings.prediction, labels, settings.guidance, settings.clip_denoised, guide)
+    training = [net for net in (model, guide) if isinstance(net, nn.Module) and net.training]
+    for net in training:
+        net.eval()
     try:
         return SAMPLERS[settings.sampler].run(denoiser, x, settings, generator, progress, rows)
     finally:
-        if was_training:
-            model.train()
+        for net in training:
+            net.train()
 
 
 __all__ = ["sample", "SAMPLERS", "Sampler", "SamplingSettings", "sampler", "default_spacing", "network_evaluations",

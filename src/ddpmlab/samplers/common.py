@@ -31,12 +31,16 @@ class Denoiser:
     """Wraps any `model(x_t, t, labels=None)` callable into (x_0, ε) predictions for a sampler.
 
     Classifier-free guidance (Ho & Salimans 2022): out = (1 + w)·out(x, c) − w·out(x, ∅), applied to the
-    raw output (every parameterisation is affine in it, so this equals guiding ε).
+    raw output (every parameterisation is affine in it, so this equals guiding ε). With a `guide` network instead,
+    autoguidance (Karras et al. 2024): out = (1 + w)·out(x, c) − w·guide(x, c), the guide a weaker model of the
+    same data, called with the same labels.
     """
 
     def __init__(self, model: Callable, schedule: NoiseSchedule, prediction: str | None = None,
-                 labels: torch.Tensor | None = None, guidance_scale: float | None = None, clip_denoised: bool = True):
+                 labels: torch.Tensor | None = None, guidance_scale: float | None = None, clip_denoised: bool = True,
+                 guide: Callable | None = None):
         self.model = model
+        self.guide = guide if guidance_scale else None  # w 0 or None: unguided, one call a step
         self.schedule = schedule
         # per-step coefficients as host numbers, read once: a sampler's loop then waits for nothing on the host
         self.sqrt_alphas_cumprod = schedule.sqrt_alphas_cumprod.tolist()
@@ -45,7 +49,7 @@ class Denoiser:
         self.labels = labels
         self.guidance_scale = guidance_scale
         self.clip_denoised = clip_denoised
-        if guidance_scale is not None and labels is not None:
+        if guidance_scale is not None and labels is not None and self.guide is None:
             null = getattr(model, "null_label", None)
             if null is None:
                 raise ValueError("classifier-free guidance needs a model with a `null_label` attribute")
@@ -54,6 +58,9 @@ class Denoiser:
     def output(self, xt: torch.Tensor, t_index: int) -> torch.Tensor:
         """The model's raw output at integer timestep t_index for the whole batch."""
         t = torch.full((xt.shape[0],), t_index, device=xt.device, dtype=torch.long)
+        if self.guide is not None:
+            w = self.guidance_scale
+            return (1 + w) * self.model(xt, t, labels=self.labels) - w * self.guide(xt, t, labels=self.labels)
         if self.guidance_scale is None or self.labels is None:
             return self.model(xt, t, labels=self.labels)
         both = self.model(torch.cat([xt, xt]), torch.cat([t, t]), labels=torch.cat([self.labels, self.null_labels]))

@@ -18,8 +18,8 @@ from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
 from ddpmlab.eval.speed import other_load
 from ddpmlab.images import save_grid
-from ddpmlab.methods import (Stage, batch_sizes, build_method, enter_stage, optimizer_settings, run_sampling,
-                             sample_images, stage_data)
+from ddpmlab.methods import (Stage, batch_sizes, build_method, enter_stage, freeze_guide_if_due, optimizer_settings,
+                             run_sampling, sample_images, stage_data, trained_parameters)
 from ddpmlab.paths import storage_error
 from ddpmlab.rng import resolve_device, seeded_generator
 from ddpmlab.store import checkpoint as ckpt
@@ -116,7 +116,7 @@ class Trainer(Persistence):
         self.health, self.lock = StepHealth(config.train.max_bad_steps), None
         check_tensorboard(config.train)
         self.quality = distributed.on_main(self.build_evaluator, self.processes)  # rank 0's, if train.eval_every
-        parameters = sum(p.numel() for p in self.model.parameters())
+        parameters = trained_parameters(self.model)
         self.description = (f"{config.method}, device {self.device}, {parameters:,} parameters, "
                             f"{len(self.train_data):,} training images "
                             f"({self.train_data.channels}×{self.train_data.image_size}×{self.train_data.image_size}) "
@@ -180,6 +180,7 @@ class Trainer(Persistence):
                 self.health.good_step()
                 if self.processes.is_main:
                     self.ema.update(self.model, self.step - stage.first)
+                    freeze_guide_if_due(self.model, self.ema.shadow, self.config, self.step + 1)  # autoguidance
                 self.step += 1
                 self.window.add(logs, stage.batch_size, time.perf_counter() - step_start)
                 bar.update(1)
