@@ -364,17 +364,23 @@ def adversarial(tmp_path_factory):
     return trainer
 
 
+def _resumes_like(reference: Trainer, overrides, run_dir, stop_at: int) -> None:
+    """A run of tiny(*overrides) interrupted after step `stop_at` and resumed ends with the uninterrupted
+    `reference`'s model, EMA network and every optimizer's state, bit for bit."""
+    InterruptedTrainer.stop_at = stop_at
+    first = InterruptedTrainer(tiny(*overrides), run_dir, progress=False)
+    assert first.train()["interrupted"] and first.step == stop_at
+    resumed = Trainer.resume(run_dir, progress=False)
+    resumed.train()
+    _states_equal(reference.model.state_dict(), resumed.model.state_dict())
+    _states_equal(reference.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+    for group, optimizer in reference.optimizers.items():
+        _states_equal(optimizer.state_dict()["state"][0], resumed.optimizers[group].state_dict()["state"][0])
+
+
 @pytest.mark.parametrize("stop_at", [1, 4], ids=["before-the-adversary", "with-the-adversary"])
 def test_an_adversarial_ldm_run_resumes_bit_identically(adversarial, tmp_path, stop_at):
-    InterruptedTrainer.stop_at = stop_at
-    first = InterruptedTrainer(tiny(*ADVERSARIAL), tmp_path / "run", progress=False)
-    assert first.train()["interrupted"] and first.step == stop_at
-    resumed = Trainer.resume(tmp_path / "run", progress=False)
-    resumed.train()
-    _states_equal(adversarial.model.state_dict(), resumed.model.state_dict())
-    _states_equal(adversarial.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
-    for group, optimizer in adversarial.optimizers.items():
-        _states_equal(optimizer.state_dict()["state"][0], resumed.optimizers[group].state_dict()["state"][0])
+    _resumes_like(adversarial, ADVERSARIAL, tmp_path / "run", stop_at)
 
 
 def test_the_adversary_trains_from_its_start_step_and_changes_the_autoencoder(adversarial, straight):
@@ -537,15 +543,9 @@ def test_the_guide_is_the_ema_denoiser_at_its_step_and_changes_no_training(guide
         sum(p.numel() for p in straight.model.parameters())
 
 
-@pytest.mark.parametrize("stop_at", [7, 9], ids=["before-the-guide", "after-the-guide"])
+@pytest.mark.parametrize("stop_at", [7, 8, 9], ids=["before-the-guide", "at-the-guide", "after-the-guide"])
 def test_a_guided_ldm_run_resumes_bit_identically(guided, tmp_path, stop_at):
-    InterruptedTrainer.stop_at = stop_at
-    first = InterruptedTrainer(tiny(*GUIDED), tmp_path / "run", progress=False)
-    assert first.train()["interrupted"] and first.step == stop_at
-    resumed = Trainer.resume(tmp_path / "run", progress=False)
-    resumed.train()
-    _states_equal(guided.model.state_dict(), resumed.model.state_dict())
-    _states_equal(guided.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+    _resumes_like(guided, GUIDED, tmp_path / "run", stop_at)
 
 
 def test_a_guided_ldm_samples_autoguided_through_the_cli_ddpmlab_load_and_eval(guided, straight, tmp_path, capsys):
