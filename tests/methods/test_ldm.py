@@ -310,11 +310,16 @@ class InterruptedTrainer(Trainer):
             signal.raise_signal(signal.SIGINT)
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    trainer = Trainer(tiny(), tmp_path_factory.mktemp("straight") / "run", progress=False)
+def _trained(tmp_path_factory, name: str, *overrides) -> Trainer:
+    """A Trainer that has run tiny(*overrides) to the end in a module-wide temporary folder `name`."""
+    trainer = Trainer(tiny(*overrides), tmp_path_factory.mktemp(name) / "run", progress=False)
     trainer.train()
     return trainer
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    return _trained(tmp_path_factory, "straight")
 
 
 def _rows_without_timings(path):
@@ -359,9 +364,7 @@ ADVERSARIAL = ("ldm.adversarial_weight=0.5", "ldm.adversarial_start=2", "ldm.dis
 
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
-    trainer = Trainer(tiny(*ADVERSARIAL), tmp_path_factory.mktemp("adversarial") / "run", progress=False)
-    trainer.train()
-    return trainer
+    return _trained(tmp_path_factory, "adversarial", *ADVERSARIAL)
 
 
 def _resumes_like(reference: Trainer, overrides, run_dir, stop_at: int) -> None:
@@ -448,9 +451,7 @@ LABELS = [0, 0, 1, 1, 2, 2, 3, 3]  # --per-class --n 2 of the synthetic shapes' 
 
 @pytest.fixture(scope="module")
 def conditional(tmp_path_factory):
-    trainer = Trainer(tiny(*CONDITIONAL), tmp_path_factory.mktemp("conditional") / "run", progress=False)
-    trainer.train()
-    return trainer
+    return _trained(tmp_path_factory, "conditional", *CONDITIONAL)
 
 
 def test_a_conditional_ldm_trains_its_denoiser_on_the_labels_and_resumes_bit_identically(conditional, tmp_path):
@@ -520,9 +521,7 @@ GUIDED = ("ldm.guide_steps=2", "sample.guidance=1.0")  # the guide: the EMA deno
 
 @pytest.fixture(scope="module")
 def guided(tmp_path_factory):
-    trainer = Trainer(tiny(*GUIDED), tmp_path_factory.mktemp("guided") / "run", progress=False)
-    trainer.train()
-    return trainer
+    return _trained(tmp_path_factory, "guided", *GUIDED)
 
 
 def test_the_guide_is_the_ema_denoiser_at_its_step_and_changes_no_training(guided, straight):
