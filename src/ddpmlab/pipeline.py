@@ -79,9 +79,6 @@ class Pipeline:
                 raise UserError(f"{self.config.method} draws an image in one network pass; {named[0]} applies to "
                                 f"diffusion models only")
             return sample_images(self.net, n, generator)
-        if guidance is not None and not guidable(self.net):
-            raise UserError("guidance needs a class-conditional model or a latent DDPM with a set autoguidance guide "
-                            "(ldm.guide_steps)")
         guidance = evaluation_guidance(guidable(self.net), self.config.sample.guidance, guidance)
         sampling = SamplingSettings.of_run(self.config.sample, self.schedule.T, sampler, steps,
                                            **settings).with_(guidance=guidance).resolved(self.schedule.T)

@@ -23,14 +23,14 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
-GUIDANCE_NEEDS = ("--guidance needs a class-conditional model (model.conditional=true) or a latent DDPM with an "
+GUIDANCE_NEEDS = ("guidance w (--guidance) needs a class-conditional model (model.conditional=true) or a latent DDPM with an "
                   "autoguidance guide (ldm.guide_steps; a checkpoint from before that diffusion step has none yet)")
 
 
 def evaluation_guidance(guidable: bool, configured: float | None, requested: float | None = None) -> float | None:
-    """The guidance w an evaluation samples at: `requested` (--guidance), else the run's sample.guidance
-    `configured`; None for a model guidance does not apply to (methods.guidable: neither class-conditional nor with
-    an autoguidance guide), for which a requested w is a UserError."""
+    """The guidance w a command samples at: `requested` (--guidance, pipe.sample's guidance), else the run's
+    sample.guidance `configured`; None for a model guidance does not apply to (methods.guidable: neither
+    class-conditional nor with an autoguidance guide), for which a requested w is a UserError."""
     if not guidable:
         if requested is not None:
             raise UserError(GUIDANCE_NEEDS)

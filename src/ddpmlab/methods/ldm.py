@@ -90,8 +90,9 @@ class LDM(nn.Module):
     DEFAULT_BETAS = (0.9, 0.999)
     LOGS = ("loss", "loss_ae", "loss_kl")
     STAGES = ("autoencoder", "diffusion")
-    # the EMA averages the denoiser; the autoencoder, discriminator and autoguidance guide it holds are the model's
-    EMA_COPIES = ("autoencoder.", "discriminator.", "guide.")
+    # the EMA averages the denoiser; the autoencoder (and discriminator) it holds are the trained ones, and the frozen
+    # autoguidance guide the EMA leaves alone (freeze_guide_if_due sets it in both)
+    EMA_COPIES = ("autoencoder.", "discriminator.")
 
     def __init__(self, channels: int, image_size: int, section: LDMConfig, denoiser: UNet, schedule: NoiseSchedule,
                  diffusion: DiffusionConfig):

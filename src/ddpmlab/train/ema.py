@@ -16,13 +16,16 @@ def ema_decay_at(step: int, decay: float) -> float:
 class EMA:
     """Keeps `shadow`, a frozen copy of `model` whose parameters follow θ̄ ← d·θ̄ + (1 − d)·θ; buffers are copied, and
     so are the parameters whose names start with one of the model's EMA_COPIES, if it has any (an LDM's autoencoder,
-    whose latents the averaged denoiser was trained on)."""
+    whose latents the averaged denoiser was trained on). Parameters that need no gradient (an LDM's frozen
+    autoguidance guide, which its owner sets in both networks at once) are left alone."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         copied = tuple(getattr(model, "EMA_COPIES", ()))
-        self.averaged = [not name.startswith(copied) for name, _ in model.named_parameters()] if copied else None
+        roles = ["frozen" if not p.requires_grad else "copied" if name.startswith(copied) else "averaged"
+                 for name, p in model.named_parameters()]
+        self.roles = None if set(roles) <= {"averaged"} else roles  # None: every parameter averaged
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
@@ -30,12 +33,12 @@ class EMA:
         kernel launch per few tensors on a GPU, θ̄ + (1 − d)(θ − θ̄) per tensor as before on the CPU)."""
         d = ema_decay_at(step, self.decay)
         averaged, current = list(self.shadow.parameters()), list(model.parameters())
-        if self.averaged is not None:
-            for keep, shadow, value in zip(self.averaged, averaged, current):
-                if not keep:
+        if self.roles is not None:
+            for role, shadow, value in zip(self.roles, averaged, current):
+                if role == "copied":
                     shadow.copy_(value)
-            averaged = [shadow for keep, shadow in zip(self.averaged, averaged) if keep]
-            current = [value for keep, value in zip(self.averaged, current) if keep]
+            averaged = [shadow for role, shadow in zip(self.roles, averaged) if role == "averaged"]
+            current = [value for role, value in zip(self.roles, current) if role == "averaged"]
         torch._foreach_lerp_(averaged, current, 1.0 - d)
         for averaged, current in zip(self.shadow.buffers(), model.buffers()):
             averaged.copy_(current)
