@@ -142,6 +142,9 @@ def test_baseline_presets_train_the_published_epochs(name, method, images, epoch
 @pytest.mark.parametrize("override,fragment", [
     ("data.on_bad_image=maybe", "invalid config value data.on_bad_image: 'maybe' is not one of error, skip"),
     ("sample.variance=wide", "invalid config value sample.variance: 'wide' is not one of posterior, beta"),
+    ("sample.guidance_interval=[2,1]", "sample.guidance_interval: must be [σ_lo, σ_hi] with 0 <= σ_lo < σ_hi"),
+    ("sample.guidance_interval=[0.3]", "sample.guidance_interval: must be [σ_lo, σ_hi]"),
+    ("sample.guidance_interval=[-1,1]", "sample.guidance_interval: must be [σ_lo, σ_hi]"),
     ("train.steps=9223372036854775808", "train.steps must be an integer in -2**63..2**63-1"),  # 2**63
     ("train.seed=-9223372036854775809", "train.seed must be an integer in -2**63..2**63-1"),
     ("model.channels=1e300", "model.channels must be an integer in -2**63..2**63-1"),
@@ -156,6 +159,8 @@ def test_values_beyond_what_the_code_can_hold_name_the_key(override, fragment):
 
 
 def test_the_largest_integers_pass(tmp_path):
+    interval = load_config("tiny", ["sample.guidance_interval=[0,10]"]).sample.guidance_interval
+    assert interval == [0.0, 10.0] and all(type(v) is float for v in interval)
     assert load_config("tiny", ["train.seed=9223372036854775807"]).train.seed == 2**63 - 1
     assert load_config("tiny", ["data.on_bad_image=skip"]).data.on_bad_image == "skip"
 

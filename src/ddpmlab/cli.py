@@ -13,10 +13,14 @@ from ddpmlab.commands import bench, compare, config, evaluate, export, pretraine
 from ddpmlab.config import INT64_MAX, INT64_MIN
 from ddpmlab.distributed import launched_processes, process_group
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, Interrupted, UserError
-from ddpmlab.samplers import EVALUATION_STEPS, SAMPLERS, VARIANCES, default_steps_text, spacings_text
+from ddpmlab.samplers import (EVALUATION_STEPS, SAMPLERS, VARIANCES, default_steps_text,
+                               parse_guidance_interval, spacings_text)
 from ddpmlab.store.original_ddpm import ARCHS
 from ddpmlab.version import __version__
 
+GUIDANCE_INTERVAL_HELP = ("guide only the steps at noise levels sigma_t = sqrt((1 - abar_t)/abar_t) in (LO, HI] "
+                          "(Kynkaanniemi et al. 2024; an autoguided model calls its guide only there), or none: every "
+                          "step (default: the run's sample.guidance_interval)")
 _PYTHON_FORMAT_WARNING = warnings.formatwarning
 
 
@@ -25,6 +29,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _interval(text: str) -> tuple:
+    """--guidance-interval's value: "LO,HI" finite noise levels with 0 <= LO < HI, or none: ()."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return parse_guidance_interval(text.split(","))
+    except UserError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI noise levels with 0 <= LO < HI (e.g. 0.3,10), "
+                                         f"nor none") from None
 
 
 def _int64(text: str) -> int:
@@ -94,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float,
                         help="guidance scale w: classifier-free for a class-conditional model, autoguidance for a "
                              "latent DDPM with a guide (ldm.guide_steps); default: the run's sample.guidance")
+    sample.add_argument("--guidance-interval", type=_interval, metavar="LO,HI|none",
+                        help=GUIDANCE_INTERVAL_HELP)
     sample.add_argument("--per-class", action="store_true",
                         help="conditional models: --n images of every class (default 8), a grid with one labelled row each")
     sample.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -222,6 +239,7 @@ def _add_eval_parser(commands) -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance", type=float,
                           help="guidance scale w of a class-conditional model (classifier-free) or of a latent DDPM "
                                "with a guide (autoguidance; default: its sample.guidance)")
+    evaluate.add_argument("--guidance-interval", type=_interval, metavar="LO,HI|none", help=GUIDANCE_INTERVAL_HELP)
     evaluate.add_argument("--batch-size", type=_int64, help="images per sampling/NLL batch (default: the run's sample.batch_size)")
     evaluate.add_argument("--seed", type=_int64, help="sampling seed (default 0)")
     evaluate.add_argument("--no-ema", action="store_true", help="evaluate the raw weights instead of the EMA")

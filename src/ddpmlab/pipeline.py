@@ -17,7 +17,7 @@ from torch import nn
 from ddpmlab.config import Config
 from ddpmlab.diffusion import NoiseSchedule
 from ddpmlab.errors import UserError
-from ddpmlab.eval.samples import evaluation_guidance
+from ddpmlab.eval.samples import guidance_and_interval
 from ddpmlab.methods import guidable, sample_images
 from ddpmlab.rng import model_device, resolve_device
 from ddpmlab.samplers import SamplingSettings
@@ -65,7 +65,8 @@ class Pipeline:
         A diffusion model runs `sampler` (default: the run's sample.sampler) for `steps` (default: as `ddpmlab sample`
         chooses), with any other SamplingSettings field as a keyword (eta, spacing, variance, clip_denoised, ...);
         `noise` (N×noise_shape) is x_T; `labels` (N class indices) are for a class-conditional model, `guidance` w
-        for one or for a latent DDPM with an autoguidance guide (ldm.guide_steps).
+        for one or for a latent DDPM with an autoguidance guide (ldm.guide_steps), guidance_interval=(σ_lo, σ_hi) to
+        guide only at those noise levels (() for every step; default: the run's sample.guidance_interval).
         A baseline draws in one pass and takes only n and seed. seed None draws from torch's global generator.
         """
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
@@ -79,9 +80,10 @@ class Pipeline:
                 raise UserError(f"{self.config.method} draws an image in one network pass; {named[0]} applies to "
                                 f"diffusion models only")
             return sample_images(self.net, n, generator)
-        guidance = evaluation_guidance(guidable(self.net), self.config.sample.guidance, guidance)
-        sampling = SamplingSettings.of_run(self.config.sample, self.schedule.T, sampler, steps,
-                                           **settings).with_(guidance=guidance).resolved(self.schedule.T)
+        guidance, interval, _ = guidance_and_interval(guidable(self.net), self.config.sample, guidance,
+                                                      settings.pop("guidance_interval", None))
+        sampling = SamplingSettings.of_run(self.config.sample, self.schedule.T, sampler, steps, **settings).with_(
+            guidance=guidance, guidance_interval=interval).resolved(self.schedule.T)
         return sample_images(self.net, n, generator, sampling, self._labels(labels, n), self._noise(noise, n))
 
     @torch.no_grad()

@@ -514,6 +514,10 @@ def test_guidance_of_an_unconditional_ldm_is_a_one_line_error(straight, tmp_path
     assert err.startswith("error: ") and "\n" not in err and "class-conditional" in err and "ldm.guide_steps" in err
     assert main(["eval", str(straight.run_dir), "--guidance", "-1", "--n", "4", "--out", str(tmp_path / "e")]) == 2
     assert "--guidance must be" in capsys.readouterr().err
+    assert main(["sample", str(straight.run_dir), "--guidance-interval", "0.5,5",
+                 "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --guidance-interval needs a class-conditional model") and "\n" not in err
 
 
 GUIDED = ("ldm.guide_steps=2", "sample.guidance=1.0")  # the guide: the EMA denoiser after step 6 + 2 = 8
@@ -570,6 +574,52 @@ def test_a_guided_ldm_samples_autoguided_through_the_cli_ddpmlab_load_and_eval(g
     written = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
     settings = json.loads(open(written).read())["settings"]
     assert settings["guidance"] == 1.0 and settings["nfe"] == 6
+
+
+def test_a_guidance_interval_calls_the_guide_only_inside_it_through_the_cli_load_and_eval(guided, tmp_path, capsys):
+    """--guidance-interval LO,HI (and pipe.sample's guidance_interval) guide only the steps at σ_t in (LO, HI]: the
+    network evaluations are the steps plus the guided ones; an interval holding every step is plain guidance, one
+    holding none the unguided sampler; `none` restores every step."""
+    from ddpmlab.samplers import SamplingSettings, guided_evaluations
+    pipe = ddpmlab.load(guided.run_dir)
+    settings = dict(sampler="dpm-solver++", steps=6, seed=3)
+    interval = (0.5, 5.0)
+    inside = guided_evaluations(pipe.schedule, SamplingSettings("dpm-solver++", 6, guidance=1.0,
+                                                                guidance_interval=interval))
+    assert 0 < inside < 6
+    part = pipe.sample(4, guidance_interval=interval, **settings)
+    torch.testing.assert_close(pipe.sample(4, guidance_interval=(0.0, 1e9), **settings), pipe.sample(4, **settings))
+    torch.testing.assert_close(pipe.sample(4, guidance_interval=(), **settings), pipe.sample(4, **settings))
+    torch.testing.assert_close(pipe.sample(4, guidance_interval=(1e6, 1e7), **settings),
+                               pipe.sample(4, guidance=0.0, **settings))
+    assert not torch.allclose(part, pipe.sample(4, **settings))
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(guided.run_dir), "--out", str(out), "--n", "4", "--sampler", "dpm-solver++",
+                 "--steps", "6", "--seed", "3", "--guidance-interval", "0.5,5"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{6 + inside} network evaluations" in printed and "at σ in (0.5, 5]" in printed
+    images = torch.from_numpy(np.load(out)["images"]).permute(0, 3, 1, 2)
+    torch.testing.assert_close(images, ((part + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    assert main(["eval", str(guided.run_dir), "--n", "8", "--ref-n", "8", "--metrics", "speed", "--sampler",
+                 "dpm-solver++", "--steps", "6", "--guidance-interval", "0.5,5", "--out", str(tmp_path / "e"),
+                 "--quiet"]) == 0
+    written = capsys.readouterr().out.strip().splitlines()[-1].removeprefix("wrote ")
+    assert written.endswith("-gi0.5-5.0.json")
+    recorded = json.loads(open(written).read())["settings"]
+    assert recorded["guidance_interval"] == [0.5, 5.0] and recorded["nfe"] == 6 + inside
+    assert main(["sample", str(guided.run_dir), "--out", str(tmp_path / "all.npz"), "--n", "4", "--sampler",
+                 "dpm-solver++", "--steps", "6", "--seed", "3", "--guidance-interval", "none"]) == 0
+    assert "12 network evaluations" in capsys.readouterr().out
+    assert main(["sample", str(guided.run_dir), "--out", str(tmp_path / "w0.npz"), "--guidance", "0",
+                 "--guidance-interval", "0.5,5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --guidance-interval applies to guided sampling") and "\n" not in err
+    for bad in ("0.5", "5,0.5", "a,b", "0,inf"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["sample", str(guided.run_dir), "--out", str(tmp_path / "x.npz"), "--guidance-interval", bad])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "--guidance-interval" in err
 
 
 def test_a_checkpoint_from_before_the_guide_samples_unguided_and_refuses_guidance(guided, tmp_path, capsys):

@@ -279,7 +279,11 @@ def test_an_nll_only_score_file_ships_without_a_sampling_protocol(tmp_path):
 
 def test_a_score_of_a_conditional_model_replays_with_its_guidance():
     settings = {"sampler": "dpm-solver++", "steps": 20, "spacing": "logSNR", "nfe": 20, "guidance": 0.5}
-    assert export.sampling_flags(settings) == " --sampler dpm-solver++ --steps 20 --spacing logSNR --guidance 0.5"
+    # every step guided, whatever the model's own sample.guidance_interval
+    assert export.sampling_flags(settings) == (" --sampler dpm-solver++ --steps 20 --spacing logSNR --guidance 0.5 "
+                                               "--guidance-interval none")
+    assert export.sampling_flags({**settings, "guidance_interval": [0.3, 10.0]}).endswith(
+        "--guidance 0.5 --guidance-interval 0.3,10.0")
     assert export.sampling_flags({**settings, "guidance": None}).endswith("--spacing logSNR")
 
 

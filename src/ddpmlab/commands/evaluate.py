@@ -28,8 +28,8 @@ from ddpmlab.eval.cache import dataset_key
 from ddpmlab.eval.classifier import default_classifier_path, held_out_split, train_classifier_to_file
 from ddpmlab.eval.image_sources import model_reference, reference_data
 from ddpmlab.eval.reference import reference_features, subset_indices
-from ddpmlab.eval.samples import (check_same_weights, class_labels, evaluation_guidance, generate_samples,
-                                  guidance_suffix, load_samples, save_samples)
+from ddpmlab.eval.samples import (check_same_weights, class_labels, generate_samples, guidance_and_interval,
+                                  interval_setting, load_samples, save_samples)
 from ddpmlab.eval.scores import (FEATURE_BATCH, FEATURE_METRICS, INCEPTION_METRICS, METRICS, MIN_FID_SAMPLES,
                                  check_pr_counts, class_conditional_scores, distance_scores, extractor_ids,
                                  needed_extractors, parse_metrics)
@@ -69,13 +69,15 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                  device: str = "auto", name: str | None = None, classifier: str | Path | None = None,
                  ref_n: int = 10000, nll_n: int = 1000, nll_timesteps: int | None = None, speed_repeats: int = 3,
                  progress: bool = True, out: str | Path | None = None, processes: Processes | None = None,
-                 reference: tuple[str, str] | None = None, guidance: float | None = None) -> dict | None:
+                 reference: tuple[str, str] | None = None, guidance: float | None = None,
+                 guidance_interval: tuple | None = None) -> dict | None:
     """Evaluate a run's newest checkpoint (or the checkpoint folder given); writes <name>.json and the .npz samples
     into RUN_DIR/eval (or `out`) and returns the results dict. `name` is sanitised to letters, digits, . _ -.
 
     `sampling` (default: DDIM at samplers.EVALUATION_STEPS, the same for every run; steps None: the sampler's
     evaluation default, SamplingSettings.for_evaluation); `guidance`: the guidance w of a class-conditional model
-    (classifier-free) or of a latent DDPM with a set guide (autoguidance) (default: its sample.guidance; a UserError
+    (classifier-free) or of a latent DDPM with a set guide (autoguidance), at the noise levels of `guidance_interval`
+    (eval.samples.evaluation_interval; default: its sample.guidance and sample.guidance_interval; a UserError
     for any other model). metrics: comma-separated
     names of eval.scores.METRICS (default: the cpu_default ones on a CPU, all on a GPU). FD/FID/KID/PR
     compare `n` samples with min(ref_n, split size) held-out images (or, with `reference` (NAME, SPLIT), images of
@@ -108,8 +110,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
     out_dir = Path(out) if out is not None else eval_folder(run_dir)
     check_writable_folder(out_dir, "--out")
     model, schedule, config, step = load_trained(source, use_ema=use_ema, device=str(device))
-    suffix = guidance_suffix(guidance, config.sample.guidance)  # of the requested w, for the default name
-    guidance = evaluation_guidance(guidable(model), config.sample.guidance, guidance)
+    guidance, interval, suffix = guidance_and_interval(guidable(model), config.sample, guidance, guidance_interval)
     if model.SINGLE_PASS:
         if "nll" in metrics and requested is not None:
             raise UserError(f"the nll metric is the diffusion models' variational bound; a {config.method} run has "
@@ -122,7 +123,7 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
                             "is on its autoencoder's latents, not on the images: leave nll out of --metrics")
         metrics = [m for m in metrics if not (config.method == "ldm" and m == "nll")]
         sampling = sampling.for_evaluation(schedule.T).with_(
-            guidance=guidance, clip_denoised=config.sample.clip_denoised,
+            guidance=guidance, guidance_interval=interval, clip_denoised=config.sample.clip_denoised,
             variance=sampling.variance or config.sample.variance).resolved(schedule.T)
         sampler, steps, spacing, eta = sampling.sampler, sampling.steps, sampling.spacing, sampling.eta
         variance = sampling.variance if sampler == "ddpm" else None
@@ -148,7 +149,8 @@ def evaluate_run(run_dir: str | Path, sampling: SamplingSettings | None = None, 
         settings = {**weights, "sampler": sampler, "steps": steps, "spacing": spacing,
                     "nfe": 1 if model.SINGLE_PASS else sampling_nfe(model, sampling),
                     "eta": eta if sampler == "ddim" else None, "variance": variance, "n": n, "batch_size": batch_size,
-                    "seed": seed, "guidance": guidance, "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
+                    "seed": seed, "guidance": guidance, **interval_setting(interval),
+                    "clip_denoised": None if model.SINGLE_PASS else config.sample.clip_denoised,
                     "device_type": device.type}
     name = safe_name(name) if name else default
     path = out_dir / (f"{name}.json" if reference is None else f"{name}-vs-{reference[0]}-{reference[1]}.json")
@@ -242,6 +244,7 @@ def sampling_protocol(settings: dict, split: str, reference_n: int, dataset: str
     """What a metric of samples was measured on: the samples (how many, drawn how, from which seed) against
     `reference_n` images of the held-out `split` (of `dataset` when a --reference named it)."""
     return {**{key: settings[key] for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance")},
+            **{key: settings[key] for key in ("guidance_interval",) if key in settings},
             **({"reference_dataset": dataset} if dataset else {}), "reference_split": split, "reference_n": reference_n}
 
 
@@ -370,7 +373,8 @@ def run(args) -> int:
         results = evaluate_sweep(args.run_dir, args.sweep, metrics=args.metrics, batch_size=args.batch_size,
                                  use_ema=not args.no_ema, device=args.device, name=args.name,
                                  classifier=args.classifier, progress=not args.quiet, out=args.out,
-                                 variance=args.variance, guidance=args.guidance, **counts)
+                                 variance=args.variance, guidance=args.guidance,
+                                 guidance_interval=args.guidance_interval, **counts)
         print(sweep_table(results))
         print(f"wrote {results['json']} and {results['plot']}")
         return 0
@@ -383,7 +387,8 @@ def run(args) -> int:
     results = evaluate_run(args.run_dir, sampling, metrics=args.metrics, batch_size=args.batch_size,
                            use_ema=not args.no_ema, device=args.device, name=args.name, classifier=args.classifier,
                            nll_timesteps=args.nll_timesteps, progress=not args.quiet, out=args.out,
-                           processes=current(), reference=reference, guidance=args.guidance, **counts,
+                           processes=current(), reference=reference, guidance=args.guidance,
+                           guidance_interval=args.guidance_interval, **counts,
                            **flags_given(args, "nll_n", "speed_repeats"))
     if results is None:  # a process other than rank 0: it sampled its share
         return 0

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from ddpmlab.config import save_config
 from ddpmlab.errors import DdpmlabWarning, UserError
+from ddpmlab.eval.samples import interval_setting
 from ddpmlab.eval.scores import FEATURE_METRICS, METRICS, SHORT_LABELS
 from ddpmlab.methods import images_seen, rebuild_method, trained_parameters
 from ddpmlab.report.render import fmt_seconds
@@ -69,6 +70,8 @@ def sampling_text(protocol: dict | None) -> str:
         how += f" ({protocol['spacing']} spacing)"
     if protocol.get("guidance"):
         how += f", guidance {protocol['guidance']:g}"
+        if protocol.get("guidance_interval"):
+            how += " at σ in ({:g}, {:g}]".format(*protocol["guidance_interval"])
     return (f"{protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, {how}, "
             f"seed {protocol.get('seed')}")
 
@@ -159,6 +162,7 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
     if any(m in FEATURE_METRICS for m in asked):
         entry["protocol"] = {key: settings.get(key) for key in ("n", "sampler", "steps", "spacing", "nfe", "eta",
                                                                  "seed", "guidance", "batch_size", "device_type")}
+        entry["protocol"].update(interval_setting(settings.get("guidance_interval")))
         entry["protocol"].update(reference_split=results.get("reference_split"), reference_n=reference.get("count"),
                                  extractors=results.get("extractors", {}))
         command += f" --n {settings['n']}{sampling_flags(settings)} --ref-n {reference.get('count', 10000)}"
@@ -173,8 +177,8 @@ def score_entry(path: str | Path, step: int, digests: dict[str, str], name: str)
 
 
 def sampling_flags(settings: dict) -> str:
-    """The --sampler/--steps/--spacing (and a conditional model's --guidance) that draw the samples of `settings`
-    again ("" for a one-pass method)."""
+    """The --sampler/--steps/--spacing (and a guided model's --guidance and --guidance-interval) that draw the samples
+    of `settings` again ("" for a one-pass method)."""
     if settings.get("nfe") == 1 and settings.get("steps") is None:
         return ""
     flags = f" --sampler {settings['sampler']} --steps {settings['steps']}"
@@ -182,6 +186,8 @@ def sampling_flags(settings: dict) -> str:
         flags += f" --spacing {settings['spacing']}"
     if settings.get("guidance") is not None:
         flags += f" --guidance {settings['guidance']:g}"
+        interval = settings.get("guidance_interval")
+        flags += f" --guidance-interval {interval[0]!r},{interval[1]!r}" if interval else " --guidance-interval none"
     return flags
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ddpmlab.distributed import current, rank_device
 from ddpmlab.errors import UserError
-from ddpmlab.eval.samples import evaluation_guidance, generate_samples, save_samples
+from ddpmlab.eval.samples import generate_samples, guidance_and_interval, interval_setting, save_samples
 from ddpmlab.data.folder import EXTENSIONS as IMAGE_EXTENSIONS
 from ddpmlab.images import image_file_names, save_grid, save_images, save_labelled_grid
 from ddpmlab.methods import guidable, samples_in_one_pass, sampling_nfe
@@ -25,7 +25,8 @@ from ddpmlab.store.pretrained import pretrained_name
 SAMPLE_NAME = re.compile(r"\d{6,}\.png")  # images.image_file_names
 DIFFUSION_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("eta", "--eta"),
                    ("variance", "--variance"),
-                   ("guidance", "--guidance"), ("class_label", "--class"), ("per_class", "--per-class"),
+                   ("guidance", "--guidance"), ("guidance_interval", "--guidance-interval"), ("class_label", "--class"),
+                   ("per_class", "--per-class"),
                    ("sweep", "--sweep"))
 
 
@@ -113,10 +114,11 @@ def run(args) -> int:
         raise UserError(f"--eta applies to --sampler ddim only, not {method}")
     if method != "ddpm" and args.variance is not None:
         raise UserError(f"--variance applies to --sampler ddpm only, not {method}")
-    guidance = evaluation_guidance(guidable(model), config.sample.guidance, args.guidance)  # None: unguided
+    guidance, interval, _ = guidance_and_interval(guidable(model), config.sample, args.guidance,
+                                                  args.guidance_interval)  # w None: unguided
     sampling = SamplingSettings.of_run(config.sample, schedule.T, method, args.steps, spacing=args.spacing,
                                        eta=args.eta, variance=args.variance)
-    sampling = sampling.with_(guidance=guidance).resolved(schedule.T)
+    sampling = sampling.with_(guidance=guidance, guidance_interval=interval).resolved(schedule.T)
     steps, spacing, nfe, guidance = sampling.steps, sampling.spacing, sampling_nfe(model, sampling), sampling.guidance
     eta = sampling.eta if method == "ddim" else None
     variance = sampling.variance if method == "ddpm" else None
@@ -150,10 +152,11 @@ def run(args) -> int:
     write_samples(args, out, images, labels, {"source": str(args.source), "weights": str(weights), "step": step,
                                               "sampler": method, "steps": steps, "spacing": spacing, "nfe": nfe,
                                               "eta": eta, "variance": variance, "seed": args.seed,
-                                              "guidance": guidance}, class_names)
+                                              "guidance": guidance, **interval_setting(interval)}, class_names)
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
         f", eta {eta}" if method == "ddim" else "") + (f", variance {variance}" if variance else "") + (
-        f", guidance {guidance}" if guidance else "")
+        f", guidance {guidance}" if guidance else "") + (
+        f" at σ in ({interval[0]:g}, {interval[1]:g}]" if guidance and interval else "")
     print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
     return 0
 

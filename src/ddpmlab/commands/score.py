@@ -39,7 +39,8 @@ from ddpmlab.version import __version__
 MODEL_FLAGS = (("sampler", "--sampler"), ("steps", "--steps"), ("spacing", "--spacing"), ("sweep", "--sweep"),
                ("eta", "--eta"), ("variance", "--variance"), ("batch_size", "--batch-size"), ("seed", "--seed"),
                ("no_ema", "--no-ema"), ("name", "--name"), ("nll_n", "--nll-n"), ("nll_timesteps", "--nll-timesteps"),
-               ("speed_repeats", "--speed-repeats"), ("guidance", "--guidance"))
+               ("speed_repeats", "--speed-repeats"), ("guidance", "--guidance"),
+               ("guidance_interval", "--guidance-interval"))
 MODEL_METRICS = {"nll": "the variational bound of a diffusion model on real images",
                  "speed": "a model's sampling speed and training cost"}
 

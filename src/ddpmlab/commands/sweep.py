@@ -13,7 +13,7 @@ import torch
 from ddpmlab.errors import DdpmlabNote, DdpmlabWarning, UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import reference_features
-from ddpmlab.eval.samples import (check_same_weights, evaluation_guidance, generate_samples, guidance_suffix,
+from ddpmlab.eval.samples import (check_same_weights, generate_samples, guidance_and_interval, interval_setting,
                                   load_samples, save_samples)
 from ddpmlab.eval.scores import (FEATURE_BATCH, INCEPTION_METRICS, MIN_FID_SAMPLES, check_pr_counts, distance_scores,
                                  extractor_ids, needed_extractors, parse_metrics)
@@ -61,10 +61,11 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
                    batch_size: int | None = None, seed: int = 0, use_ema: bool = True, device: str = "auto",
                    name: str | None = None, classifier: str | Path | None = None, ref_n: int = 10000,
                    progress: bool = True, out: str | Path | None = None, variance: str | None = None,
-                   guidance: float | None = None) -> dict:
+                   guidance: float | None = None, guidance_interval: tuple | None = None) -> dict:
     """Score every point of `sweep` on `n` samples from the same x_T; returns (and writes) the results dict. ddpm's
     points use `variance` (default: the run's sample.variance), a guidable model's `guidance` (methods.guidable;
-    default: its sample.guidance)."""
+    default: its sample.guidance) at the noise levels of `guidance_interval` (default: its
+    sample.guidance_interval)."""
     # Check the request.
     device = resolve_device(device)
     metrics = parse_metrics(metrics or ("fd" if device.type == "cpu" else "fd,fid"), device)
@@ -88,8 +89,7 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     channels, image_size = model.image_shape[:2]
     extractors, classifier_facts = needed_extractors(metrics, config.data, channels, image_size, classifier, device)
     batch_size = batch_size or config.sample.batch_size
-    suffix = guidance_suffix(guidance, config.sample.guidance)  # of the requested w, for the default name
-    guidance = evaluation_guidance(guidable(model), config.sample.guidance, guidance)
+    guidance, interval, suffix = guidance_and_interval(guidable(model), config.sample, guidance, guidance_interval)
     name = safe_name(name) if name else sweep_name(step, n, seed, use_ema) + suffix
     weights = {"checkpoint_step": step, "weights": "ema" if use_ema else "raw",
                "weights_digest": weights_digest(model.state_dict())}
@@ -109,20 +109,20 @@ def evaluate_sweep(run_dir: str | Path, sweep: str, *, metrics: str | None = Non
     # generator.
     noise = torch.randn((n, *model.noise_shape), generator=torch.Generator().manual_seed(seed))  # latents for an LDM
     results = {"run_dir": str(run_dir), "name": name, **weights, "n": n, "seed": seed, "batch_size": batch_size,
-               "guidance": guidance, "reference_split": split,
+               "guidance": guidance, **interval_setting(interval), "reference_split": split,
                "reference": references, "device": str(device), "ddpmlab": __version__,
                "torch": torch.__version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "points": []}
     for method, steps in points:
         sampling = SamplingSettings(method, steps, guidance=guidance, clip_denoised=config.sample.clip_denoised,
-                                    variance=variance or config.sample.variance)
+                                    variance=variance or config.sample.variance, guidance_interval=interval)
         sampling = sampling.resolved(schedule.T)
         spacing = sampling.spacing
         settings = {"checkpoint_step": step, "weights": results["weights"], "weights_digest": results["weights_digest"],
                     "sampler": method, "steps": steps,
                     "spacing": spacing, "eta": 0.0 if method == "ddim" else None,
                     "variance": sampling.variance if method == "ddpm" else None, "n": n, "batch_size": batch_size,
-                    "seed": seed, "noise": "shared-x_T", "guidance": guidance,
+                    "seed": seed, "noise": "shared-x_T", "guidance": guidance, **interval_setting(interval),
                     "clip_denoised": config.sample.clip_denoised}
         samples_path = point_samples(out_dir, name, method, steps, schedule.T)
         start = time.perf_counter()

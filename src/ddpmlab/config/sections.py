@@ -112,6 +112,9 @@ class SampleConfig:
     n: int = 64
     batch_size: int = 64
     guidance: float | None = None
+    # [σ_lo, σ_hi]: guide only at noise levels σ_t = √((1 − ᾱ_t)/ᾱ_t) in (σ_lo, σ_hi] (Kynkäänniemi et al. 2024);
+    # null: at every step
+    guidance_interval: list[float] | None = None
     clip_denoised: bool = True
     variance: str = "posterior"  # ddpm's reverse variance: σ² = β̃ (posterior) or β (Ho et al.'s FID 3.17)
 

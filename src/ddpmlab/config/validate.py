@@ -10,7 +10,7 @@ from ddpmlab.config.sections import (AE_LOSSES, BAD_IMAGE_POLICIES, BASELINE_SEC
                                      VAEGANConfig, flatten)
 from ddpmlab.diffusion.schedule import linear_beta_range
 from ddpmlab.errors import UserError
-from ddpmlab.samplers import SAMPLERS, VARIANCES
+from ddpmlab.samplers import SAMPLERS, VARIANCES, parse_guidance_interval
 
 
 def resume_changes(trained: Config, requested: Config, step: int, source: str = "") -> None:
@@ -120,6 +120,12 @@ def validate(config: Config) -> None:
     _check(s.n > 0, "sample.n", "must be positive")
     _check(s.batch_size > 0, "sample.batch_size", "must be positive")
     _check(s.variance in VARIANCES, "sample.variance", f"{s.variance!r} is not one of {', '.join(VARIANCES)}")
+    if s.guidance_interval is not None:
+        try:
+            parse_guidance_interval(s.guidance_interval)
+        except UserError:
+            _check(False, "sample.guidance_interval", "must be [σ_lo, σ_hi] with 0 <= σ_lo < σ_hi (null: guidance "
+                                                      "at every step)")
 
 
 def _check_baseline_sections(config: Config) -> None:

@@ -19,7 +19,7 @@ from ddpmlab.config import Config, eval_metric_names
 from ddpmlab.errors import UserError
 from ddpmlab.eval.classifier import held_out_split
 from ddpmlab.eval.reference import feature_stats, reference_features
-from ddpmlab.eval.samples import evaluation_guidance, generate_samples
+from ddpmlab.eval.samples import evaluation_guidance, evaluation_interval, generate_samples, interval_setting
 from ddpmlab.eval.scores import FEATURE_BATCH, METRICS, fd_between, needed_extractors
 from ddpmlab.samplers import SamplingSettings
 
@@ -45,7 +45,9 @@ class TrainingEvaluator:
             if t.eval_steps > T:
                 raise UserError(f"invalid config value train.eval_steps: {t.eval_steps} is more than the model's "
                                 f"{T} timesteps; lower it")
+            interval = evaluation_interval(bool(net.num_classes), config.sample.guidance_interval, None, self.guidance)
             self.sampling = SamplingSettings(t.eval_sampler, t.eval_steps, guidance=self.guidance,
+                                             guidance_interval=interval,
                                              clip_denoised=config.sample.clip_denoised).resolved(T)
             self.sampler, self.steps, self.spacing = self.sampling.sampler, self.sampling.steps, self.sampling.spacing
             self.nfe = self.sampling.nfe(T)
@@ -70,7 +72,8 @@ class TrainingEvaluator:
     def protocol(self) -> dict:
         """How the scores are measured; two scores compare only under the same protocol."""
         return {"n": self.config.train.eval_n, "seed": EVAL_SEED, "sampler": self.sampler, "steps": self.steps,
-                "spacing": self.spacing, "nfe": self.nfe, "guidance": self.guidance, "reference_split": self.split,
+                "spacing": self.spacing, "nfe": self.nfe, "guidance": self.guidance,
+                **interval_setting(self.sampling and self.sampling.guidance_interval), "reference_split": self.split,
                 "reference_n": {kind: count for kind, (_, count) in self.references.items()},
                 "extractors": {kind: extractor.extractor_id for kind, extractor in self.extractors.items()}}
 

@@ -38,10 +38,47 @@ def evaluation_guidance(guidable: bool, configured: float | None, requested: flo
     return configured if requested is None else requested
 
 
-def guidance_suffix(requested: float | None, configured: float | None) -> str:
+def evaluation_interval(guidable: bool, configured, requested: tuple | None,
+                        guidance: float | None) -> tuple[float, float] | None:
+    """The guidance interval (σ_lo, σ_hi) a command samples at: `requested` (--guidance-interval, () for its `none`:
+    every step), else the run's sample.guidance_interval `configured`; None: guidance at every step, and wherever
+    the `guidance` w is none or 0. A requested interval is a UserError for a model guidance does not apply to and
+    at no guidance w."""
+    if requested and not guidable:
+        raise UserError(GUIDANCE_NEEDS.replace("guidance w (--guidance)", "--guidance-interval", 1))
+    if requested and not guidance:
+        raise UserError("--guidance-interval applies to guided sampling: give a guidance w > 0 (--guidance W; the "
+                        "run's sample.guidance is none or 0)")
+    chosen = configured if requested is None else requested
+    return tuple(chosen) if chosen and guidance else None
+
+
+def guidance_and_interval(guidable: bool, sample_cfg, guidance: float | None, interval: tuple | None
+                          ) -> tuple[float | None, tuple[float, float] | None, str]:
+    """(w, interval, default-name suffix) a command samples at, from the requested `guidance` (--guidance) and
+    `interval` (--guidance-interval) on top of the run's sample.* (evaluation_guidance, evaluation_interval,
+    guidance_suffix)."""
+    w = evaluation_guidance(guidable, sample_cfg.guidance, guidance)
+    chosen = evaluation_interval(guidable, sample_cfg.guidance_interval, interval, w)
+    own_interval = sample_cfg.guidance_interval if w else None
+    return w, chosen, guidance_suffix(guidance, sample_cfg.guidance, chosen, own_interval)
+
+
+def interval_setting(interval: tuple | None) -> dict:
+    """The guidance interval as a results file's settings record it (a JSON list), only where one applies: a file
+    of settings without one stays as it was."""
+    return {"guidance_interval": list(interval)} if interval else {}
+
+
+def guidance_suffix(requested: float | None, configured: float | None, interval: tuple | None = None,
+                    own_interval=None) -> str:
     """What the default names of samples drawn at a `requested` guidance w (--guidance) end with: "-w1.5" for a w
-    other than the run's own sample.guidance `configured`, "" for none or its own."""
-    return "" if requested is None or requested == configured else f"-w{requested:g}"
+    other than the run's own sample.guidance `configured`, "" for none or its own; then "-gi0.3-10.0" for a guidance
+    `interval` other than the run's `own_interval` ("-gi-all": every step, where the run has one)."""
+    suffix = "" if requested is None or requested == configured else f"-w{requested:g}"
+    if (tuple(own_interval) if own_interval else None) != interval:
+        suffix += f"-gi{interval[0]!r}-{interval[1]!r}" if interval else "-gi-all"
+    return suffix
 
 
 def generate_samples(model, n: int, sampling: SamplingSettings | None, *, batch_size: int, seed: int,

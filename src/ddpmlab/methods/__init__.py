@@ -188,8 +188,9 @@ def trained_parameters(net: nn.Module) -> int:
 
 
 def sampling_nfe(net: nn.Module, sampling: SamplingSettings) -> int:
-    """Network evaluations of one `sampling` run by a diffusion network: an autoguided one calls its guide too."""
-    return sampling.nfe(net.schedule.T, autoguided=autoguide(net) is not None)
+    """Network evaluations of one `sampling` run by a diffusion network: an autoguided one calls its guide too (at
+    the evaluations its guidance interval guides)."""
+    return sampling.nfe(net.schedule.T, autoguided=autoguide(net) is not None, schedule=net.schedule)
 
 
 def freeze_guide_if_due(net: nn.Module, averaged: nn.Module, config: Config, step: int) -> None:

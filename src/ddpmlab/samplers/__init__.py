@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -57,7 +58,8 @@ def resolve_spacing(name: str, spacing: str | None) -> str:
 
 def network_evaluations(name: str, steps: int | None, T: int, autoguided: bool = False) -> int:
     """Network evaluations (NFE) of one `sample` call. Classifier-free guidance doubles the batch of each
-    evaluation, not their number; autoguidance calls a second network (the guide) at each, doubling their number."""
+    evaluation, not their number; autoguidance calls a second network (the guide) at each, doubling their number
+    (at those of a guidance interval only: SamplingSettings.nfe)."""
     steps = resolve_steps(name, steps, T)
     return SAMPLERS[name].evaluations(steps) * (2 if autoguided else 1)
 
@@ -79,7 +81,8 @@ class SamplingSettings:
 
     steps None: the sampler's default (all T for ddpm and ddim, 20 for the dpm-solvers, 18 for heun); spacing None:
     its default; eta for DDIM only; variance for ddpm only (None: "posterior"); guidance w for a conditional model
-    with labels (classifier-free) or, with a `guide` network passed to `sample`, autoguidance;
+    with labels (classifier-free) or, with a `guide` network passed to `sample`, autoguidance; guidance_interval
+    (σ_lo, σ_hi): guide only the evaluations at noise levels σ_t in (σ_lo, σ_hi] (Denoiser), None: all of them;
     prediction None: the model's own parameterisation.
     """
 
@@ -91,6 +94,7 @@ class SamplingSettings:
     clip_denoised: bool = True
     prediction: str | None = None
     variance: str | None = None
+    guidance_interval: tuple[float, float] | None = None
 
     def resolved(self, T: int) -> "SamplingSettings":
         """These settings with steps and spacing filled in; UserError for values the sampler does not take."""
@@ -100,12 +104,20 @@ class SamplingSettings:
         variance = self.variance or VARIANCES[0]
         if variance not in VARIANCES:
             raise UserError(f"variance {variance!r} is not one of {', '.join(VARIANCES)}")
-        return replace(self, steps=steps, spacing=resolve_spacing(self.sampler, self.spacing), variance=variance)
+        interval = parse_guidance_interval(self.guidance_interval) if self.guidance_interval else None  # (): none
+        return replace(self, steps=steps, spacing=resolve_spacing(self.sampler, self.spacing), variance=variance,
+                       guidance_interval=interval)
 
-    def nfe(self, T: int, autoguided: bool = False) -> int:
+    def nfe(self, T: int, autoguided: bool = False, schedule: NoiseSchedule | None = None) -> int:
         """Network evaluations of one run of these settings, by a model with an autoguidance guide (`autoguided`:
-        a non-zero guidance w then calls it beside the model) or without."""
-        return network_evaluations(self.sampler, self.steps, T, autoguided=autoguided and bool(self.guidance))
+        a non-zero guidance w then calls it beside the model at each guided evaluation) or without. With a
+        guidance_interval an autoguided count needs the model's `schedule` (guided_evaluations)."""
+        if not (autoguided and self.guidance and self.guidance_interval):
+            return network_evaluations(self.sampler, self.steps, T,
+                                       autoguided=autoguided and bool(self.guidance))
+        if schedule is None:
+            raise ValueError("the network evaluations of an autoguided run with a guidance interval need its schedule")
+        return network_evaluations(self.sampler, self.steps, T) + guided_evaluations(schedule, self)
 
     @classmethod
     def of_run(cls, sample_cfg, T: int, sampler: str | None = None, steps: int | None = None, **given) -> "SamplingSettings":
@@ -115,8 +127,10 @@ class SamplingSettings:
         if steps is None and name in (sample_cfg.sampler, "ddim") and name != "ddpm":
             steps = min(sample_cfg.steps, T)
         given = {key: value for key, value in given.items() if value is not None}
+        interval = sample_cfg.guidance_interval
         return cls(name, steps, eta=sample_cfg.eta, guidance=sample_cfg.guidance,
-                   clip_denoised=sample_cfg.clip_denoised, variance=sample_cfg.variance).with_(**given)
+                   clip_denoised=sample_cfg.clip_denoised, variance=sample_cfg.variance,
+                   guidance_interval=tuple(interval) if interval is not None else None).with_(**given)
 
     def for_evaluation(self, T: int) -> "SamplingSettings":
         """These settings under `ddpmlab eval`'s protocol, the same for every run: DDIM without steps runs
@@ -142,15 +156,16 @@ def sample(model: Callable, schedule: NoiseSchedule, shape, settings: SamplingSe
     clip_denoised. An nn.Module is put in eval mode while sampling and restored after. UserError for steps outside
     1..T, an unknown spacing or eta outside [0, 1]. With `rows`, `shape` is that slice of a batch split over
     processes (labels and noise the slice's) and every draw the slice's share of the whole batch's. A `guide`
-    network (autoguidance, see Denoiser) is called beside the model at each evaluation when settings.guidance is
-    non-zero: twice the network evaluations (SamplingSettings.nfe, autoguided).
+    network (autoguidance, see Denoiser) is called beside the model at each guided evaluation (all of them, or those
+    in settings.guidance_interval) when settings.guidance is non-zero (SamplingSettings.nfe, autoguided).
     """
     settings = (settings or SamplingSettings()).with_(**fields).resolved(schedule.T)
     device = torch.device(device) if device is not None else model_device(model)
     x = noise.to(device=device, dtype=torch.float32) if noise is not None else randn(tuple(shape), generator, device, rows=rows)
     if labels is not None:
         labels = labels.to(device)
-    denoiser = Denoiser(model, schedule, settings.prediction, labels, settings.guidance, settings.clip_denoised, guide)
+    denoiser = Denoiser(model, schedule, settings.prediction, labels, settings.guidance, settings.clip_denoised, guide,
+                        settings.guidance_interval)
     training = [net for net in (model, guide) if isinstance(net, nn.Module) and net.training]
     for net in training:
         net.eval()
@@ -161,5 +176,31 @@ def sample(model: Callable, schedule: NoiseSchedule, shape, settings: SamplingSe
             net.train()
 
 
-__all__ = ["sample", "SAMPLERS", "Sampler", "SamplingSettings", "sampler", "default_spacing", "network_evaluations",
+def parse_guidance_interval(value) -> tuple[float, float]:
+    """(σ_lo, σ_hi) from two finite numbers with 0 ≤ σ_lo < σ_hi; UserError otherwise."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise UserError(f"guidance interval {value!r} must be two noise levels σ_lo, σ_hi") from None
+    if not 0.0 <= low < high < math.inf:
+        raise UserError(f"guidance interval ({low!r}, {high!r}] must have 0 <= σ_lo < σ_hi, both finite")
+    return low, high
+
+
+def guided_evaluations(schedule: NoiseSchedule, settings: SamplingSettings) -> int:
+    """How many of one run's network evaluations `settings` guide: those at σ_t in its guidance_interval (all with
+    none), counted by running the sampler on one number with a stand-in network that predicts zeros."""
+    settings = settings.resolved(schedule.T)
+    if not settings.guidance:
+        return 0
+    zeros = lambda x, t, labels=None: torch.zeros_like(x)  # noqa: E731
+    denoiser = Denoiser(zeros, schedule.to("cpu"), prediction="eps", guidance_scale=settings.guidance,
+                        clip_denoised=False, guide=zeros, guidance_interval=settings.guidance_interval)
+    SAMPLERS[settings.sampler].run(denoiser, torch.zeros(1, 1, 1, 1), settings, torch.Generator().manual_seed(0),
+                                   False, None)
+    return denoiser.guided
+
+
+__all__ = ["sample", "parse_guidance_interval", "guided_evaluations",
+           "SAMPLERS", "Sampler", "SamplingSettings", "sampler", "default_spacing", "network_evaluations",
            "resolve_steps", "resolve_spacing", "default_steps_text", "spacings_text", "Denoiser", "VARIANCES", "EVALUATION_STEPS"]

@@ -34,17 +34,23 @@ class Denoiser:
     raw output (every parameterisation is affine in it, so this equals guiding ε). With a `guide` network instead,
     autoguidance (Karras et al. 2024): out = (1 + w)·out(x, c) − w·guide(x, c), the guide a weaker model of the
     same data, called with the same labels.
+
+    `guidance_interval` (σ_lo, σ_hi) guides only the evaluations whose noise level σ_t = √((1 − ᾱ_t)/ᾱ_t) lies in
+    (σ_lo, σ_hi] (Kynkäänniemi et al. 2024); the others call the model alone, with its labels. `guided` counts
+    the guided evaluations made so far (samplers.guided_evaluations reads it).
     """
 
     def __init__(self, model: Callable, schedule: NoiseSchedule, prediction: str | None = None,
                  labels: torch.Tensor | None = None, guidance_scale: float | None = None, clip_denoised: bool = True,
-                 guide: Callable | None = None):
+                 guide: Callable | None = None, guidance_interval: tuple[float, float] | None = None):
         self.model = model
         self.guide = guide if guidance_scale else None  # w 0 or None: unguided, one call a step
         self.schedule = schedule
         # per-step coefficients as host numbers, read once: a sampler's loop then waits for nothing on the host
         self.sqrt_alphas_cumprod = schedule.sqrt_alphas_cumprod.tolist()
         self.sqrt_one_minus_alphas_cumprod = schedule.sqrt_one_minus_alphas_cumprod.tolist()
+        self.guidance_interval = guidance_interval
+        self.guided = 0
         self.prediction = prediction or getattr(model, "prediction", "eps")
         self.labels = labels
         self.guidance_scale = guidance_scale
@@ -55,14 +61,27 @@ class Denoiser:
                 raise ValueError("classifier-free guidance needs a model with a `null_label` attribute")
             self.null_labels = torch.full_like(labels, null)
 
+    def guides_at(self, t_index: int) -> bool:
+        """Whether the evaluation at timestep t_index is guided (by a guide at a non-zero w, or classifier-free at any
+        given w with labels) with σ_t inside the guidance interval, if one is set."""
+        if self.guide is None and (self.guidance_scale is None or self.labels is None):
+            return False
+        if not self.guidance_interval:
+            return True
+        sigma = self.sqrt_one_minus_alphas_cumprod[t_index] / self.sqrt_alphas_cumprod[t_index]
+        low, high = self.guidance_interval
+        return low < sigma <= high
+
     def output(self, xt: torch.Tensor, t_index: int) -> torch.Tensor:
         """The model's raw output at integer timestep t_index for the whole batch."""
         t = torch.full((xt.shape[0],), t_index, device=xt.device, dtype=torch.long)
+        guided = self.guides_at(t_index)
+        self.guided += guided
+        if not guided:
+            return self.model(xt, t, labels=self.labels)
         if self.guide is not None:
             w = self.guidance_scale
             return (1 + w) * self.model(xt, t, labels=self.labels) - w * self.guide(xt, t, labels=self.labels)
-        if self.guidance_scale is None or self.labels is None:
-            return self.model(xt, t, labels=self.labels)
         both = self.model(torch.cat([xt, xt]), torch.cat([t, t]), labels=torch.cat([self.labels, self.null_labels]))
         conditional, unconditional = both.chunk(2)
         w = self.guidance_scale
