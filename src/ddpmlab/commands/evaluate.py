@@ -244,7 +244,7 @@ def sampling_protocol(settings: dict, split: str, reference_n: int, dataset: str
     """What a metric of samples was measured on: the samples (how many, drawn how, from which seed) against
     `reference_n` images of the held-out `split` (of `dataset` when a --reference named it)."""
     return {**{key: settings[key] for key in ("n", "sampler", "steps", "spacing", "nfe", "eta", "seed", "guidance")},
-            **{key: settings[key] for key in ("guidance_interval",) if key in settings},
+            **interval_setting(settings.get("guidance_interval")),
             **({"reference_dataset": dataset} if dataset else {}), "reference_split": split, "reference_n": reference_n}
 
 

@@ -23,7 +23,8 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
     return torch.arange(n) % num_classes if num_classes else None
 
 
-GUIDANCE_NEEDS = ("guidance w (--guidance) needs a class-conditional model (model.conditional=true) or a latent DDPM with an "
+# what a guidance flag needs, for "guidance w (--guidance)" and "--guidance-interval"
+GUIDANCE_NEEDS = ("{what} needs a class-conditional model (model.conditional=true) or a latent DDPM with an "
                   "autoguidance guide (ldm.guide_steps; a checkpoint from before that diffusion step has none yet)")
 
 
@@ -33,7 +34,7 @@ def evaluation_guidance(guidable: bool, configured: float | None, requested: flo
     class-conditional nor with an autoguidance guide), for which a requested w is a UserError."""
     if not guidable:
         if requested is not None:
-            raise UserError(GUIDANCE_NEEDS)
+            raise UserError(GUIDANCE_NEEDS.format(what="guidance w (--guidance)"))
         return None
     return configured if requested is None else requested
 
@@ -45,7 +46,7 @@ def evaluation_interval(guidable: bool, configured, requested: tuple | None,
     the `guidance` w is none or 0. A requested interval is a UserError for a model guidance does not apply to and
     at no guidance w."""
     if requested and not guidable:
-        raise UserError(GUIDANCE_NEEDS.replace("guidance w (--guidance)", "--guidance-interval", 1))
+        raise UserError(GUIDANCE_NEEDS.format(what="--guidance-interval"))
     if requested and not guidance:
         raise UserError("--guidance-interval applies to guided sampling: give a guidance w > 0 (--guidance W; the "
                         "run's sample.guidance is none or 0)")
