@@ -285,6 +285,10 @@ def test_a_score_of_a_conditional_model_replays_with_its_guidance():
     assert export.sampling_flags({**settings, "guidance_interval": [0.3, 10.0]}).endswith(
         "--guidance 0.5 --guidance-interval 0.3,10.0")
     assert export.sampling_flags({**settings, "guidance": None}).endswith("--spacing logSNR")
+    protocol = {**settings, "n": 2000, "reference_n": 10000, "reference_split": "test", "seed": 0}
+    assert export.sampling_text({**protocol, "guidance_interval": [0.3, 10.0]}) == (
+        "2000 samples vs 10000 test, dpm-solver++ 20 NFE (logSNR spacing), guidance 0.5 at σ in (0.3, 10], seed 0")
+    assert export.sampling_text(protocol).endswith("guidance 0.5, seed 0")
 
 
 def test_list_names_a_spacing_other_than_the_samplers_own_and_the_guidance():

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from ddpmlab.config import save_config
 from ddpmlab.errors import DdpmlabWarning, UserError
-from ddpmlab.eval.samples import interval_setting
+from ddpmlab.eval.samples import interval_setting, interval_text
 from ddpmlab.eval.scores import FEATURE_METRICS, METRICS, SHORT_LABELS
 from ddpmlab.methods import images_seen, rebuild_method, trained_parameters
 from ddpmlab.report.render import fmt_seconds
@@ -69,9 +69,7 @@ def sampling_text(protocol: dict | None) -> str:
     if protocol.get("spacing") not in (None, default_spacing(sampler)):  # a spacing other than the sampler's own
         how += f" ({protocol['spacing']} spacing)"
     if protocol.get("guidance"):
-        how += f", guidance {protocol['guidance']:g}"
-        if protocol.get("guidance_interval"):
-            how += " at σ in ({:g}, {:g}]".format(*protocol["guidance_interval"])
+        how += f", guidance {protocol['guidance']:g}" + interval_text(protocol.get("guidance_interval"))
     return (f"{protocol.get('n')} samples vs {protocol.get('reference_n')} {protocol.get('reference_split')}, {how}, "
             f"seed {protocol.get('seed')}")
 

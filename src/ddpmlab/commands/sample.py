@@ -10,7 +10,8 @@ import torch
 
 from ddpmlab.distributed import current, rank_device
 from ddpmlab.errors import UserError
-from ddpmlab.eval.samples import generate_samples, guidance_and_interval, interval_setting, save_samples
+from ddpmlab.eval.samples import (generate_samples, guidance_and_interval, interval_setting, interval_text,
+                                  save_samples)
 from ddpmlab.data.folder import EXTENSIONS as IMAGE_EXTENSIONS
 from ddpmlab.images import image_file_names, save_grid, save_images, save_labelled_grid
 from ddpmlab.methods import guidable, samples_in_one_pass, sampling_nfe
@@ -155,8 +156,7 @@ def run(args) -> int:
                                               "guidance": guidance, **interval_setting(interval)}, class_names)
     details = f"{method}, {steps} steps, {spacing} spacing, {nfe} network evaluations" + (
         f", eta {eta}" if method == "ddim" else "") + (f", variance {variance}" if variance else "") + (
-        f", guidance {guidance}" if guidance else "") + (
-        f" at σ in ({interval[0]:g}, {interval[1]:g}]" if guidance and interval else "")
+        f", guidance {guidance}" + interval_text(interval) if guidance else "")
     print(f"wrote {n} samples ({details}) from {weights_label(args.source, weights)} at step {step} to {out}")
     return 0
 

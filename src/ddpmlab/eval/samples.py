@@ -71,6 +71,11 @@ def interval_setting(interval: tuple | None) -> dict:
     return {"guidance_interval": list(interval)} if interval else {}
 
 
+def interval_text(interval) -> str:
+    """The guidance interval as commands print it after the guidance w: " at σ in (0.3, 10]", "" for none."""
+    return " at σ in ({:g}, {:g}]".format(*interval) if interval else ""
+
+
 def guidance_suffix(requested: float | None, configured: float | None, interval: tuple | None = None,
                     own_interval=None) -> str:
     """What the default names of samples drawn at a `requested` guidance w (--guidance) end with: "-w1.5" for a w
