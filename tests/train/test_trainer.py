@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from ddpmlab.config import load_config
+from ddpmlab.errors import UserError
 from ddpmlab.store.metrics_csv import read_metrics
 from ddpmlab.train import Trainer, scheduled_lr, warmup_lr
 from ddpmlab.train.ema import EMA, ema_decay_at
@@ -57,6 +58,28 @@ def test_ema_follows_its_formula():
     # d_0 = 1/10, d_1 = 2/11, d_2 = 3/12: shadow = 1 − Π d_k
     assert ema_decay_at(0, 0.9) == pytest.approx(0.1) and ema_decay_at(100, 0.9) == 0.9
     assert ema.shadow.weight.item() == pytest.approx(1 - 0.1 * (2 / 11) * (3 / 12))
+
+
+@pytest.mark.parametrize("warmup", [2.0, 3.0])
+def test_ema_warmup_is_a_power_function_average(warmup):
+    # d_s = (1 + s)/(K + s) weighs the init (i = −1) and the weights after updates i = 0..S as (i + 2)^(K − 2):
+    # K = 2 is the plain mean of all S + 2, K = 3 the linear ramp 2(i + 2)/((S + 2)(S + 3)) (Karras et al. 2024, γ = K − 2)
+    torch.manual_seed(0)
+    values = torch.randn(13, dtype=torch.float64)
+    net = torch.nn.Linear(1, 1, bias=False).double()
+    torch.nn.init.constant_(net.weight, values[0].item())
+    ema = EMA(net, decay=0.9999, warmup=warmup)
+    for step, value in enumerate(values[1:]):
+        torch.nn.init.constant_(net.weight, value.item())
+        ema.update(net, step)
+    S = len(values) - 2
+    weights = (torch.arange(-1, S + 1, dtype=torch.float64) + 2) ** (warmup - 2)
+    assert ema.shadow.weight.item() == pytest.approx((weights / weights.sum() @ values).item(), rel=1e-12)
+
+
+def test_ema_warmup_below_one_is_refused():
+    with pytest.raises(UserError, match="train.ema_warmup"):
+        load_config("tiny", ["train.ema_warmup=0.5"])
 
 
 def test_resumed_run_reaches_the_same_weights(tmp_path):

@@ -51,7 +51,7 @@ class TrainingStep:
         self.groups = self.model.parameter_groups()
         self.optimizers = {group: hotpath.adamw(params, lr, betas, t.weight_decay, self.switches["fused_adam"])
                            for group, params in self.groups.items()}
-        self.ema = EMA(self.model, t.ema_decay)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
         if t.compile:
             hotpath.compile_networks(self.model)  # after EMA's copy, as the Trainer does
         self.generator = seeded_generator(device, t.seed)  # latents, t and ε, as the Trainer draws them

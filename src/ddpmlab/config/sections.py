@@ -75,7 +75,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # after warm-up: constant, or a cosine/linear decay that ends at train.steps
     lr_end_factor: float = 0.0  # where a decaying schedule ends, as a fraction of the peak rate
     grad_clip: float = 1.0
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.9999  # a cap: after s updates the decay is min(ema_decay, (1 + s)/(ema_warmup + s))
+    ema_warmup: float = 10.0  # diffusers' EMAModel's; smaller: a longer average in runs too short for ema_decay to bind
     seed: int = 0
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     bf16: bool = True  # autocast to bfloat16 on CUDA

@@ -100,6 +100,7 @@ def validate(config: Config) -> None:
     _check(0.0 <= t.lr_end_factor <= 1.0, "train.lr_end_factor", "must be in [0, 1]")
     _check(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _check(0.0 <= t.ema_decay < 1.0, "train.ema_decay", "must be in [0, 1)")
+    _check(t.ema_warmup >= 1.0, "train.ema_warmup", "must be >= 1 (1: no warm-up, the decay is ema_decay throughout)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
            "must be auto, cpu, cuda or cuda:N")
     for key in ("log_every", "val_every", "val_batches", "sample_every", "sample_n", "checkpoint_every", "keep_checkpoints",

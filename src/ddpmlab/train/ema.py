@@ -8,9 +8,12 @@ import torch
 from torch import nn
 
 
-def ema_decay_at(step: int, decay: float) -> float:
-    """The decay used after `step` updates: min(decay, (1 + step) / (10 + step)), so early averages forget the init."""
-    return min(decay, (1 + step) / (10 + step))
+def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
+    """The decay used after `step` updates: min(decay, (1 + step) / (warmup + step)), so early averages forget the
+    init (warmup 10: diffusers' EMAModel). Until `decay` binds, the average weighs update i of s roughly as
+    (i/s)^(warmup − 2), Karras et al. (2024)'s power-function EMA with γ ≈ warmup − 2: a smaller warmup, a longer
+    average; warmup 1 is a plain EMA from the first update."""
+    return min(decay, (1 + step) / (warmup + step))
 
 
 class EMA:
@@ -19,8 +22,8 @@ class EMA:
     whose latents the averaged denoiser was trained on). Parameters that need no gradient (an LDM's frozen
     autoguidance guide, which its owner sets in both networks at once) are left alone."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, warmup: float = 10.0):
+        self.decay, self.warmup = decay, warmup
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         copied = tuple(getattr(model, "EMA_COPIES", ()))
         roles = ["frozen" if not p.requires_grad else "copied" if name.startswith(copied) else "averaged"
@@ -31,7 +34,7 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """One averaging step after `step` updates of `model`, all parameters at once (torch._foreach_lerp_: one
         kernel launch per few tensors on a GPU, θ̄ + (1 − d)(θ − θ̄) per tensor as before on the CPU)."""
-        d = ema_decay_at(step, self.decay)
+        d = ema_decay_at(step, self.decay, self.warmup)
         averaged, current = list(self.shadow.parameters()), list(model.parameters())
         if self.roles is not None:
             for role, shadow, value in zip(self.roles, averaged, current):

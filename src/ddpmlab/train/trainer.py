@@ -96,7 +96,7 @@ class Trainer(Persistence):
         self.model = build_method(config, self.train_data.channels, self.train_data.image_size, self.num_classes,
                                   backbone=model).to(self.device, memory_format=self.layout)
         distributed.seed_other_ranks(t.seed, 0, self.processes)  # their own dropout
-        self.ema = EMA(self.model, t.ema_decay)
+        self.ema = EMA(self.model, t.ema_decay, t.ema_warmup)
         self.lr, betas = optimizer_settings(config)
         self.groups = self.model.parameter_groups()
         fused = hotpath.resolve_switch(t.fused_adam, self.device)
