@@ -62,8 +62,9 @@ def test_ema_follows_its_formula():
 
 @pytest.mark.parametrize("warmup", [2.0, 3.0])
 def test_ema_warmup_is_a_power_function_average(warmup):
-    # d_s = (1 + s)/(K + s) weighs the init (i = −1) and the weights after updates i = 0..S as (i + 2)^(K − 2):
-    # K = 2 is the plain mean of all S + 2, K = 3 the linear ramp 2(i + 2)/((S + 2)(S + 3)) (Karras et al. 2024, γ = K − 2)
+    # d_s = (1 + s)/(K + s) weighs the init (i = −1) and the weights after updates i = 0..S as
+    # (i + 2)(i + 3)···(i + K − 1), exactly (i + 2)^(K − 2) for K = 2 and 3: the plain mean of all S + 2, and the
+    # ramp 2(i + 2)/((S + 2)(S + 3))
     torch.manual_seed(0)
     values = torch.randn(13, dtype=torch.float64)
     net = torch.nn.Linear(1, 1, bias=False).double()
@@ -75,6 +76,11 @@ def test_ema_warmup_is_a_power_function_average(warmup):
     S = len(values) - 2
     weights = (torch.arange(-1, S + 1, dtype=torch.float64) + 2) ** (warmup - 2)
     assert ema.shadow.weight.item() == pytest.approx((weights / weights.sum() @ values).item(), rel=1e-12)
+
+
+def test_the_trainer_averages_with_the_configured_warmup(tmp_path):
+    trainer = Trainer(tiny(**{"train.steps": 2, "train.ema_warmup": 4}), tmp_path / "run", progress=False)
+    assert (trainer.ema.warmup, trainer.ema.decay) == (4.0, trainer.config.train.ema_decay)
 
 
 def test_ema_warmup_below_one_is_refused():

@@ -11,8 +11,8 @@ from torch import nn
 def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
     """The decay used after `step` updates: min(decay, (1 + step) / (warmup + step)), so early averages forget the
     init (warmup 10: diffusers' EMAModel). Until `decay` binds, the average weighs update i of s roughly as
-    (i/s)^(warmup − 2), Karras et al. (2024)'s power-function EMA with γ ≈ warmup − 2: a smaller warmup, a longer
-    average; warmup 1 is a plain EMA from the first update."""
+    (i/s)^(warmup − 2), the power-function EMA of Karras et al. (2024, EDM2) with γ ≈ warmup − 2: a smaller
+    warmup, a longer average; warmup 1 is a plain EMA from the first update."""
     return min(decay, (1 + step) / (warmup + step))
 
 
