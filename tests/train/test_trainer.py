@@ -62,7 +62,7 @@ def test_ema_follows_its_formula():
 
 @pytest.mark.parametrize("warmup", [2.0, 3.0])
 def test_ema_warmup_is_a_power_function_average(warmup):
-    # d_s = (1 + s)/(K + s) weighs the init (i = −1) and the weights after updates i = 0..S as
+    # d_s = (1 + s)/(K + s) weighs the init (i = −1) and the weights after updates i = 0..S as, for integer K,
     # (i + 2)(i + 3)···(i + K − 1), exactly (i + 2)^(K − 2) for K = 2 and 3: the plain mean of all S + 2, and the
     # ramp 2(i + 2)/((S + 2)(S + 3))
     torch.manual_seed(0)
