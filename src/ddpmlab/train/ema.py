@@ -7,8 +7,10 @@ import copy
 import torch
 from torch import nn
 
+from ddpmlab.config import TrainConfig
 
-def ema_decay_at(step: int, decay: float, warmup: float = 10.0) -> float:
+
+def ema_decay_at(step: int, decay: float, warmup: float = TrainConfig.ema_warmup) -> float:
     """The decay used after `step` updates: min(decay, (1 + step) / (warmup + step)), so early averages forget the
     init (warmup 10: diffusers' EMAModel). Until `decay` binds, the average weighs update i of s roughly as
     (i/s)^(warmup − 2), the power-function EMA of Karras et al. (2024, EDM2) with γ ≈ warmup − 2: a smaller
@@ -22,7 +24,7 @@ class EMA:
     whose latents the averaged denoiser was trained on). Parameters that need no gradient (an LDM's frozen
     autoguidance guide, which its owner sets in both networks at once) are left alone."""
 
-    def __init__(self, model: nn.Module, decay: float, warmup: float = 10.0):
+    def __init__(self, model: nn.Module, decay: float, warmup: float = TrainConfig.ema_warmup):
         self.decay, self.warmup = decay, warmup
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         copied = tuple(getattr(model, "EMA_COPIES", ()))
