@@ -119,7 +119,8 @@ def test_method_mistakes_name_the_key(overrides, fragment):
 def test_resume_refuses_a_change_of_method_or_network_but_not_of_learning_rate():
     saved = load_config("tiny", ["method=vae"])
     for override, key in [("method=dcgan", "cannot change method"), ("vae.latent_dim=64", "vae.latent_dim"),
-                          ("vae.kl_weight=0.5", "vae.kl_weight"), ("vae.beta1=0.5", "vae.beta1")]:
+                          ("vae.kl_weight=0.5", "vae.kl_weight"), ("vae.beta1=0.5", "vae.beta1"),
+                          ("train.adam_beta2=0.95", "train.adam_beta2")]:
         with pytest.raises(UserError, match=key):
             resume_changes(saved, load_config("tiny", ["method=vae", override] if "." in override else [override]), 10)
     resume_changes(saved, load_config("tiny", ["method=vae", "vae.lr=1e-4"]), step=10)

@@ -88,6 +88,22 @@ def test_ema_warmup_below_one_is_refused():
         load_config("tiny", ["train.ema_warmup=0.5"])
 
 
+@pytest.mark.parametrize("method, beta1", [("ddpm", 0.9), ("ldm", 0.9), ("dcgan", 0.5)])
+def test_every_optimizer_takes_train_adam_beta2(tmp_path, method, beta1):
+    overrides = {"method": method, "train.steps": 4, "train.adam_beta2": 0.95}
+    if method == "ldm":
+        overrides |= {"ldm.autoencoder_steps": 2, "ldm.ae_channels": 8, "ldm.adversarial_weight": 0.1}
+    trainer = Trainer(tiny(**overrides), tmp_path / "run", progress=False)
+    betas = {group: tuple(o.param_groups[0]["betas"]) for group, o in trainer.optimizers.items()}
+    assert betas == {group: (beta1, 0.95) for group in trainer.groups}
+
+
+@pytest.mark.parametrize("beta2", ["0", "1", "1.5"])
+def test_adam_beta2_outside_0_1_is_refused(beta2):
+    with pytest.raises(UserError, match="train.adam_beta2"):
+        load_config("tiny", [f"train.adam_beta2={beta2}"])
+
+
 def test_resumed_run_reaches_the_same_weights(tmp_path):
     straight = Trainer(tiny(**{"train.steps": 30}), tmp_path / "a", progress=False)
     straight.train()

@@ -71,6 +71,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 2e-4
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # AdamW's β2, every optimizer's (β1: 0.9 for a DDPM or LDM, the section's for a baseline)
     warmup_steps: int = 5000
     lr_schedule: str = "constant"  # after warm-up: constant, or a cosine/linear decay that ends at train.steps
     lr_end_factor: float = 0.0  # where a decaying schedule ends, as a fraction of the peak rate
@@ -120,7 +121,7 @@ class SampleConfig:
     variance: str = "posterior"  # ddpm's reverse variance: σ² = β̃ (posterior) or β (Ho et al.'s FID 3.17)
 
 
-# The baselines (method=vae|dcgan|vaegan): their networks' arguments and their Adam settings (β2 = 0.999).
+# The baselines (method=vae|dcgan|vaegan): their networks' arguments and their Adam settings (β2: train.adam_beta2).
 # `model.*` and `diffusion.*` describe the DDPM and are not read by them; nor is train.lr (each has its own lr).
 @dataclass
 class VAEConfig:

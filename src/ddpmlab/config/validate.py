@@ -94,6 +94,7 @@ def validate(config: Config) -> None:
     _check(t.batch_size > 0, "train.batch_size", "must be positive")
     _check(t.lr > 0, "train.lr", "must be positive")
     _check(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _check(0.0 < t.adam_beta2 < 1.0, "train.adam_beta2", "must be in (0, 1)")
     _check(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
     _check(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule",
            f"{t.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")

@@ -66,12 +66,12 @@ def rebuild_method(method: str, spec: dict, config: Config) -> nn.Module:
 
 
 def optimizer_settings(config: Config) -> tuple[float, tuple[float, float]]:
-    """(learning rate, Adam betas) of `config.method`: train.lr for a DDPM, the section's lr and beta1 for a baseline
-    (β2 as the method recommends); an LDM's diffusion stage's (training_stage gives each stage's rate)."""
+    """(learning rate, Adam betas) of `config.method`: train.lr and the method's β1 for a DDPM, the section's lr and
+    beta1 for a baseline, an LDM's diffusion stage's rate (training_stage gives each stage's); β2 is train.adam_beta2."""
     if config.method in ("ddpm", "ldm"):
-        return config.train.lr, METHOD_CLASSES[config.method].DEFAULT_BETAS
+        return config.train.lr, (METHOD_CLASSES[config.method].DEFAULT_BETAS[0], config.train.adam_beta2)
     section = getattr(config, config.method)
-    return section.lr, (section.beta1, BASELINES[config.method].DEFAULT_BETAS[1])
+    return section.lr, (section.beta1, config.train.adam_beta2)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class MethodNet(Protocol):
 
     SINGLE_PASS: ClassVar[bool]                  # True: `generate(n, generator)` draws in one network pass
     DEFAULT_LR: ClassVar[float]                  # recommended Adam learning rate
-    DEFAULT_BETAS: ClassVar[tuple[float, float]]  # recommended Adam betas
+    DEFAULT_BETAS: ClassVar[tuple[float, float]]  # recommended Adam betas (the trainer's β2 is train.adam_beta2)
     LOGS: tuple[str, ...]                        # the phases' logs, in metrics.csv's order (an LDM's: its config's)
     spec: Any
     image_shape: tuple[int, int, int]            # (C, H, W) of the images it trains on and generates
