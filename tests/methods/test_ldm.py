@@ -10,6 +10,7 @@ import signal
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import ddpmlab
 from ddpmlab import UserError
@@ -74,9 +75,9 @@ def test_the_patch_discriminator_gives_a_logit_per_patch_and_only_with_an_advers
     assert not hasattr(plain, "discriminator") and "loss_d" not in plain.LOGS
     assert set(adversarial.parameter_groups()) == {"autoencoder", "denoiser", "discriminator"}
     assert adversarial.LOGS[-2:] == ("loss_g", "loss_d") and "loss_d" not in LDM.LOGS
-    # a spec written before the adversarial term rebuilds the same network, without a discriminator
+    # a spec written before the adversarial term (and ae_groups) rebuilds the same network, without a discriminator
     old = {key: value for key, value in plain.spec.items()
-           if key not in ("adversarial_weight", "disc_channels", "guide_steps")}
+           if key not in ("adversarial_weight", "disc_channels", "guide_steps", "ae_groups")}
     rebuilt = LDM.from_spec(old, plain.schedule, plain.diffusion)
     assert not hasattr(rebuilt, "discriminator") and not hasattr(rebuilt, "guide") and rebuilt.spec == plain.spec
     rebuilt.load_state_dict(plain.state_dict())
@@ -90,6 +91,20 @@ def test_the_autoencoder_maps_28_pixels_to_7_latents_and_back():
     assert mean.shape == logvar.shape == (2, 8, 7, 7)
     assert net.autoencoder.decoder(mean).shape == (2, 1, 28, 28)
     assert net(mean, torch.tensor([0, 5])).shape == (2, 8, 7, 7)  # the denoiser pads 7 to 8 and crops back
+
+
+def test_the_autoencoders_groupnorm_takes_ldm_ae_groups():
+    def groups(net):
+        return sorted((m.num_groups, m.num_channels) for m in net.autoencoder.modules() if isinstance(m, nn.GroupNorm))
+    default = build_method(load_config("cpu-demo-latent", ["ldm.ae_channels=16", "ldm.ae_groups=32"]), 1, 28)
+    eight = build_method(load_config("cpu-demo-latent", ["ldm.ae_channels=16", "ldm.ae_groups=8"]), 1, 28)
+    assert set(groups(default)) == {(16, 16), (32, 32), (32, 64)}  # one channel a group at 16 and 32 channels
+    assert set(groups(eight)) == {(8, 16), (8, 32), (8, 64)} and len(groups(eight)) == len(groups(default))
+    assert eight.spec["ae_groups"] == 8 and LDM.from_spec(eight.spec, eight.schedule, eight.diffusion).spec == eight.spec
+    # the same weights, other statistics: a different function of the image
+    eight.autoencoder.load_state_dict(default.autoencoder.state_dict())
+    x = torch.linspace(-1, 1, 2 * 28 * 28).view(2, 1, 28, 28)
+    assert not torch.allclose(default.autoencoder.encoder(x)[0], eight.autoencoder.encoder(x)[0])
 
 
 def test_the_autoencoder_round_trip_improves_on_a_fixed_batch():
@@ -646,6 +661,7 @@ def test_a_checkpoint_from_before_the_guide_samples_unguided_and_refuses_guidanc
     (["ldm.reconstruction=lpips"], "ldm.reconstruction: 'lpips' is not one of l1, mse"),
     (["ldm.kl_weight=-1"], "ldm.kl_weight: must be >= 0"),
     (["ldm.latent_channels=0"], "ldm.latent_channels: must be positive"),
+    (["ldm.ae_groups=0"], "ldm.ae_groups: must be positive"),
     (["ldm.ae_lr=0"], "ldm.ae_lr: must be positive"),
     (["ldm.adversarial_weight=-1"], "ldm.adversarial_weight: must be >= 0"),
     (["ldm.adversarial_start=6"], "ldm.adversarial_start: 6 must be in 0..ldm.autoencoder_steps-1 (5)"),

@@ -196,6 +196,7 @@ def check_ldm_section(section: LDMConfig) -> None:
     _check(factor in (1, 2, 4, 8, 16), "ldm.factor", f"{factor} must be a power of two: 1, 2, 4, 8 or 16")
     _check(section.latent_channels > 0, "ldm.latent_channels", "must be positive")
     _check(section.ae_channels > 0, "ldm.ae_channels", "must be positive")
+    _check(section.ae_groups > 0, "ldm.ae_groups", "must be positive")
     _check(section.reconstruction in AE_LOSSES, "ldm.reconstruction",
            f"{section.reconstruction!r} is not one of {', '.join(AE_LOSSES)}")
     _check(section.kl_weight >= 0, "ldm.kl_weight", "must be >= 0 (0: a plain autoencoder)")

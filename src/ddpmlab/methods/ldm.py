@@ -24,8 +24,9 @@ from ddpmlab.samplers import SamplingSettings, sample
 
 # the ldm section's keys that are not its networks' arguments
 TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size", "adversarial_start")
-# network keys added after the first checkpoints, and what a spec without them means: no discriminator, no guide
-LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32, "guide_steps": 0}
+# network keys added after the first checkpoints, and what a spec without them means: no discriminator, no guide,
+# the autoencoder's GroupNorm at 32 groups
+LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32, "guide_steps": 0, "ae_groups": 32}
 ENCODE_CHUNK = 500  # images per encoder pass when the diffusion stage encodes the training set
 
 
@@ -102,7 +103,8 @@ class LDM(nn.Module):
             raise UserError(f"ldm.factor={section.factor} does not divide the {image_size}×{image_size} images; "
                             f"use a power of two that divides {image_size}")
         self.channels, self.image_size, self.config = channels, image_size, section
-        self.autoencoder = Autoencoder(channels, section.ae_channels, section.factor, section.latent_channels)
+        self.autoencoder = Autoencoder(channels, section.ae_channels, section.factor, section.latent_channels,
+                                       section.ae_groups)
         if section.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(channels, section.disc_channels)
             self.LOGS = (*self.LOGS, "loss_g", "loss_d")

@@ -14,10 +14,10 @@ from ddpmlab.nets.layers import Downsample, Upsample, group_norm
 class ConvResBlock(nn.Module):
     """GN-SiLU-conv, GN-SiLU-conv, plus a skip: Ho et al.'s residual block without the timestep embedding."""
 
-    def __init__(self, in_ch: int, out_ch: int):
+    def __init__(self, in_ch: int, out_ch: int, groups: int = 32):
         super().__init__()
-        self.norm1, self.conv1 = group_norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2, self.conv2 = group_norm(out_ch), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(in_ch, groups), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(out_ch, groups), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,15 +32,16 @@ def stage_widths(channels: int, factor: int) -> list[int]:
 
 
 class Encoder(nn.Module):
-    """Images (N×C×H×W in [-1, 1]) -> (mean, log-variance) of q(z | x), each N×latent_channels×H/f×W/f."""
+    """Images (N×C×H×W in [-1, 1]) -> (mean, log-variance) of q(z | x), each N×latent_channels×H/f×W/f. `groups`:
+    GroupNorm's groups, fewer where a stage's channels are not divisible (group_norm)."""
 
-    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int):
+    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int = 32):
         super().__init__()
         widths = stage_widths(channels, factor)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1)]
         for inner, outer in zip(widths[1:], widths):
-            layers += [ConvResBlock(outer, outer), Downsample(outer), ConvResBlock(outer, inner)]
-        layers += [ConvResBlock(widths[-1], widths[-1]), group_norm(widths[-1]), nn.SiLU(),
+            layers += [ConvResBlock(outer, outer, groups), Downsample(outer), ConvResBlock(outer, inner, groups)]
+        layers += [ConvResBlock(widths[-1], widths[-1], groups), group_norm(widths[-1], groups), nn.SiLU(),
                    nn.Conv2d(widths[-1], 2 * latent_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
@@ -50,16 +51,17 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Latents (N×latent_channels×h×w) -> images N×C×(f·h)×(f·w), unbounded (the caller clamps samples to [-1, 1])."""
+    """Latents (N×latent_channels×h×w) -> images N×C×(f·h)×(f·w), unbounded (the caller clamps samples to [-1, 1]).
+    `groups` as the Encoder's."""
 
-    def __init__(self, latent_channels: int, channels: int, factor: int, out_channels: int):
+    def __init__(self, latent_channels: int, channels: int, factor: int, out_channels: int, groups: int = 32):
         super().__init__()
         widths = stage_widths(channels, factor)
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
-                                   ConvResBlock(widths[-1], widths[-1])]
+                                   ConvResBlock(widths[-1], widths[-1], groups)]
         for outer, inner in reversed(list(zip(widths, widths[1:]))):
-            layers += [ConvResBlock(inner, outer), Upsample(outer), ConvResBlock(outer, outer)]
-        layers += [group_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 3, padding=1)]
+            layers += [ConvResBlock(inner, outer, groups), Upsample(outer), ConvResBlock(outer, outer, groups)]
+        layers += [group_norm(widths[0], groups), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -67,12 +69,14 @@ class Decoder(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """Encoder and decoder of the first stage, for images of `in_channels` downsampled by `factor`."""
+    """Encoder and decoder of the first stage, for images of `in_channels` downsampled by `factor`, with `groups`
+    GroupNorm groups (fewer where a stage's channels are not divisible: at the default 32, one channel a group at 16
+    and 32 channels)."""
 
-    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int):
+    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int = 32):
         super().__init__()
-        self.encoder = Encoder(in_channels, channels, factor, latent_channels)
-        self.decoder = Decoder(latent_channels, channels, factor, in_channels)
+        self.encoder = Encoder(in_channels, channels, factor, latent_channels, groups)
+        self.decoder = Decoder(latent_channels, channels, factor, in_channels, groups)
 
 
 class PatchDiscriminator(nn.Module):
