@@ -100,7 +100,8 @@ def test_the_autoencoders_groupnorm_takes_ldm_ae_groups():
     eight = build_method(load_config("cpu-demo-latent", ["ldm.ae_channels=16", "ldm.ae_groups=8"]), 1, 28)
     assert set(groups(default)) == {(16, 16), (32, 32), (32, 64)}  # one channel a group at 16 and 32 channels
     assert set(groups(eight)) == {(8, 16), (8, 32), (8, 64)} and len(groups(eight)) == len(groups(default))
-    assert eight.spec["ae_groups"] == 8 and LDM.from_spec(eight.spec, eight.schedule, eight.diffusion).spec == eight.spec
+    assert eight.spec["ae_groups"] == 8
+    assert LDM.from_spec(eight.spec, eight.schedule, eight.diffusion).spec == eight.spec
     # the same weights, other statistics: a different function of the image
     eight.autoencoder.load_state_dict(default.autoencoder.state_dict())
     x = torch.linspace(-1, 1, 2 * 28 * 28).view(2, 1, 28, 28)

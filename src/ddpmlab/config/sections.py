@@ -163,7 +163,7 @@ class LDMConfig:
     factor: int = 4  # spatial downsampling, a power of two dividing the image size: 28×28 -> 7×7 at 4
     latent_channels: int = 4
     ae_channels: int = 32  # channels of the autoencoder's outermost stage, doubled at each stage inwards
-    ae_groups: int = 32  # the autoencoder's GroupNorm groups, fewer where a stage's channels are not divisible
+    ae_groups: int = 32  # the autoencoder's GroupNorm groups, fewer where a stage's channels are not divisible by it
     reconstruction: str = "l1"  # l1 | mse, the mean over pixels
     kl_weight: float = 1e-6  # on KL(q(z|x) || N(0, I)), the mean over latent elements; 0: a plain autoencoder
     ae_lr: float = 1e-3  # the autoencoder stage's peak learning rate (train.lr is the diffusion stage's)

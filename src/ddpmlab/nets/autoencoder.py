@@ -33,7 +33,7 @@ def stage_widths(channels: int, factor: int) -> list[int]:
 
 class Encoder(nn.Module):
     """Images (N×C×H×W in [-1, 1]) -> (mean, log-variance) of q(z | x), each N×latent_channels×H/f×W/f. `groups`:
-    GroupNorm's groups, fewer where a stage's channels are not divisible (group_norm)."""
+    GroupNorm's groups, fewer where a stage's channels are not divisible by it (group_norm)."""
 
     def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int = 32):
         super().__init__()
