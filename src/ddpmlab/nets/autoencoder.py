@@ -14,7 +14,7 @@ from ddpmlab.nets.layers import Downsample, Upsample, group_norm
 class ConvResBlock(nn.Module):
     """GN-SiLU-conv, GN-SiLU-conv, plus a skip: Ho et al.'s residual block without the timestep embedding."""
 
-    def __init__(self, in_ch: int, out_ch: int, groups: int = 32):
+    def __init__(self, in_ch: int, out_ch: int, groups: int):
         super().__init__()
         self.norm1, self.conv1 = group_norm(in_ch, groups), nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.norm2, self.conv2 = group_norm(out_ch, groups), nn.Conv2d(out_ch, out_ch, 3, padding=1)
@@ -35,7 +35,7 @@ class Encoder(nn.Module):
     """Images (N×C×H×W in [-1, 1]) -> (mean, log-variance) of q(z | x), each N×latent_channels×H/f×W/f. `groups`:
     GroupNorm's groups, fewer where a stage's channels are not divisible by it (group_norm)."""
 
-    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int = 32):
+    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int):
         super().__init__()
         widths = stage_widths(channels, factor)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, padding=1)]
@@ -54,7 +54,7 @@ class Decoder(nn.Module):
     """Latents (N×latent_channels×h×w) -> images N×C×(f·h)×(f·w), unbounded (the caller clamps samples to [-1, 1]).
     `groups` as the Encoder's."""
 
-    def __init__(self, latent_channels: int, channels: int, factor: int, out_channels: int, groups: int = 32):
+    def __init__(self, latent_channels: int, channels: int, factor: int, out_channels: int, groups: int):
         super().__init__()
         widths = stage_widths(channels, factor)
         layers: list[nn.Module] = [nn.Conv2d(latent_channels, widths[-1], 3, padding=1),
@@ -70,10 +70,10 @@ class Decoder(nn.Module):
 
 class Autoencoder(nn.Module):
     """Encoder and decoder of the first stage, for images of `in_channels` downsampled by `factor`, with `groups`
-    GroupNorm groups (fewer where a stage's channels are not divisible: at the default 32, one channel a group at 16
-    and 32 channels)."""
+    GroupNorm groups (fewer where a stage's channels are not divisible: at 32, ldm.ae_groups' default, one channel a
+    group at 16 and 32 channels)."""
 
-    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int = 32):
+    def __init__(self, in_channels: int, channels: int, factor: int, latent_channels: int, groups: int):
         super().__init__()
         self.encoder = Encoder(in_channels, channels, factor, latent_channels, groups)
         self.decoder = Decoder(latent_channels, channels, factor, in_channels, groups)
