@@ -299,3 +299,5 @@ def test_list_names_a_spacing_other_than_the_samplers_own_and_the_guidance():
             "seed 0)") in latent
     assert ("FID 27.44, FD 3.272 (2000 samples vs 10000 test, dpm-solver++ 10 steps, 20 NFE (logSNR spacing), "
             "guidance 1.5, seed 0)") in latent
+    assert ("FID 21.35, FD 1.429 (10000 samples vs 10000 test, dpm-solver++ 10 steps, 20 NFE, guidance 1.5, "
+            "seed 0)") in latent
