@@ -5,6 +5,7 @@ a UserError and leaves the previous one intact."""
 import errno
 import os
 import shlex
+import shutil
 
 import pytest
 import torch
@@ -68,6 +69,22 @@ def test_resume_falls_back_past_damaged_checkpoints_and_still_matches(tmp_path, 
     with pytest.raises(UserError, match=r"no checkpoint to resume from; step_0000008 is damaged: .*ema.safetensors"):
         Trainer.resume(run, progress=False)
     assert not (run / ".lock").exists()  # released after the failed resume
+
+
+def test_a_session_killed_between_its_last_write_and_the_pruning_is_pruned_on_resume(tmp_path):
+    """The state a kill leaves after checkpoint 6 of 6 is written but before the old ones are deleted (and before
+    run.log says finished): resuming trains nothing, so it must prune by itself."""
+    run = tmp_path / "run"
+    Trainer(tiny("train.steps=6", "train.keep_checkpoints=2"), run, progress=False).train()  # checkpoints 4, 6
+    shutil.copytree(run / "checkpoints" / "step_0000004", run / "checkpoints" / "step_0000002")  # not yet deleted
+    log = run / "run.log"
+    log.write_text("".join(line for line in log.read_text().splitlines(keepends=True) if "finished" not in line))
+    newest = ckpt.read_weights(run / "checkpoints" / "step_0000006" / ckpt.EMA_FILE)[0]
+    resumed = Trainer.resume(run, progress=False)
+    resumed.train()
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step_0000004", "step_0000006"]
+    assert "deleted 1 checkpoint(s) beyond train.keep_checkpoints=2" in log.read_text()
+    _states_equal(ckpt.read_weights(run / "checkpoints" / "step_0000006" / ckpt.EMA_FILE)[0], newest)
 
 
 def test_sample_and_eval_refuse_a_damaged_checkpoint(tmp_path, capsys):

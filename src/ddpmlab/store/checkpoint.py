@@ -93,14 +93,22 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        for old in list_checkpoints(run_dir)[:-keep]:
-            _discard(old)
+        prune_checkpoints(run_dir, keep)
     except OSError as exc:
         error = storage_error(exc, f"checkpoint {final}", _resume_fix(run_dir), name_file=False)  # not its temporary
         if error is None:
             raise
         raise error from None
     return final
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete checkpoints (none when `keep` is 0); returns those deleted. Run after
+    each write and again on resume, where a session killed between its write and this left one too many."""
+    old = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
+    for folder in old:
+        _discard(folder)
+    return old
 
 
 def _resume_fix(run_dir: Path) -> str:
