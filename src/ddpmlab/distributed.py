@@ -82,6 +82,7 @@ def process_group() -> Iterator[Processes]:
     dist.init_process_group(backend)
     try:
         yield current()
+        dist.barrier()  # every rank's work done before any tears down (a gloo thread left running aborts at exit)
     finally:
         dist.destroy_process_group()
 
