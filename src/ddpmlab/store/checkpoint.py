@@ -103,9 +103,9 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict, ema_state: dict
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete checkpoints (none when `keep` is 0); returns those deleted. Run after
+    """Delete all but the newest `keep` (>= 1, as validated) complete checkpoints; returns those deleted. Run after
     each write and again on resume, where a session killed between its write and this left one too many."""
-    old = list_checkpoints(run_dir)[:-keep] if keep > 0 else []
+    old = list_checkpoints(run_dir)[:-keep]
     for folder in old:
         _discard(folder)
     return old

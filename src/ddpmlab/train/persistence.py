@@ -109,10 +109,11 @@ class Persistence:
             aside = ckpt.move_aside(folder)
             self.run_log.note(f"checkpoint {folder.name} is damaged ({reason}); resumed from step_{self.step:07d} "
                               f"instead and moved the damaged one to {aside.relative_to(self.run_dir)}", warning=True)
-        pruned = ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+        keep = self.config.train.keep_checkpoints
+        pruned = ckpt.prune_checkpoints(self.run_dir, keep)
         if pruned:
-            self.run_log.note(f"deleted {len(pruned)} checkpoint(s) beyond train.keep_checkpoints="
-                              f"{self.config.train.keep_checkpoints} that an interrupted session left: "
+            self.run_log.note(f"deleted {len(pruned)} checkpoint(s) beyond train.keep_checkpoints={keep} that an "
+                              f"interrupted session left: "
                               + ", ".join(folder.name for folder in pruned))
 
     def record_run_files(self) -> None:
