@@ -108,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--class", dest="class_label", type=_int64, help="class index for a conditional model")
     sample.add_argument("--guidance", type=float,
                         help="guidance scale w: classifier-free for a class-conditional model, autoguidance for a "
-                             "latent DDPM with a guide (ldm.guide_steps); default: the run's sample.guidance")
+                             "latent DDPM with a guide (ldm.guide_steps, ldm.guide_channels); default: the run's "
+                             "sample.guidance")
     sample.add_argument("--guidance-interval", type=_interval, metavar="LO,HI|none",
                         help=GUIDANCE_INTERVAL_HELP)
     sample.add_argument("--per-class", action="store_true",

@@ -77,7 +77,7 @@ def test_the_patch_discriminator_gives_a_logit_per_patch_and_only_with_an_advers
     assert adversarial.LOGS[-2:] == ("loss_g", "loss_d") and "loss_d" not in LDM.LOGS
     # a spec written before the adversarial term (and ae_groups) rebuilds the same network, without a discriminator
     old = {key: value for key, value in plain.spec.items()
-           if key not in ("adversarial_weight", "disc_channels", "guide_steps", "ae_groups")}
+           if key not in ("adversarial_weight", "disc_channels", "guide_steps", "ae_groups", "guide_channels")}
     rebuilt = LDM.from_spec(old, plain.schedule, plain.diffusion)
     assert not hasattr(rebuilt, "discriminator") and not hasattr(rebuilt, "guide") and rebuilt.spec == plain.spec
     rebuilt.load_state_dict(plain.state_dict())
@@ -654,6 +654,122 @@ def test_a_checkpoint_from_before_the_guide_samples_unguided_and_refuses_guidanc
     assert ddpmlab.load(early).sample(2, sampler="ddim", steps=2).shape == (2, 3, 16, 16)
 
 
+# -- a smaller guide of its own (ldm.guide_channels) -------------------------------------------------
+# 6 autoencoder + 6 diffusion steps, as the straight run, then 3 steps of an 8-channel guide (the denoiser has 16)
+SMALL_GUIDE = ("ldm.guide_channels=8", "ldm.guide_steps=3", "train.steps=15", "sample.guidance=1.0")
+
+
+@pytest.fixture(scope="module")
+def small_guide(tmp_path_factory):
+    return _trained(tmp_path_factory, "small-guide", *SMALL_GUIDE)
+
+
+def _without_guide(state: dict) -> dict:
+    return {name: value for name, value in state.items() if not name.startswith("guide")}
+
+
+def test_a_smaller_guide_trains_in_its_own_stage_and_changes_nothing_before_it(small_guide, straight):
+    """The first 12 steps draw and learn exactly what the straight run's do (building the guide leaves the RNG that
+    dropout draws from alone); the guide stage (steps 12 to 14) trains the 8-channel guide alone, leaves the
+    denoiser and its average as they were, averages the guide, and sets it ready at the end."""
+    assert [training_stage(small_guide.config, step).name for step in (5, 6, 11, 12, 14)] == \
+        ["autoencoder", "diffusion", "diffusion", "guide", "guide"]
+    _states_equal(_without_guide(small_guide.model.state_dict()), _without_guide(straight.model.state_dict()))
+    _states_equal(_without_guide(small_guide.ema.shadow.state_dict()),
+                  _without_guide(straight.ema.shadow.state_dict()))
+    for group, optimizer in straight.optimizers.items():
+        _states_equal(optimizer.state_dict()["state"][0], small_guide.optimizers[group].state_dict()["state"][0])
+    model, ema = small_guide.model, small_guide.ema.shadow
+    assert model.guide.spec.channels == 8 and model.denoiser.spec.channels == 16
+    assert set(model.parameter_groups()) == {"autoencoder", "denoiser", "guide"}
+    guide_parameters = sum(p.numel() for p in model.guide.parameters())
+    assert 0 < guide_parameters < sum(p.numel() for p in model.denoiser.parameters()) / 2
+    assert trained_parameters(model) == trained_parameters(straight.model) + guide_parameters
+    at_12 = ddpmlab.load(small_guide.run_dir / "checkpoints" / "step_0000012").net
+    assert at_12.guide_ready.item() == 0.0 and at_12.ready_guide is None
+    untrained = at_12.guide.state_dict()
+    for net in (model, ema):
+        assert net.guide_ready.item() == 1.0 and net.ready_guide is net.guide
+        changed = [not torch.equal(untrained[k], v) for k, v in net.guide.state_dict().items()]
+        assert sum(changed) > len(changed) / 2  # trained (a zero-initialised layer's inputs get no gradient at first)
+    assert not all(torch.equal(a, b) for a, b in zip(model.guide.parameters(), ema.guide.parameters()))
+    rows = read_metrics(small_guide.run_dir / "metrics.csv")
+    assert all(r["loss_guide"] is not None and r["loss"] is None and r["grad_norm_guide"] is not None
+               and r["grad_norm_denoiser"] is None for r in rows if r["step"] > 12)
+    assert all(r["loss_guide"] is None for r in rows if r["step"] <= 12)
+
+
+@pytest.mark.parametrize("stop_at", [12, 13], ids=["at-the-guide-stage", "in-the-guide-stage"])
+def test_a_run_with_a_smaller_guide_resumes_bit_identically(small_guide, tmp_path, stop_at):
+    _resumes_like(small_guide, SMALL_GUIDE, tmp_path / "run", stop_at)
+
+
+def test_a_finished_run_gains_a_smaller_guide_on_resume_as_if_it_had_planned_one(small_guide, straight, tmp_path):
+    """`--resume RUN ldm.guide_channels=8 ldm.guide_steps=3 train.steps=15` on the finished straight run trains the
+    guide the planned run trained, bit for bit, and notes it in run.log; a guide whose stage would start before the
+    checkpoint's step, or a begun guide stage moved, is refused."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(straight.run_dir, run)
+    overrides = ["ldm.guide_channels=8", "ldm.guide_steps=3", "train.steps=15", "sample.guidance=1.0"]
+    with pytest.raises(UserError, match=r"cannot change ldm.guide_steps on --resume .*whole stage lies ahead "
+                                        r"\(train.steps - ldm.guide_steps >= 12\)"):
+        Trainer.resume(run, ["ldm.guide_channels=8", "ldm.guide_steps=3", "train.steps=14"], progress=False)
+    resumed = Trainer.resume(run, overrides, progress=False)
+    resumed.train()
+    _states_equal(small_guide.model.state_dict(), resumed.model.state_dict())
+    _states_equal(small_guide.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+    for group, optimizer in small_guide.optimizers.items():
+        _states_equal(optimizer.state_dict()["state"][0], resumed.optimizers[group].state_dict()["state"][0])
+    assert "a new guide: ldm.guide_channels=8" in (run / "run.log").read_text()
+    torch.testing.assert_close(ddpmlab.load(run).sample(3, sampler="dpm-solver++", steps=3, seed=1),
+                               ddpmlab.load(small_guide.run_dir).sample(3, sampler="dpm-solver++", steps=3, seed=1))
+    InterruptedTrainer.stop_at = 13
+    assert InterruptedTrainer(tiny(*SMALL_GUIDE), tmp_path / "mid", progress=False).train()["interrupted"]
+    with pytest.raises(UserError, match="the run is in its guide stage"):
+        Trainer.resume(tmp_path / "mid", ["train.steps=16"], progress=False)
+    with pytest.raises(UserError, match="its guide stays"):  # a begun guide stage cannot be replaced either
+        Trainer.resume(tmp_path / "mid", ["ldm.guide_channels=16", "ldm.guide_steps=3", "train.steps=16"],
+                       progress=False)
+    InterruptedTrainer.stop_at = 9  # before the guide stage: shortening the run may not put it behind step 9
+    assert InterruptedTrainer(tiny(*SMALL_GUIDE), tmp_path / "early", progress=False).train()["interrupted"]
+    with pytest.raises(UserError, match="at step 8, behind the run's step 9: give train.steps >= 12"):
+        Trainer.resume(tmp_path / "early", ["train.steps=11"], progress=False)
+
+
+def test_a_guide_copied_from_the_denoiser_is_replaced_by_a_smaller_one_on_resume(guided, small_guide, tmp_path):
+    """The guided run (its guide: the EMA denoiser after diffusion step 2, a copy of the denoiser's shape, set)
+    resumed with a smaller guide of its own ends as the run planned with it: the copy and its readiness are dropped,
+    the denoiser it trained is kept, and the new guide trains as there."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(guided.run_dir, run)
+    resumed = Trainer.resume(run, ["ldm.guide_channels=8", "ldm.guide_steps=3", "train.steps=15"], progress=False)
+    assert resumed.model.guide_ready.item() == 0.0 and resumed.model.guide.spec.channels == 8
+    resumed.train()
+    _states_equal(small_guide.model.state_dict(), resumed.model.state_dict())
+    _states_equal(small_guide.ema.shadow.state_dict(), resumed.ema.shadow.state_dict())
+
+
+def test_a_smaller_guide_samples_through_the_cli_ddpmlab_load_and_an_export(small_guide, straight, tmp_path,
+                                                                          capsys, monkeypatch):
+    """The run's w (1) steers away from the small guide at each step: twice the network evaluations, and samples
+    other than the unguided ones, which are the straight run's; an exported copy samples the same."""
+    pipe = ddpmlab.load(small_guide.run_dir)
+    settings = dict(sampler="dpm-solver++", steps=4, seed=3)
+    guided, unguided = pipe.sample(4, **settings), pipe.sample(4, guidance=0.0, **settings)
+    assert not torch.allclose(guided, unguided)
+    torch.testing.assert_close(unguided, ddpmlab.load(straight.run_dir).sample(4, **settings))
+    assert main(["sample", str(small_guide.run_dir), "--out", str(tmp_path / "s.npz"), "--n", "4", "--sampler",
+                 "dpm-solver++", "--steps", "4", "--seed", "3"]) == 0
+    assert "8 network evaluations" in capsys.readouterr().out
+    monkeypatch.setenv("DDPMLAB_PRETRAINED_DIR", str(tmp_path / "shipped"))
+    assert main(["pretrained", "export", str(small_guide.run_dir), "tiny-ldm-guide"]) == 0
+    shipped = ddpmlab.load("pretrained:tiny-ldm-guide")
+    assert shipped.net.guide.spec.channels == 8
+    torch.testing.assert_close(shipped.sample(4, **settings), guided)
+
+
 # -- config errors ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides,fragment", [
     (["ldm.factor=3"], "ldm.factor: 3 must be a power of two"),
@@ -670,6 +786,12 @@ def test_a_checkpoint_from_before_the_guide_samples_unguided_and_refuses_guidanc
     (["ldm.guide_steps=-1"], "ldm.guide_steps: must be >= 0"),
     (["ldm.guide_steps=6"], "ldm.guide_steps: 6 must be below the 6 diffusion steps"),
     (["ldm.guide_steps=2", "model.conditional=true"], "autoguidance applies to an unconditional denoiser"),
+    (["ldm.guide_channels=-1"], "ldm.guide_channels: must be >= 0"),
+    (["ldm.guide_channels=8"], "ldm.guide_steps: 0 must be in 1..5 with ldm.guide_channels"),
+    (["ldm.guide_channels=8", "ldm.guide_steps=6"], "ldm.guide_steps: 6 must be in 1..5 with ldm.guide_channels"),
+    (["ldm.guide_channels=8", "ldm.guide_steps=3", "model.conditional=true"], "and ldm.guide_channels=0"),
+    (["ldm.guide_channels=8", "ldm.guide_steps=3", "train.eval_every=4", "train.keep_best=true"],
+     "train.keep_best: picks a checkpoint by the denoiser's unguided scores"),
 ])
 def test_bad_ldm_settings_are_one_line_errors(capsys, overrides, fragment):
     assert main(["config", "tiny", *TINY, *overrides]) == 2
@@ -702,5 +824,9 @@ def test_bench_times_both_stages_and_the_latent_sampler():
     # written; timed from step 0, before adversarial_start, the two would count the same)
     assert (adversarial["stages"][0]["train_flops_per_image"]
             > 1.05 * result["stages"][0]["train_flops_per_image"])
+    guided = bench_train("tiny", [*TINY, *SMALL_GUIDE], steps=1, warmup=0, device="cpu")
+    assert [s["stage"] for s in guided["stages"]] == ["autoencoder", "diffusion", "guide"]
+    assert guided["images_per_s"] == guided["stages"][1]["images_per_s"]  # the headline: the denoiser's stage
+    assert guided["stages"][2]["train_flops_per_image"] < 0.5 * guided["stages"][1]["train_flops_per_image"]
     sampled = bench_sample("tiny", "ddim", 2, TINY, batch_size=2, repeats=1, device="cpu")
     assert sampled["method"] == "ldm" and sampled["nfe"] == 2 and sampled["images_per_s"] > 0

@@ -27,10 +27,10 @@ class TrainingStep:
     loss (forward under bf16 autocast on CUDA when train.bf16), backward, gradient clipping and its AdamW step
     (the method's learning rate and betas), then EMA, with the config's speed switches (train.fused_adam,
     channels_last, compile; the batch is on the device already). Calling it runs one iteration of `stage` (default:
-    the first; an LDM's "autoencoder" or "diffusion" stage; an autoencoder stage with a discriminator is timed from
-    ldm.adversarial_start, with both its phases). The network is moved to x0's device and, with
-    channels_last, to that layout, in place. A stage that trains on encoded data (an LDM's diffusion stage) gets x0's
-    latents, encoded once as the Trainer encodes its images (methods.stage_data)."""
+    the first; an LDM's "autoencoder", "diffusion" or "guide" stage; an autoencoder stage with a discriminator is
+    timed from ldm.adversarial_start, with both its phases). The network is moved to x0's device and, with
+    channels_last, to that layout, in place. A stage that trains on encoded data (an LDM's diffusion and guide stages)
+    gets x0's latents, encoded once as the Trainer encodes its images (methods.stage_data)."""
 
     def __init__(self, net: nn.Module, config: Config, x0: torch.Tensor, labels: torch.Tensor | None = None,
                  stage: Stage | None = None):
@@ -115,8 +115,8 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
     TrainingStep through the method's own loss and phases: images_per_s (batch / median step time of `steps` timed
     steps after `warmup` untimed ones), seconds per step, peak memory, FLOPs per image (forward; forward + backward)
     and the achieved share of the device's measured matmul rate. A staged method (an LDM) is timed in each stage, at
-    that stage's batch unless `batch_size` is given: `stages` lists them, the headline figures are the last stage's.
-    UserError for a bad config, size, count or device."""
+    that stage's batch unless `batch_size` is given: `stages` lists them, the headline figures are the diffusion
+    stage's. UserError for a bad config, size, count or device."""
     config = load_config(config_name, overrides)
     check_positive(batch_size=batch_size if batch_size is not None else 1, steps=steps)
     if warmup < 0:
@@ -132,7 +132,8 @@ def bench_train(config_name: str, overrides: list[str] | None = None, batch_size
     timed = [time_stage(model, config, x0[:sizes[stage.name]], labels, stage, steps, warmup) for stage in stages]
     load = machine_load()  # right after timing, before the matmul run adds its own
     rate = matmul_rate(device)
-    result, step = timed[-1]  # a staged method's (an LDM's) headline figures are its last, diffusion, stage's
+    # a staged method's (an LDM's) headline figures are its diffusion stage's (not a smaller guide's after it)
+    result, step = next((timing for timing, stage in zip(timed, stages) if stage.name == "diffusion"), timed[-1])
     for stage_result, _ in timed:
         stage_result["matmul_fraction"] = stage_result["achieved_tflops"] / rate["matmul_tflops"]
     return {"benchmark": "train", "config": config_name, "method": config.method, "overrides": list(overrides or []),

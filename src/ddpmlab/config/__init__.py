@@ -12,8 +12,8 @@ from ddpmlab.config.sections import (AE_LOSSES, BAD_IMAGE_POLICIES, BASELINE_SEC
                                      RECONSTRUCTIONS, RESUME_SAFE_KEYS, SCHEDULES, TOP_LEVEL_KEYS, Config, DataConfig,
                                      DCGANConfig, DiffusionConfig, LDMConfig, ModelConfig, SampleConfig, Switch,
                                      TrainConfig, VAEConfig, VAEGANConfig, config_to_dict, flatten)
-from ddpmlab.config.validate import (check_baseline_section, check_ldm_section, eval_metric_names, resume_changes,
-                                     validate)
+from ddpmlab.config.validate import (check_baseline_section, check_ldm_section, eval_metric_names, guide_replaced,
+                                     guide_stage_start, resume_changes, validate)
 
 __all__ = [
     "apply_overrides", "config_from_dict", "load_config", "parse_overrides", "parse_yaml", "preset_description",
@@ -22,5 +22,5 @@ __all__ = [
     "RECONSTRUCTIONS", "RESUME_SAFE_KEYS", "SCHEDULES", "TOP_LEVEL_KEYS", "Config", "DataConfig", "DCGANConfig",
     "DiffusionConfig", "LDMConfig", "ModelConfig", "SampleConfig", "Switch", "TrainConfig", "VAEConfig", "VAEGANConfig",
     "config_to_dict", "flatten", "check_baseline_section", "check_ldm_section", "eval_metric_names", "resume_changes",
-    "validate",
+    "guide_replaced", "guide_stage_start", "validate",
 ]

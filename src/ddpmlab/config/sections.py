@@ -171,7 +171,11 @@ class LDMConfig:
     adversarial_weight: float = 0.0  # δ, the patch discriminator's term in the autoencoder's loss (Esser et al.); 0: none
     adversarial_start: int = 0  # the autoencoder step from which the discriminator trains and its term applies
     disc_channels: int = 32  # the patch discriminator's first convolution (its second has twice as many)
-    guide_steps: int = 0  # autoguidance: the EMA denoiser after this many diffusion steps, frozen as the guide; 0: none
+    guide_steps: int = 0  # autoguidance: the EMA denoiser after this many diffusion steps, frozen as the guide; 0:
+    # none. With guide_channels: the steps of the guide's own stage, the last of train.steps
+    guide_channels: int = 0  # > 0: the guide is a smaller UNet, the denoiser's with this many base channels, trained
+    # on the same latents in a third stage after the diffusion stage (Karras et al. 2024's smaller, shorter-trained
+    # guide); 0: the guide is the denoiser itself after ldm.guide_steps diffusion steps
 
 
 @dataclass

@@ -13,23 +13,67 @@ from ddpmlab.errors import UserError
 from ddpmlab.samplers import SAMPLERS, VARIANCES, parse_guidance_interval
 
 
+GUIDE_KEYS = ("ldm.guide_channels", "ldm.guide_steps")  # an LDM's guide, which a resume may replace (guide_replaced)
+
+
+def guide_stage_start(config: Config) -> int | None:
+    """The first step of an LDM's guide stage (a smaller guide of its own, ldm.guide_channels); None without one."""
+    section = config.ldm
+    return config.train.steps - section.guide_steps if config.method == "ldm" and section.guide_channels else None
+
+
+def guide_replaced(trained: Config, requested: Config, step: int) -> bool:
+    """Whether a resume at `step` replaces the LDM's guide by a new smaller guide of its own (GUIDE_KEYS changed,
+    to ldm.guide_channels > 0), whose stage is still all ahead: at or after `step`, and no guide stage of the
+    `trained` config begun before it. Karras et al.'s guide is trained apart from the model it guides, so a finished
+    run can gain one: `--resume RUN ldm.guide_channels=16 ldm.guide_steps=2000 train.steps=<step + 2000>`."""
+    old, new = flatten(trained), flatten(requested)
+    if all(old[key] == new[key] for key in GUIDE_KEYS) or guide_stage_start(requested) is None:
+        return False
+    begun = guide_stage_start(trained)
+    return step <= guide_stage_start(requested) and (begun is None or step <= begun)
+
+
+def guide_hint(trained: Config, step: int, changed: list[str]) -> str:
+    """What resume_changes' refusal adds when guide keys are among the `changed`: when a new guide may come."""
+    if not any(key in GUIDE_KEYS for key in changed):
+        return ""
+    begun = guide_stage_start(trained)
+    if begun is not None and step > begun:
+        return f"; the run's own guide stage began at step {begun}, so its guide stays"
+    return (f", and a new guide of its own (ldm.guide_channels > 0) whose whole stage lies ahead "
+            f"(train.steps - ldm.guide_steps >= {step})")
+
+
 def resume_changes(trained: Config, requested: Config, step: int, source: str = "") -> None:
     """UserError naming every change `--resume` must refuse from the config the checkpoint was `trained` with: keys
-    outside RESUME_SAFE_KEYS (`source`, e.g. " by editing RUN/config.yaml", says where the new values came from), or
-    train.steps below the run's current `step`."""
+    outside RESUME_SAFE_KEYS (`source`, e.g. " by editing RUN/config.yaml", says where the new values came from) but
+    a new guide's (guide_replaced), train.steps below the run's current `step`, or a guide stage that would move
+    once it has begun."""
     old, new = flatten(trained), flatten(requested)
+    replaced = guide_replaced(trained, requested, step)
     changed = [key for key in old if old[key] != new[key] and key not in RESUME_SAFE_KEYS
-               and f"{key.split('.')[0]}.*" not in RESUME_SAFE_KEYS]
+               and f"{key.split('.')[0]}.*" not in RESUME_SAFE_KEYS and not (replaced and key in GUIDE_KEYS)]
     if changed:
         first, *rest = (f"{key} ({old[key]!r} -> {new[key]!r})" for key in changed)
         key, values = first.split(" ", 1)
         raise UserError(f"cannot change {key} on --resume {values}" + "".join(f", nor {change}" for change in rest)
                         + f"{source}: {'it defines' if not rest else 'they define'} the model, data or process the "
                         f"checkpoint was trained for; start a new run instead. On resume only "
-                        f"{', '.join(RESUME_SAFE_KEYS)} may change")
+                        f"{', '.join(RESUME_SAFE_KEYS)} may change"
+                        + guide_hint(trained, step, changed))
     if requested.train.steps < step:
         raise UserError(f"train.steps={requested.train.steps} is below the run's step {step}; "
                         f"give train.steps >= {step} to continue it")
+    begun, start = guide_stage_start(trained), guide_stage_start(requested)
+    if begun is not None and step > begun and start != begun:
+        raise UserError(f"the run is in its guide stage (from step {begun}); train.steps="
+                        f"{requested.train.steps} would move that stage to step {start}: keep "
+                        f"train.steps={trained.train.steps}")
+    if start is not None and step > start and start != begun:
+        raise UserError(f"train.steps={requested.train.steps} would start the guide stage (its last "
+                        f"ldm.guide_steps={requested.ldm.guide_steps}) at step {start}, behind the run's step {step}: "
+                        f"give train.steps >= {step + requested.ldm.guide_steps}")
 
 
 def eval_metric_names(text: str) -> list[str]:
@@ -114,6 +158,10 @@ def validate(config: Config) -> None:
     eval_metric_names(t.eval_metrics)
     _check(t.eval_sampler in SAMPLERS, "train.eval_sampler", f"{t.eval_sampler!r} is not one of {', '.join(SAMPLERS)}")
     _check(t.eval_steps > 0, "train.eval_steps", "must be positive")
+    _check(not (t.keep_best and config.method == "ldm" and config.ldm.guide_channels), "train.keep_best",
+           "picks a checkpoint by the denoiser's unguided scores, which the guide stage (ldm.guide_channels) does "
+           "not change: the best checkpoint would hold no trained guide; set train.keep_best=false or "
+           "ldm.guide_channels=0")
     _check(not t.keep_best or t.eval_every > 0, "train.keep_best",
            "ranks checkpoints by their score during training: set train.eval_every > 0 too")
     _check(s.sampler in SAMPLERS, "sample.sampler", f"{s.sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -181,12 +229,17 @@ def _check_ldm(config: Config) -> None:
     _check(0 <= section.adversarial_start < section.autoencoder_steps, "ldm.adversarial_start",
            f"{section.adversarial_start} must be in 0..ldm.autoencoder_steps-1 ({section.autoencoder_steps - 1})")
     diffusion_steps = config.train.steps - section.autoencoder_steps
+    if section.guide_channels:
+        _check(0 < section.guide_steps < diffusion_steps, "ldm.guide_steps",
+               f"{section.guide_steps} must be in 1..{diffusion_steps - 1} with ldm.guide_channels: the steps of the "
+               f"guide's stage, which follows the diffusion stage within train.steps - ldm.autoencoder_steps "
+               f"({diffusion_steps})")
     _check(section.guide_steps < diffusion_steps, "ldm.guide_steps",
            f"{section.guide_steps} must be below the {diffusion_steps} diffusion steps (train.steps - "
            f"ldm.autoencoder_steps): the guide is the denoiser part-way through its stage; or ldm.guide_steps=0")
-    _check(not (section.guide_steps and config.model.conditional), "ldm.guide_steps",
+    _check(not ((section.guide_steps or section.guide_channels) and config.model.conditional), "ldm.guide_steps",
            "autoguidance applies to an unconditional denoiser; a class-conditional one (model.conditional=true) is "
-           "guided by classifier-free guidance: set ldm.guide_steps=0")
+           "guided by classifier-free guidance: set ldm.guide_steps=0 and ldm.guide_channels=0")
 
 
 def check_ldm_section(section: LDMConfig) -> None:
@@ -203,3 +256,5 @@ def check_ldm_section(section: LDMConfig) -> None:
     _check(section.adversarial_weight >= 0, "ldm.adversarial_weight", "must be >= 0 (0: no discriminator)")
     _check(section.disc_channels > 0, "ldm.disc_channels", "must be positive")
     _check(section.guide_steps >= 0, "ldm.guide_steps", "must be >= 0 (0: no autoguidance guide)")
+    _check(section.guide_channels >= 0, "ldm.guide_channels",
+           "must be >= 0 (0: the guide is the denoiser after ldm.guide_steps diffusion steps)")

@@ -25,7 +25,8 @@ def class_labels(n: int, num_classes: int | None) -> torch.Tensor | None:
 
 # what a guidance flag needs, for "guidance w (--guidance)" and "--guidance-interval"
 GUIDANCE_NEEDS = ("{what} needs a class-conditional model (model.conditional=true) or a latent DDPM with an "
-                  "autoguidance guide (ldm.guide_steps; a checkpoint from before that diffusion step has none yet)")
+                  "autoguidance guide (ldm.guide_steps, ldm.guide_channels; a checkpoint from before the guide is set "
+                  "has none yet)")
 
 
 def evaluation_guidance(guidable: bool, configured: float | None, requested: float | None = None) -> float | None:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ddpmlab.config import METHODS, Config
+from ddpmlab.config import METHODS, Config, guide_stage_start
 from ddpmlab.errors import UserError
 from ddpmlab.methods.base import BaselineNet, MethodNet, Phase
 from ddpmlab.methods.dcgan import DCGAN
@@ -77,26 +77,29 @@ def optimizer_settings(config: Config) -> tuple[float, tuple[float, float]]:
 @dataclass(frozen=True)
 class Stage:
     """A span of training steps with its own peak learning rate, warm-up and decay (train.lr_schedule)."""
-    name: str   # "train" for a one-stage method; an LDM's "autoencoder" or "diffusion"
+    name: str   # "train" for a one-stage method; an LDM's "autoencoder", "diffusion" or "guide"
     first: int  # its first step (0-based)
     end: int    # one past its last step
     lr: float   # its peak learning rate
     batch_size: int
     labelled: bool = True  # whether its batches carry a conditional model's labels (an LDM's autoencoder's: never)
+    data: str = "images"  # what its batches are: "images", or "latents" (an LDM's diffusion and guide stages)
 
 
 def training_stage(config: Config, step: int) -> Stage:
     """The stage training `step` (0-based) belongs to: the whole run at optimizer_settings' rate for a one-stage
     method; for an LDM the first ldm.autoencoder_steps (at ldm.ae_lr, batches of ldm.ae_batch_size), then the rest of
-    train.steps (at train.lr)."""
+    train.steps (at train.lr), of which a smaller guide's stage (ldm.guide_channels) takes the last ldm.guide_steps."""
     t = config.train
     if config.method != "ldm":
         return Stage("train", 0, t.steps, optimizer_settings(config)[0], t.batch_size)
-    boundary = config.ldm.autoencoder_steps
+    boundary, guide_start = config.ldm.autoencoder_steps, guide_stage_start(config) or t.steps
     if step < boundary:
         return Stage("autoencoder", 0, boundary, config.ldm.ae_lr, config.ldm.ae_batch_size or t.batch_size,
                      labelled=False)
-    return Stage("diffusion", boundary, t.steps, t.lr, t.batch_size)
+    if step < guide_start:
+        return Stage("diffusion", boundary, guide_start, t.lr, t.batch_size, data="latents")
+    return Stage("guide", guide_start, t.steps, t.lr, t.batch_size, labelled=False, data="latents")
 
 
 def training_stages(config: Config) -> list[Stage]:
@@ -132,9 +135,10 @@ def enter_stage(net: nn.Module, config: Config, step: int) -> Stage:
 
 
 def stage_data(net: nn.Module, stage: Stage, images: torch.Tensor, random_flip: bool) -> torch.Tensor | None:
-    """What `stage` trains on when not the uint8 `images` themselves: for an LDM's diffusion stage, the images'
-    scaled latents, encoded once (LDM.encode_dataset: N×V×C×h×w, the views for data.random_flip). None: the images."""
-    if isinstance(net, LDM) and stage.name == "diffusion":
+    """What `stage` trains on when not the uint8 `images` themselves: for an LDM's diffusion and guide stages
+    (stage.data "latents"), the images' scaled latents, encoded once (LDM.encode_dataset: N×V×C×h×w, the views for
+    data.random_flip). None: the images."""
+    if isinstance(net, LDM) and stage.data == "latents":
         return net.encode_dataset(images, random_flip)
     return None
 
@@ -181,10 +185,11 @@ def guidable(net: nn.Module) -> bool:
 
 
 def trained_parameters(net: nn.Module) -> int:
-    """The network's parameters but a frozen autoguidance guide's (a copy of the denoiser, trained by nothing)."""
+    """The network's parameters but a frozen autoguidance guide's (a copy of the denoiser, trained by nothing; a
+    smaller guide of its own, ldm.guide_channels, is trained and counts)."""
     guide = getattr(net, "guide", None)
-    frozen = sum(p.numel() for p in guide.parameters()) if isinstance(guide, nn.Module) else 0
-    return sum(p.numel() for p in net.parameters()) - frozen
+    frozen = isinstance(guide, nn.Module) and not getattr(net, "trains_guide", False)
+    return sum(p.numel() for p in net.parameters()) - (sum(p.numel() for p in guide.parameters()) if frozen else 0)
 
 
 def sampling_nfe(net: nn.Module, sampling: SamplingSettings) -> int:
@@ -196,10 +201,16 @@ def sampling_nfe(net: nn.Module, sampling: SamplingSettings) -> int:
 def freeze_guide_if_due(net: nn.Module, averaged: nn.Module, config: Config, step: int) -> None:
     """After training `step` (1-based: steps done), an LDM with ldm.guide_steps freezes its guide, and the EMA
     network's, as the EMA denoiser when that many diffusion steps are done (Karras et al. 2024's weaker model: the
-    same network, trained for less time). Rank 0's only under torchrun: it alone keeps the EMA, samples and writes
-    the checkpoints that every process resumes from."""
-    if isinstance(net, LDM) and hasattr(net, "guide") and \
-            step == config.ldm.autoencoder_steps + config.ldm.guide_steps:
+    same network, trained for less time); a smaller guide of its own (ldm.guide_channels) is ready, as its EMA, once
+    its stage is done. Rank 0's only under torchrun: it alone keeps the EMA, samples and writes the checkpoints that
+    every process resumes from."""
+    if not (isinstance(net, LDM) and hasattr(net, "guide")):
+        return
+    section = config.ldm
+    if section.guide_channels and step == config.train.steps:
+        net.guide_ready.fill_(1.0)
+        averaged.guide_ready.fill_(1.0)
+    elif not section.guide_channels and step == section.autoencoder_steps + section.guide_steps:
         net.freeze_guide(averaged.denoiser)
         averaged.freeze_guide(averaged.denoiser)
 

@@ -1,11 +1,12 @@
 """Latent diffusion (Rombach et al. 2022): an autoencoder trained first, then a DDPM on its latents scaled to unit
-variance, whose samples are decoded into images. Both stages train in one run, the stage following from the step."""
+variance, whose samples are decoded into images. Both stages (and a smaller guide's, ldm.guide_channels) train in one
+run, the stage following from the step."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +26,9 @@ from ddpmlab.samplers import SamplingSettings, sample
 # the ldm section's keys that are not its networks' arguments
 TRAINING_KEYS = ("autoencoder_steps", "ae_lr", "ae_batch_size", "adversarial_start")
 # network keys added after the first checkpoints, and what a spec without them means: no discriminator, no guide,
-# the autoencoder's GroupNorm at 32 groups
-LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32, "guide_steps": 0, "ae_groups": 32}
+# the autoencoder's GroupNorm at 32 groups, a guide (if any) that is the denoiser itself
+LATER_NETWORK_KEYS = {"adversarial_weight": 0.0, "disc_channels": 32, "guide_steps": 0, "ae_groups": 32,
+                      "guide_channels": 0}
 ENCODE_CHUNK = 500  # images per encoder pass when the diffusion stage encodes the training set
 
 
@@ -83,14 +85,18 @@ class LDM(nn.Module):
     ldm.guide_steps > 0 the LDM also holds a `guide`, a frozen copy of the denoiser that the trainer sets to the EMA
     denoiser after that many diffusion steps (freeze_guide), trained on the same latents for less time. Sampling
     with guidance w then steers away from it: out = (1 + w)·D(x) − w·D_guide(x), two network evaluations a step.
-    Before the guide is set (guide_ready 0), sampling is unguided.
+    Before the guide is set (guide_ready 0), sampling is unguided. With ldm.guide_channels > 0 the guide is instead
+    a smaller UNet of its own (the denoiser's spec with that many base channels: Karras et al.'s guide is both
+    smaller and trained for less time), trained from scratch in a third stage "guide" of ldm.guide_steps steps after
+    the diffusion stage (group "guide", the same DDPM loss on the same latents, logged as loss_guide; the denoiser and
+    its EMA stay as the diffusion stage left them), and set once that stage is done.
     """
 
     SINGLE_PASS = False
     DEFAULT_LR = 2e-4
     DEFAULT_BETAS = (0.9, 0.999)
     LOGS = ("loss", "loss_ae", "loss_kl")
-    STAGES = ("autoencoder", "diffusion")
+    STAGES = ("autoencoder", "diffusion", "guide")
     # the EMA averages the denoiser; the autoencoder (and discriminator) it holds are the trained ones, and the frozen
     # autoguidance guide the EMA leaves alone (freeze_guide_if_due sets it in both)
     EMA_COPIES = ("autoencoder.", "discriminator.")
@@ -111,8 +117,13 @@ class LDM(nn.Module):
         self.adversarial = False  # whether this step's autoencoder loss has the adversarial term (the trainer's)
         self.denoiser, self.schedule, self.diffusion = denoiser, schedule, diffusion
         self.register_buffer("latent_scale", torch.zeros(()))
-        if section.guide_steps > 0:  # a copy, not a new UNet: building one would draw from torch's RNG
+        if section.guide_channels > 0:  # a smaller UNet; the global RNG (dropout's draws) left as without it
+            with torch.random.fork_rng(devices=[]):
+                self.guide = UNet.from_spec(replace(denoiser.spec, channels=section.guide_channels))
+            self.LOGS = (*self.LOGS, "loss_guide")
+        elif section.guide_steps > 0:  # a copy, not a new UNet: building one would draw from torch's RNG
             self.guide = copy.deepcopy(denoiser).requires_grad_(False)
+        if hasattr(self, "guide"):
             self.register_buffer("guide_ready", torch.zeros(()))
         self.stage = self.STAGES[0]
 
@@ -158,6 +169,17 @@ class LDM(nn.Module):
         return self.denoiser(x_t, t, labels=labels)
 
     @property
+    def trains_guide(self) -> bool:
+        """Whether the guide is a smaller network of its own, trained in the guide stage (ldm.guide_channels)."""
+        return self.config.guide_channels > 0
+
+    @property
+    def ema_held(self) -> tuple[str, ...]:
+        """Parameter name prefixes the EMA leaves as they are this stage: in the guide stage, the denoiser's (trained
+        no more, its average stays the diffusion stage's)."""
+        return ("denoiser.",) if self.stage == "guide" else ()
+
+    @property
     def ready_guide(self) -> UNet | None:
         """The autoguidance guide once the trainer has set it (freeze_guide); None before it, and without
         ldm.guide_steps."""
@@ -165,7 +187,8 @@ class LDM(nn.Module):
 
     @torch.no_grad()
     def freeze_guide(self, denoiser: UNet) -> None:
-        """Make the guide a copy of `denoiser`'s weights (the EMA denoiser at diffusion step ldm.guide_steps)."""
+        """Make the guide a copy of `denoiser`'s weights (the EMA denoiser at diffusion step ldm.guide_steps; not for
+        a smaller guide of its own, which the guide stage trains)."""
         self.guide.load_state_dict(denoiser.state_dict())
         self.guide_ready.fill_(1.0)
 
@@ -173,6 +196,8 @@ class LDM(nn.Module):
         groups = {"autoencoder": list(self.autoencoder.parameters()), "denoiser": list(self.denoiser.parameters())}
         if hasattr(self, "discriminator"):
             groups["discriminator"] = list(self.discriminator.parameters())
+        if self.trains_guide:
+            groups["guide"] = list(self.guide.parameters())
         return groups
 
     # -- stage 1 -----------------------------------------------------------------------------------
@@ -235,20 +260,25 @@ class LDM(nn.Module):
         return latents.mul_(self.latent_scale.to(latents.device))
 
     def diffusion_loss(self, z: torch.Tensor, generator: torch.Generator | None, labels: torch.Tensor | None = None,
-                       rows: BatchSlice | None = None) -> torch.Tensor:
-        """The DDPM loss (diffusion.*) of the denoiser on a batch of scaled latents `z` (with their class labels for a
-        conditional denoiser); t and ε from `generator`."""
+                       rows: BatchSlice | None = None, network: nn.Module | None = None) -> torch.Tensor:
+        """The DDPM loss (diffusion.*) of `network` (default: the denoiser) on a batch of scaled latents `z` (with
+        their class labels for a conditional denoiser); t and ε from `generator`."""
         d = self.diffusion
-        return diffusion_loss(self.denoiser, self.schedule, z, labels, d.prediction, d.loss_weighting,
+        return diffusion_loss(network or self.denoiser, self.schedule, z, labels, d.prediction, d.loss_weighting,
                               d.min_snr_gamma, generator, rows)
 
     def training_phases(self, x0: torch.Tensor, generator: torch.Generator | None,
                         labels: torch.Tensor | None = None, rows: BatchSlice | None = None) -> Iterator[Phase]:
         """The current stage's phases: autoencoder_phases' on a batch of images (logs loss_ae, loss_kl; loss_g and
-        loss_d when adversarial), or "denoiser" on a batch of scaled latents, rows of encode_dataset or `encode`
-        (logs loss). The labels (a conditional model's) go to the denoiser only: the autoencoder is unconditional."""
+        loss_d when adversarial), or "denoiser" (logs loss), or in the guide stage "guide" (logs loss_guide), on a
+        batch of scaled latents, rows of encode_dataset or `encode`. The labels (a conditional model's) go to the
+        denoiser only: the autoencoder is unconditional."""
         if self.stage == "autoencoder":
             yield from self.autoencoder_phases(x0, generator, rows)
+            return
+        if self.stage == "guide":
+            loss = self.diffusion_loss(x0, generator, labels, rows, network=self.guide)
+            yield Phase("guide", loss, {"loss_guide": loss.detach()})
             return
         loss = self.diffusion_loss(x0, generator, labels, rows)
         yield Phase("denoiser", loss, {"loss": loss.detach()})
@@ -257,7 +287,7 @@ class LDM(nn.Module):
                         labels: torch.Tensor | None = None) -> torch.Tensor:
         """The current stage's training loss on a held-out batch of images: the autoencoder's (without the
         adversarial term, which measures the players, not a fit), then the latent DDPM's on their latents (with their
-        labels for a conditional denoiser)."""
+        labels for a conditional denoiser), the denoiser's in the guide stage too (its val_loss stays one network's)."""
         if self.stage == "autoencoder":
             return self.autoencoder_loss(x0, generator)[0]
         return self.diffusion_loss(self.encode(x0), generator, labels)

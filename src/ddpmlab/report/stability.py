@@ -41,7 +41,7 @@ THRESHOLDS = {
 }
 VERDICTS = ("stable", "moderate", "unstable")
 LOSS_COLUMNS = {"ddpm": ("loss",), "vae": ("loss",), "dcgan": ("loss_d", "loss_g"), "vaegan": ("loss_d", "loss_g"),
-                "ldm": ("loss_ae", "loss_d", "loss_g", "loss")}
+                "ldm": ("loss_ae", "loss_d", "loss_g", "loss", "loss_guide")}
 STAGED = ("ldm",)  # methods whose losses each span their own stage's rows
 
 

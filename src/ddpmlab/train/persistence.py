@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ddpmlab import distributed
-from ddpmlab.config import apply_overrides, eval_metric_names, load_config, resume_changes, save_config
+from ddpmlab.config import (apply_overrides, eval_metric_names, guide_replaced, load_config, resume_changes,
+                            save_config)
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.methods import stored_spec
@@ -32,6 +33,15 @@ from ddpmlab.train.tensorboard import tensorboard_log
 def generator_key(generator: torch.Generator) -> str:
     """The name of a run's generator state in rng.pt: "generator" for the CPU's, "device_generator" for a GPU's."""
     return "generator" if generator.device.type == "cpu" else "device_generator"
+
+
+def with_fresh_guide(stored: dict, fresh: dict) -> dict:
+    """A checkpoint's state dict with an LDM's guide (its weights and guide_ready) taken from `fresh`, a new model's
+    state dict: the guide that a resume replaces (config.guide_replaced)."""
+    def is_guide(key: str) -> bool:
+        return key.startswith(("guide.", "guide_ready"))
+    return {**{key: value for key, value in stored.items() if not is_guide(key)},
+            **{key: value for key, value in fresh.items() if is_guide(key)}}
 
 
 class Persistence:
@@ -87,12 +97,17 @@ class Persistence:
         resume_changes(trained, saved, step, f" by editing {config_path}")  # the checkpoint's record, not the file's
         resume_changes(trained, config, step)
         trainer = cls(config, run_dir, model=model, progress=progress, _resuming=True)
-        trainer.load_checkpoint(newest)
+        new_guide = guide_replaced(trained, config, step)
+        trainer.load_checkpoint(newest, new_guide=new_guide)
         if config.train.steps == step and finished_at(run_dir / "run.log", step):  # before anything is written
             raise UserError(f"{run_dir} already finished at step {step} (train.steps={step}): nothing to train; to "
                             f"train on, raise train.steps, e.g. `ddpmlab train --resume {run_dir} "
                             f"train.steps={2 * step}`")
         distributed.on_main(lambda: trainer.continue_run_dir(unfinished, damaged), trainer.processes)  # all have read
+        if new_guide and trainer.processes.is_main:
+            trainer.run_log.note(f"a new guide: ldm.guide_channels={config.ldm.guide_channels}, trained from scratch "
+                                 f"for ldm.guide_steps={config.ldm.guide_steps} steps from step "
+                                 f"{config.train.steps - config.ldm.guide_steps} in place of the checkpoint's")
         return trainer
 
     def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
@@ -164,16 +179,24 @@ class Persistence:
                                     optimizers, rng, {"wall_s": self.wall_clock()}, metadata,
                                     self.config.train.keep_checkpoints)
 
-    def load_checkpoint(self, folder: Path) -> None:
+    def load_checkpoint(self, folder: Path, new_guide: bool = False) -> None:
+        """Restore the model, EMA, optimizers, generators and step of checkpoint `folder`; with `new_guide` (config
+        guide_replaced) an LDM's guide, its optimizer and guide_ready keep this trainer's fresh ones."""
         progress = ckpt.read_progress(folder)
         model_state, _ = ckpt.read_weights(folder / ckpt.MODEL_FILE)
         ema_state, _ = ckpt.read_weights(folder / ckpt.EMA_FILE)
+        if new_guide:
+            model_state = with_fresh_guide(model_state, self.model.state_dict())
+            ema_state = with_fresh_guide(ema_state, self.ema.shadow.state_dict())
         mismatch = ckpt.state_mismatch(self.model.state_dict(), model_state)
         if mismatch:
             raise UserError(f"{folder}: checkpoint does not fit this model: {mismatch}")
         optimizers = ckpt.read_tensors(folder / ckpt.OPTIMIZER_FILE)
         if "param_groups" in optimizers:  # a single optimizer stored unnamed (the DDPM checkpoints of version 0.1)
             optimizers = {"model": optimizers}
+        if new_guide:
+            optimizers = {**{group: state for group, state in optimizers.items() if group != "guide"},
+                          **({"guide": self.optimizers["guide"].state_dict()} if "guide" in self.optimizers else {})}
         if set(optimizers) != set(self.optimizers):
             raise UserError(f"{folder}: checkpoint has optimizer states for {', '.join(sorted(optimizers))}, this "
                             f"{self.config.method} model has parameter groups {', '.join(sorted(self.optimizers))}")

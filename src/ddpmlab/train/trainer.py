@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpmlab import distributed
-from ddpmlab.config import Config
+from ddpmlab.config import Config, guide_stage_start
 from ddpmlab.data import load_dataset, pick_views, to_model_batch
 from ddpmlab.errors import UserError
 from ddpmlab.eval.during_training import TrainingEvaluator
@@ -111,7 +111,7 @@ class Trainer(Persistence):
         self.step, self.wall_s, self.session_start = 0, 0.0, None  # wall_s: seconds of earlier sessions
         self.saved_step: int | None = None  # the step of the newest checkpoint saved or loaded
         self.order, self.position = torch.empty(0, dtype=torch.long), 0
-        self.data_stage, self.stage_data = None, None  # the stage whose data is prepared, and its data if not images
+        self.data_kind, self.stage_data = None, None  # what the prepared data is (Stage.data), and it if not images
         self.stop_signal: int | None = None
         self.health, self.lock = StepHealth(config.train.max_bad_steps), None
         check_tensorboard(config.train)
@@ -156,8 +156,8 @@ class Trainer(Persistence):
             while self.step < t.steps and not distributed.any_process(stop.requested, self.processes):
                 step_start = time.perf_counter()
                 stage = enter_stage(self.model, self.config, self.step)  # an LDM's autoencoder, then diffusion
-                if stage.name != self.data_stage:  # an LDM's diffusion stage trains on latents, encoded once
-                    self.data_stage = stage.name
+                if stage.data != self.data_kind:  # an LDM's diffusion and guide stages train on latents, encoded once
+                    self.data_kind = stage.data
                     self.stage_data = stage_data(self.model, stage, self.images, self.config.data.random_flip)
                 x0, labels = self.next_batch(stage)
                 lr = self.set_lr(stage)
@@ -365,9 +365,10 @@ class Trainer(Persistence):
         return TrainingEvaluator(self.config, self.model, self.device, progress=self.progress)
 
     def evaluation_due(self) -> bool:
-        """Whether this step is evaluated: every train.eval_every steps, and the last step."""
-        every = self.config.train.eval_every
-        return every > 0 and (self.step % every == 0 or self.step == self.config.train.steps)
+        """Whether this step is evaluated: every train.eval_every steps, and the last step, of those that train the
+        sampled network (not an LDM's guide stage, after which its unguided samples do not change)."""
+        every, last = self.config.train.eval_every, guide_stage_start(self.config) or self.config.train.steps
+        return every > 0 and self.step <= last and (self.step % every == 0 or self.step == last)
 
     def evaluate_samples(self) -> dict[str, float]:
         """{"fd": ..., "fid": ...} of the EMA network's samples (rank 0)."""
