@@ -97,8 +97,9 @@ class LDM(nn.Module):
     DEFAULT_BETAS = (0.9, 0.999)
     LOGS = ("loss", "loss_ae", "loss_kl")
     STAGES = ("autoencoder", "diffusion", "guide")
-    # the EMA averages the denoiser; the autoencoder (and discriminator) it holds are the trained ones, and the frozen
-    # autoguidance guide the EMA leaves alone (freeze_guide_if_due sets it in both)
+    # the EMA averages the denoiser (and a smaller guide of its own); the autoencoder (and discriminator) it holds are
+    # the trained ones, and a frozen copy of the denoiser as guide the EMA leaves alone (freeze_guide_if_due sets it
+    # in both)
     EMA_COPIES = ("autoencoder.", "discriminator.")
 
     def __init__(self, channels: int, image_size: int, section: LDMConfig, denoiser: UNet, schedule: NoiseSchedule,

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ddpmlab import distributed
-from ddpmlab.config import (apply_overrides, eval_metric_names, guide_replaced, load_config, resume_changes,
-                            save_config)
+from ddpmlab.config import (apply_overrides, eval_metric_names, guide_replaced, guide_stage_start, load_config,
+                            resume_changes, save_config)
 from ddpmlab.diffusion.schedule import NEAR_PURE_NOISE
 from ddpmlab.errors import UserError
 from ddpmlab.methods import stored_spec
@@ -107,7 +107,7 @@ class Persistence:
         if new_guide and trainer.processes.is_main:
             trainer.run_log.note(f"a new guide: ldm.guide_channels={config.ldm.guide_channels}, trained from scratch "
                                  f"for ldm.guide_steps={config.ldm.guide_steps} steps from step "
-                                 f"{config.train.steps - config.ldm.guide_steps} in place of the checkpoint's")
+                                 f"{guide_stage_start(config)} in place of the checkpoint's")
         return trainer
 
     def continue_run_dir(self, unfinished: list[Path] = (), damaged: list[tuple[Path, str]] = ()) -> None:
@@ -194,9 +194,8 @@ class Persistence:
         optimizers = ckpt.read_tensors(folder / ckpt.OPTIMIZER_FILE)
         if "param_groups" in optimizers:  # a single optimizer stored unnamed (the DDPM checkpoints of version 0.1)
             optimizers = {"model": optimizers}
-        if new_guide:
-            optimizers = {**{group: state for group, state in optimizers.items() if group != "guide"},
-                          **({"guide": self.optimizers["guide"].state_dict()} if "guide" in self.optimizers else {})}
+        if new_guide:  # a guide of its own, so this trainer has its "guide" group
+            optimizers = {**optimizers, "guide": self.optimizers["guide"].state_dict()}
         if set(optimizers) != set(self.optimizers):
             raise UserError(f"{folder}: checkpoint has optimizer states for {', '.join(sorted(optimizers))}, this "
                             f"{self.config.method} model has parameter groups {', '.join(sorted(self.optimizers))}")
