@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddpmlab.cli import main
-from ddpmlab.config import load_config
+from ddpmlab.config import flatten, load_config
 from ddpmlab.errors import UserError
 from ddpmlab.methods import sample_images
 from ddpmlab.samplers import SamplingSettings
@@ -301,3 +301,14 @@ def test_list_names_a_spacing_other_than_the_samplers_own_and_the_guidance():
             "guidance 1.5, seed 0)") in latent
     assert ("FID 21.35, FD 1.429 (10000 samples vs 10000 test, dpm-solver++ 10 steps, 20 NFE, guidance 1.5, "
             "seed 0)") in latent
+
+
+WRITE_ONLY = {"train.sample_every", "train.keep_checkpoints"}  # how often a run writes grids and what it keeps
+
+
+@pytest.mark.parametrize("name", ["cpu-demo-latent", "fashion-mnist-latent"])
+def test_the_latent_presets_are_their_shipped_models_recipes(name):
+    """`ddpmlab train NAME` trains what `pretrained:NAME` shipped: the configs differ at most in what a run writes."""
+    shipped = flatten(load_config(str(pretrained.package_root() / name / "config.yaml")))
+    preset = flatten(load_config(name))
+    assert {key for key in preset if preset[key] != shipped[key]} <= WRITE_ONLY
